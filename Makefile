@@ -1,0 +1,42 @@
+# The two commands that matter: `make demo` and `make test`.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+DEBIAN_TOOLS := libiscsi-bin qemu-utils qemu-block-extra tgt fio libnbd-bin nbdkit iproute2
+
+.PHONY: demo test bench lint venv tools clean
+
+$(BIN)/ophiura: pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "need $(PY)"; exit 1; }
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,fast]'
+	touch $@
+
+venv: $(BIN)/ophiura
+
+# Debian test tools: installed when run as root, otherwise the tests that need them skip.
+tools:
+	@if [ "$$(id -u)" = 0 ]; then \
+	  missing=""; for p in $(DEBIAN_TOOLS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; \
+	  fi; \
+	else echo "not root: not installing Debian test tools ($(DEBIAN_TOOLS))"; fi
+
+demo: venv
+	$(BIN)/ophiura demo
+
+test: venv tools
+	$(BIN)/python -m pytest tests
+
+bench: venv tools
+	$(BIN)/python -m bench
+
+lint: venv
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info
