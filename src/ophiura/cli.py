@@ -1,13 +1,210 @@
-"""The `ophiura` command."""
+"""The `ophiura` command: thin wrappers that parse options and hand over to the modules."""
 
 from __future__ import annotations
+
+import logging
+from pathlib import Path
 
 import click
 
 from ophiura import __version__
+from ophiura.sizes import parse_size
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+class SizeParam(click.ParamType):
+    name = "size"
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        try:
+            return parse_size(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class HostPortParam(click.ParamType):
+    name = "host:port"
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        if isinstance(value, tuple):
+            return value
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            self.fail(f"{value!r} is not HOST:PORT (example: 127.0.0.1:3260)", param, ctx)
+        return host.strip("[]"), int(port)
+
+
+def _chap(value: str | None):  # type: ignore[no-untyped-def]
+    from ophiura.iscsi.chap import Credentials
+
+    if value is None:
+        return None
+    user, sep, secret = value.partition(":")
+    if not sep or not user or not secret:
+        raise click.BadParameter(f"{value!r} is not USER:SECRET", param_hint="--chap")
+    return Credentials(user, secret)
 
 
 @click.group()
 @click.version_option(__version__)
-def main() -> None:
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@click.pass_context
+def main(ctx: click.Context, verbose: int) -> None:
     """ophiura: high availability for services and their data."""
+    ctx.obj = {"verbose": verbose}
+    _setup_logging(verbose)
+
+
+@main.command()
+@click.option(
+    "--backing",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Backing file (created sparse if missing) or block device.",
+)
+@click.option("--size", type=SizeParam(), help="LUN size, e.g. 10G (default: the file's size).")
+@click.option("--listen", type=HostPortParam(), default="127.0.0.1:3260", show_default=True)
+@click.option("--iqn", default=None, help="Target name (default iqn.2026-11.io.ophiura:disk).")
+@click.option("--thin", is_flag=True, help="Thin provisioning: UNMAP punches holes.")
+@click.option("--chap", "chap", metavar="USER:SECRET", help="Require CHAP from initiators.")
+@click.option("--mutual-chap", metavar="USER:SECRET", help="Prove ourselves to initiators too.")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where persistent reservations (APTPL) live (default: BACKING.state/).",
+)
+@click.option("--block-size", type=click.Choice(["512", "4096"]), default="512", show_default=True)
+def target(
+    backing: Path,
+    size: int | None,
+    listen: tuple[str, int],
+    iqn: str | None,
+    thin: bool,
+    chap: str | None,
+    mutual_chap: str | None,
+    state_dir: Path | None,
+    block_size: str,
+) -> None:
+    """Serve BACKING as LUN 0 of an iSCSI target until SIGTERM or SIGINT."""
+    from ophiura.target_daemon import DEFAULT_IQN, TargetConfig, TargetDaemon, run_event_loop
+
+    logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
+    credentials = _chap(chap)
+    if mutual_chap:
+        if credentials is None:
+            raise click.BadParameter("--mutual-chap needs --chap", param_hint="--mutual-chap")
+        mutual = _chap(mutual_chap)
+        credentials = type(credentials)(
+            credentials.user, credentials.secret, mutual.user, mutual.secret
+        )
+    if size is None and not backing.exists():
+        raise click.BadParameter(f"{backing} does not exist: give --size", param_hint="--size")
+    config = TargetConfig(
+        backing=backing,
+        size=size,
+        host=listen[0],
+        port=listen[1],
+        iqn=iqn or DEFAULT_IQN,
+        thin=thin,
+        chap=credentials,
+        state_dir=state_dir,
+        block_size=int(block_size),
+    )
+    daemon = TargetDaemon(config)
+    try:
+        run_event_loop(daemon.run_until_signalled)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _int(value: str) -> int:
+    try:
+        return int(value, 0)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r} is not a number (use 0x1 or 1)") from exc
+
+
+@main.command("pr")
+@click.argument("url")
+@click.argument(
+    "action",
+    type=click.Choice(
+        [
+            "read-keys",
+            "read-reservation",
+            "read-full-status",
+            "report-capabilities",
+            "register",
+            "register-ignore",
+            "reserve",
+            "release",
+            "clear",
+            "preempt",
+            "preempt-abort",
+        ]
+    ),
+)
+@click.option("--key", default="0", help="Our reservation key (hex 0x.. or decimal).")
+@click.option(
+    "--new-key", "new_key", default=None, help="register: the key to set (0 = unregister)."
+)
+@click.option("--victim", default=None, help="preempt/preempt-abort: the key to remove.")
+@click.option(
+    "--type",
+    "pr_type",
+    default=None,
+    help="Reservation type: we, ea, wero, earo, wear, eaar (or the long names).",
+)
+@click.option("--aptpl", is_flag=True, help="Persist through power loss (register).")
+@click.option("--initiator-name", default=None, help="Our IQN (default: from the hostname).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def pr_command(
+    url: str,
+    action: str,
+    key: str,
+    new_key: str | None,
+    victim: str | None,
+    pr_type: str | None,
+    aptpl: bool,
+    initiator_name: str | None,
+    as_json: bool,
+) -> None:
+    """PERSISTENT RESERVE IN/OUT on an iSCSI LUN (sg_persist for iscsi:// URLs).
+
+    URL is iscsi://[user[%secret]@]host[:port]/target-iqn/lun.
+    """
+    import asyncio
+    import json
+
+    from ophiura import pr_tool
+
+    type_code = 0
+    if pr_type is not None:
+        if pr_type.lower() not in pr_tool.TYPE_NAMES:
+            raise click.BadParameter(f"unknown type {pr_type!r}", param_hint="--type")
+        type_code = int(pr_tool.TYPE_NAMES[pr_type.lower()])
+    elif action in ("reserve", "release", "preempt", "preempt-abort"):
+        raise click.BadParameter(f"{action} needs --type", param_hint="--type")
+    if action in ("preempt", "preempt-abort") and victim is None:
+        raise click.BadParameter(f"{action} needs --victim KEY", param_hint="--victim")
+    sa_key = new_key if action.startswith("register") else victim
+    request = pr_tool.PrRequest(
+        url=url,
+        action=action,
+        key=_int(key),
+        sa_key=_int(sa_key) if sa_key else 0,
+        pr_type=type_code,
+        aptpl=aptpl,
+        initiator_name=initiator_name or "",
+    )
+    try:
+        result = asyncio.run(pr_tool.run(request))
+    except pr_tool.PrToolError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except (OSError, ValueError, TimeoutError) as exc:
+        raise click.ClickException(f"{url}: {exc}") from exc
+    click.echo(json.dumps(result, indent=2) if as_json else pr_tool.render_text(result))
