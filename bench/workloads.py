@@ -57,7 +57,9 @@ class Measurement:
 
 def _run(cmd: list[str], timeout: float) -> str:
     try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        res = subprocess.run(
+            cmd, capture_output=True, text=True, errors="replace", timeout=timeout, check=False
+        )
     except subprocess.TimeoutExpired as exc:
         raise WorkloadError(f"{' '.join(cmd)}: no result after {timeout:.0f} s") from exc
     if res.returncode != 0:

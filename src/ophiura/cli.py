@@ -208,3 +208,15 @@ def pr_command(
     except (OSError, ValueError, TimeoutError) as exc:
         raise click.ClickException(f"{url}: {exc}") from exc
     click.echo(json.dumps(result, indent=2) if as_json else pr_tool.render_text(result))
+
+
+@main.command()
+def demo() -> None:
+    """Run the whole system on this machine, on 127.0.0.1, and narrate it."""
+    from ophiura import demo as demo_module
+
+    raise SystemExit(demo_module.main())
+
+
+if __name__ == "__main__":
+    main()

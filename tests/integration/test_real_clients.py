@@ -24,7 +24,9 @@ KINDS = ["ophiura", "ophiura-thin", "tgtd"]
 def run(*args: str, timeout: float = TOOL_TIMEOUT) -> subprocess.CompletedProcess[str]:
     require_tools(args[0])
     try:
-        return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
+        return subprocess.run(
+            args, capture_output=True, text=True, errors="replace", timeout=timeout, check=False
+        )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"{' '.join(args)} did not finish in {timeout} s: {exc.stdout!r}")
 

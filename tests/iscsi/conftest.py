@@ -18,12 +18,11 @@ IQN = "iqn.2025-01.org.ophiura:test0"
 def make_device(size: int = 64 << 20) -> Any:
     """The real ScsiTarget over a MemoryBlockDevice when available."""
     try:
-        from ophiura.scsi.target import ScsiTarget
-
         from ophiura.block.memory import MemoryBlockDevice
+        from ophiura.scsi.target import ScsiTarget
     except ImportError:
         return MiniDevice(blocks=size // 512)
-    return ScsiTarget({0: MemoryBlockDevice(size)})  # pragma: no cover - depends on scsi
+    return ScsiTarget(IQN, {0: MemoryBlockDevice(size)})
 
 
 @pytest.fixture

@@ -23,9 +23,14 @@ INI = "iqn.2025-01.org.ophiura:ini1"
 
 
 async def login(srv: Any, **kw: Any) -> IscsiInitiator:
-    return await IscsiInitiator.connect(
+    """Log in and consume the POWER ON/RESET unit attention every new nexus starts with."""
+    ini = await IscsiInitiator.connect(
         "127.0.0.1", srv.port, kw.pop("target", IQN), kw.pop("name", INI), **kw
     )
+    for _ in range(3):
+        if (await ini.test_unit_ready()).status == 0:
+            break
+    return ini
 
 
 async def test_write_read_back_and_inquiry(start_server: Any) -> None:

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 # Block limits we advertise (VPD B0h) and enforce. Byte limits keep buffers bounded whatever the
 # block size.
-MAX_TRANSFER_BYTES = 8 * 1024 * 1024
+MAX_TRANSFER_BYTES = 32 * 1024 * 1024  # libiscsi WRITESAME16.Unmap writes 65536 x 512 B at once
 OPTIMAL_TRANSFER_BYTES = 1024 * 1024
 MAX_COMPARE_AND_WRITE_BLOCKS = 255  # the CDB field is one byte
 MAX_UNMAP_BLOCKS = 1 << 20

@@ -64,10 +64,7 @@ COMMANDS: tuple[CommandInfo, ...] = (
     _c(Op.RESERVE_10, 0x12, 0, 0, 0, 0, 0, 0xFF, 0xFF, CTL),
     _c(Op.RELEASE_10, 0x12, 0, 0, 0, 0, 0, 0xFF, 0xFF, CTL),
     _c(Op.MODE_SENSE_10, 0x18, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0xFF, CTL),
-    *(
-        _c(Op.PERSISTENT_RESERVE_IN, sa, 0, 0, 0, 0, 0, 0xFF, 0xFF, CTL, sa=sa)
-        for sa in range(4)
-    ),
+    *(_c(Op.PERSISTENT_RESERVE_IN, sa, 0, 0, 0, 0, 0, 0xFF, 0xFF, CTL, sa=sa) for sa in range(4)),
     *(
         _c(Op.PERSISTENT_RESERVE_OUT, sa, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, CTL, sa=sa)
         for sa in range(8)
@@ -213,4 +210,6 @@ def access_class(opcode: int) -> Access | Callable[[bytes], Access]:
 # Commands a nexus may send while another nexus holds an SPC-2 reservation (SPC-2 5.5.1).
 # RELEASE from a non-holder is a no-op returning GOOD (SPC-2 7.17), not a conflict; the 1995 HA
 # profile would have it conflict, but SPC wins (DESIGN.md).
-SPC2_ALLOWED = frozenset((Op.INQUIRY, Op.REQUEST_SENSE, Op.REPORT_LUNS, Op.RELEASE_6, Op.RELEASE_10))
+SPC2_ALLOWED = frozenset(
+    (Op.INQUIRY, Op.REQUEST_SENSE, Op.REPORT_LUNS, Op.RELEASE_6, Op.RELEASE_10)
+)

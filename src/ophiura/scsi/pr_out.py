@@ -145,7 +145,9 @@ def _register(
         raise ReservationConflict()
     effects.changed = True
     if sa_key != 0:
-        changed = Registration(sa_key, reg.initiator_port, reg.target_port, reg.relative_target_port_id)
+        changed = Registration(
+            sa_key, reg.initiator_port, reg.target_port, reg.relative_target_port_id
+        )
         regs = tuple(changed if r.ident == reg.ident else r for r in state.registrations)
         return state.with_changes(
             generation=state.generation + 1, registrations=regs, aptpl=aptpl

@@ -73,8 +73,7 @@ async def report_supported_tmfs(t: ScsiTarget, lu: LogicalUnit, cmd: Command) ->
         raise invalid_cdb(6)
     # ABORT TASK, ABORT TASK SET, CLEAR TASK SET, LOGICAL UNIT RESET, TARGET RESET.
     flags = 0x80 | 0x40 | 0x10 | 0x08 | 0x02
-    if c[2] & 0x80:  # REPD: the extended format, 16 bytes
-        data = bytes((flags, 0x00, 0x00, 0x0C)) + bytes(12)
-    else:
-        data = bytes((flags, 0x00, 0x00, 0x00))
+    # REPD asks for the extended format: 16 bytes, ADDITIONAL LENGTH 0Ch.
+    repd = bool(c[2] & 0x80)
+    data = bytes((flags, 0, 0, 0x0C if repd else 0)) + bytes(12 if repd else 0)
     return Response(data_in=data[:alloc])

@@ -254,4 +254,3 @@ async def sync_cache10(t: ScsiTarget, lu: LogicalUnit, cmd: Command) -> Response
 async def sync_cache16(t: ScsiTarget, lu: LogicalUnit, cmd: Command) -> Response:
     c = cmd.cdb
     return await _sync_cache(lu, cmd, int.from_bytes(c[2:10]), int.from_bytes(c[10:14]))
-
