@@ -181,6 +181,7 @@ def pr_command(
     import json
 
     from ophiura import pr_tool
+    from ophiura.iscsi.initiator import IscsiError
 
     type_code = 0
     if pr_type is not None:
@@ -205,8 +206,8 @@ def pr_command(
         result = asyncio.run(pr_tool.run(request))
     except pr_tool.PrToolError as exc:
         raise click.ClickException(str(exc)) from exc
-    except (OSError, ValueError, TimeoutError) as exc:
-        raise click.ClickException(f"{url}: {exc}") from exc
+    except (IscsiError, OSError, ValueError, TimeoutError) as exc:
+        raise click.ClickException(f"{url}: {exc or type(exc).__name__}") from exc
     click.echo(json.dumps(result, indent=2) if as_json else pr_tool.render_text(result))
 
 
