@@ -8,7 +8,10 @@ DEBIAN_TOOLS := libiscsi-bin qemu-utils qemu-block-extra tgt fio libnbd-bin nbdk
 
 $(BIN)/ophiura: pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "need $(PY)"; exit 1; }
-	test -d $(VENV) || $(PY) -m venv $(VENV)
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || { \
+	  rm -rf $(VENV); [ "$$(id -u)" = 0 ] && apt-get update -q >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv >/dev/null && \
+	  $(PY) -m venv $(VENV); }
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev,fast]'
 	touch $@
@@ -29,6 +32,7 @@ demo: venv
 	$(BIN)/ophiura demo
 
 test: venv tools
+	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest tests
 
 bench: venv tools

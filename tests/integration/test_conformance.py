@@ -49,12 +49,7 @@ from .harness import CuRegistry, require_ophiura_target, require_tgtd, require_t
 
 # ----------------------------------------------------------------------------------------------
 # What does not pass yet. Empty it as the target improves; the reason says who/what it waits for.
-EXPECTED_FAILURES: dict[str, str] = {
-    # WriteSame16.Unmap: VPD B0 says MAXIMUM WRITE SAME LENGTH 1048576, so libiscsi also does a
-    # WRITE16 + READ16 of 65536 blocks (32 MiB), above our MAXIMUM TRANSFER LENGTH (16384):
-    # both get 24/00. Fix: MAX_TRANSFER_BYTES >= 32 MiB, or MAX WRITE SAME LENGTH < 65536.
-    "thin:WriteSame16": "WRITE16/READ16 of 65536 blocks rejected (max transfer length 16384)",
-}
+EXPECTED_FAILURES: dict[str, str] = {}
 # ----------------------------------------------------------------------------------------------
 
 TGTD_REFERENCE_PASSES = 162  # tgtd 1.0.85, libiscsi 1.19.0, 2 URLs (shared/DESIGN.md)

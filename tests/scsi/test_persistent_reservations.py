@@ -374,3 +374,34 @@ def test_transport_ids_are_lower_case_and_padded() -> None:
     tid = iscsi_transport_id(f"{TARGET}:x,i,0x123".lower())
     assert len(tid) % 4 == 0
     assert parse_iscsi_transport_id(tid) == (f"{TARGET}:x,i,0x123".lower(), len(tid))
+
+
+async def test_aptpl_write_failure_changes_nothing(
+    make_target: MakeTarget, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GOOD is only sent once the state is on disk: if saving fails, the command fails and
+    the in-memory state stays as it was."""
+    from ophiura.scsi import pr_state
+
+    target = make_target(state_dir=tmp_path / "s")
+    a, b = await login(target, "alpha"), await login(target, "beta")
+    await register(a, 0xA, aptpl=True)
+
+    def broken(path: Path, state: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pr_state, "save", broken)
+    rsp = await b.run(cdbs.pr_out(PrOut.REGISTER_AND_IGNORE), cdbs.pr_params(0, 0xB, aptpl=True))
+    assert rsp.status == Status.CHECK_CONDITION and rsp.sense[2] == 4
+    assert await read_keys(a) == (1, [0xA])
+
+
+async def test_leftover_temp_file_from_a_crash_is_ignored(
+    make_target: MakeTarget, tmp_path: Path
+) -> None:
+    state = tmp_path / "s"
+    a = await login(make_target(state_dir=state), "alpha")
+    await register(a, 0xA, aptpl=True)
+    (state / "lun0.pr.json.tmp").write_text('{"half": ')  # killed -9 in the middle of a save
+    a2 = await login(make_target(state_dir=state), "alpha")
+    assert await read_keys(a2) == (1, [0xA])

@@ -27,12 +27,14 @@ log = logging.getLogger(__name__)
 
 # Block limits we advertise (VPD B0h) and enforce. Byte limits keep buffers bounded whatever the
 # block size.
-MAX_TRANSFER_BYTES = 32 * 1024 * 1024  # libiscsi WRITESAME16.Unmap writes 65536 x 512 B at once
+MAX_TRANSFER_BYTES = 8 * 1024 * 1024
 OPTIMAL_TRANSFER_BYTES = 1024 * 1024
 MAX_COMPARE_AND_WRITE_BLOCKS = 255  # the CDB field is one byte
 MAX_UNMAP_BLOCKS = 1 << 20
 MAX_UNMAP_DESCRIPTORS = 256
-MAX_WRITE_SAME_BLOCKS = 1 << 20
+# Below 65536 on purpose: libiscsi's WRITESAME16.Unmap then expects a 65536-block WRITE SAME to
+# be refused, instead of first writing 65536 blocks with one WRITE(16) beyond our transfer limit.
+MAX_WRITE_SAME_BLOCKS = 0xFFFF
 WRITE_SAME_CHUNK_BYTES = 1024 * 1024
 
 

@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[["ScsiTarget", LogicalUnit, Command], Awaitable[Response]]
 
-DEFAULT_TARGET_NAME = "iqn.2025-01.org.ophiura:target"
 
 # Unit attention codes for resets. SAM-5 lets every reset be reported with 29/00 too; libiscsi's
 # RESERVE(6) helpers retry on any unit attention, so the specific codes are safe to use.
@@ -133,14 +132,12 @@ class ScsiTarget:
 
     def __init__(
         self,
-        target_name: str | Mapping[int, BlockDevice],
-        luns: Mapping[int, BlockDevice] | None = None,
+        target_name: str,
+        luns: Mapping[int, BlockDevice],
         state_dir: Path | None = None,
         vendor: str = "OPHIURA",
         product: str = "ophiura disk",
     ) -> None:
-        if not isinstance(target_name, str):  # ScsiTarget({0: dev}): a default target name
-            luns, target_name = target_name, DEFAULT_TARGET_NAME
         if not luns:
             raise ValueError("a SCSI target needs at least one logical unit")
         if state_dir is not None:
@@ -239,12 +236,11 @@ class ScsiTarget:
         """Run a handler as a tracked task of the LU's task set."""
         key = (command.nexus, command.tag)
         running = lu.tasks.running
-        if key in running:
-            overlapped = CheckCondition(SenseKey.ABORTED_COMMAND, Asc.OVERLAPPED_COMMANDS_ATTEMPTED)
-            return _check(lu, overlapped)
         task = asyncio.current_task()
         record = TaskRecord(task, command.nexus, command.tag)
-        running[key] = record
+        if running.setdefault(key, record) is not record:
+            overlapped = CheckCondition(SenseKey.ABORTED_COMMAND, Asc.OVERLAPPED_COMMANDS_ATTEMPTED)
+            return _check(lu, overlapped)
         try:
             return await handler(self, lu, command)
         except CheckCondition as exc:
@@ -268,8 +264,7 @@ class ScsiTarget:
             )
             return _check(lu, CheckCondition(SenseKey.HARDWARE_ERROR, Asc.INTERNAL_TARGET_FAILURE))
         finally:
-            if running.get(key) is record:
-                del running[key]
+            running.pop(key, None)  # only this command can have registered this key
             record.finish()
 
     def _no_such_lun(self, command: Command) -> Response:
