@@ -8,13 +8,11 @@ only the commands that touch it, never the event loop that serves the other sess
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import ctypes.util
 import errno
 import os
 import stat
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ophiura.block.device import (
@@ -24,6 +22,7 @@ from ophiura.block.device import (
     NoSpaceError,
     ReadOnlyError,
 )
+from ophiura.block.io_threads import IoThreads
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
@@ -61,7 +60,7 @@ class FileBlockDevice:
         block_size: int = 512,
         thin: bool = False,
         read_only: bool = False,
-        io_threads: int = 8,
+        io_threads: int = 4,
     ) -> None:
         if block_size <= 0 or block_size & (block_size - 1):
             raise ValueError(f"block size {block_size} is not a power of two")
@@ -87,7 +86,7 @@ class FileBlockDevice:
         self._block_size = block_size
         self._thin = thin
         self._read_only = read_only
-        self._pool = ThreadPoolExecutor(io_threads, thread_name_prefix=f"io-{self.path.name}")
+        self._pool = IoThreads(io_threads, name=f"io-{self.path.name}")
         self._nowait_reads = hasattr(os, "RWF_NOWAIT")
 
     @property
@@ -111,7 +110,7 @@ class FileBlockDevice:
             raise BlockDeviceError(f"range {offset}+{length} outside device of {self._size}")
 
     async def _off_loop(self, func, *args):  # type: ignore[no-untyped-def]
-        return await asyncio.get_running_loop().run_in_executor(self._pool, func, *args)
+        return await self._pool.run(func, *args)
 
     def _read_blocking(self, buf: bytearray, offset: int, done: int) -> None:
         view = memoryview(buf)
@@ -244,6 +243,6 @@ class FileBlockDevice:
     async def close(self) -> None:
         if self._fd < 0:
             return
-        self._pool.shutdown(wait=True)
+        self._pool.shutdown()
         os.close(self._fd)
         self._fd = -1
