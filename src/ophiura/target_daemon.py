@@ -13,6 +13,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+from ophiura.block.device import BlockDeviceError
 from ophiura.block.file import FileBlockDevice
 from ophiura.iscsi.chap import Credentials
 from ophiura.iscsi.server import IscsiServer
@@ -70,7 +71,10 @@ class TargetDaemon:
             await self.server.stop()
             self.server = None
         if self.device is not None:
-            await self.device.flush()
+            try:
+                await self.device.flush()
+            except BlockDeviceError as exc:  # still close: the file descriptor must go
+                log.error("final flush of %s failed: %s", self.config.backing, exc)
             await self.device.close()
             self.device = None
 

@@ -165,6 +165,8 @@ class FileBlockDevice:
         try:
             await self._off_loop(os.fdatasync, self._fd)
         except OSError as exc:
+            if exc.errno == errno.EINVAL:  # a special file (e.g. /dev/full): no cache to flush
+                return
             raise translate_os_error(exc, "fdatasync") from exc
 
     def _zero_blocking(self, offset: int, length: int, punch: bool) -> None:
