@@ -412,6 +412,50 @@ class PduEncoder:
         return [header, data]
 
 
+def negotiated_codec(
+    decoder: PduDecoder, header_digest: bool, data_digest: bool, max_data_segment: int
+) -> PduEncoder:
+    """Leaving login, either side: the decoder and a new encoder use the negotiated digests."""
+    decoder.header_digest = header_digest
+    decoder.data_digest = data_digest
+    decoder.max_data_segment = max_data_segment
+    return PduEncoder(header_digest, data_digest)
+
+
+# ---- data segments both sides read or write ----------------------------------------------
+_SENSE_LEN = struct.Struct(">H")
+
+
+def sense_segment(sense: bytes) -> bytes:
+    """SCSI Response data segment (§11.4.7): SenseLength, then the sense data."""
+    return _SENSE_LEN.pack(len(sense)) + sense
+
+
+def parse_sense_segment(data: bytes) -> bytes:
+    """The sense data of a SCSI Response's data segment (empty when it carries none)."""
+    if len(data) < 2:
+        return b""
+    (n,) = _SENSE_LEN.unpack_from(data)
+    return bytes(data[2 : 2 + n])
+
+
 def reject_header_data(header: bytes) -> bytes:
     """Reject PDUs carry the offending BHS (48 bytes, zero padded if we had less)."""
     return bytes(header[:BHS_LEN]).ljust(BHS_LEN, b"\0")
+
+
+def rejected_itt(data: bytes) -> int:
+    """The ITT of the PDU a Reject carries back (NO_TAG if it is too short to tell)."""
+    return int.from_bytes(data[16:20], "big") if len(data) >= 20 else NO_TAG
+
+
+def extended_cdb(ahs: bytes) -> bytes:
+    """AHS type 1 (extended CDB) carries CDB bytes beyond the first 16."""
+    pos = 0
+    while pos + 4 <= len(ahs):
+        length = int.from_bytes(ahs[pos : pos + 2], "big")
+        kind = ahs[pos + 2]
+        if kind == 1:
+            return bytes(ahs[pos + 4 : pos + 3 + length])
+        pos += (3 + length + 3) & ~3
+    return b""

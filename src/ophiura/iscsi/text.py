@@ -151,6 +151,11 @@ class SessionParams:
     error_recovery_level: int = 0
     negotiated: set[str] = field(default_factory=set)
 
+    @property
+    def digests(self) -> tuple[bool, bool]:
+        """(header, data): whether each digest was negotiated to CRC32C."""
+        return self.header_digest == "CRC32C", self.data_digest == "CRC32C"
+
     def copy(self) -> SessionParams:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values["negotiated"] = set(self.negotiated)
