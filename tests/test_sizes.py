@@ -13,7 +13,7 @@ def test_parse(text: str, expected: int) -> None:
 
 @pytest.mark.parametrize("bad", ["", "ten", "-1", "1X", "1.3"])
 def test_rejects_garbage_with_a_message(bad: str) -> None:
-    with pytest.raises(ValueError, match="size|bytes"):
+    with pytest.raises(ValueError, match=r"size|bytes"):
         parse_size(bad)
 
 

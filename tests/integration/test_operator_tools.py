@@ -47,8 +47,9 @@ def test_register_reserve_conflict_and_break(start_target: TargetFactory) -> Non
     assert "Traceback" not in refused.stderr
 
     # The operator breaks the dead node's hold (the seed's "break reservation").
-    broke = pr(server, "preempt-abort", "--key", "0xb", "--victim", "0xa", "--type", "we",
-               node=NODE_B)
+    broke = pr(
+        server, "preempt-abort", "--key", "0xb", "--victim", "0xa", "--type", "we", node=NODE_B
+    )
     assert broke.returncode == 0, broke.stderr
     status = pr_json(server, "read-full-status", node=NODE_B)
     assert [(r["key"], r["holder"]) for r in status["registrations"]] == [("0xb", True)]
@@ -63,8 +64,12 @@ def test_bad_input_is_named(start_target: TargetFactory) -> None:
     assert out.returncode == 2 and "unknown type 'bogus'" in out.stderr
     out = pr(server, "preempt", "--key", "0x1", "--type", "we")
     assert out.returncode == 2 and "--victim" in out.stderr
-    out = subprocess.run([*OPHIURA, "pr", "iscsi://127.0.0.1:1/iqn.x:y/0", "read-keys"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [*OPHIURA, "pr", "iscsi://127.0.0.1:1/iqn.x:y/0", "read-keys"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 1 and "127.0.0.1" in out.stderr and "Traceback" not in out.stderr
 
 
