@@ -78,6 +78,13 @@ def main(ctx: click.Context, verbose: int) -> None:
     help="Where persistent reservations (APTPL) live (default: BACKING.state/).",
 )
 @click.option("--block-size", type=click.Choice(["512", "4096"]), default="512", show_default=True)
+@click.option(
+    "--nbd",
+    type=HostPortParam(),
+    default=None,
+    help="Also serve BACKING over NBD on HOST:PORT (e.g. 127.0.0.1:10809).",
+)
+@click.option("--nbd-export", default="disk", show_default=True, help="NBD export name.")
 def target(
     backing: Path,
     size: int | None,
@@ -88,6 +95,8 @@ def target(
     mutual_chap: str | None,
     state_dir: Path | None,
     block_size: str,
+    nbd: tuple[str, int] | None,
+    nbd_export: str,
 ) -> None:
     """Serve BACKING as LUN 0 of an iSCSI target until SIGTERM or SIGINT."""
     from ophiura.target_daemon import DEFAULT_IQN, TargetConfig, TargetDaemon, run_event_loop
@@ -113,6 +122,8 @@ def target(
         chap=credentials,
         state_dir=state_dir,
         block_size=int(block_size),
+        nbd=nbd,
+        nbd_export=nbd_export,
     )
     daemon = TargetDaemon(config)
     try:

@@ -1,4 +1,5 @@
-"""`ophiura target`: one backing file served as LUN 0 of one iSCSI target until stopped.
+"""`ophiura target`: one backing file served as LUN 0 of one iSCSI target until stopped
+(and, with `--nbd`, as an NBD export too: the "direct" baseline for the StarFish benchmarks).
 
 Assembles the three layers — a BlockDevice, the SCSI device server, the iSCSI portal — and owns
 their lifetime: SIGTERM/SIGINT stop the portal (sessions see a clean close), flush the backing
@@ -17,6 +18,7 @@ from ophiura.block.device import BlockDeviceError
 from ophiura.block.file import FileBlockDevice
 from ophiura.iscsi.chap import Credentials
 from ophiura.iscsi.server import IscsiServer
+from ophiura.nbd.server import NbdServer
 from ophiura.scsi.target import ScsiTarget
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,8 @@ class TargetConfig:
     chap: Credentials | None = None
     state_dir: Path | None = None
     block_size: int = 512
+    nbd: tuple[str, int] | None = None  # also serve the backing file over NBD here
+    nbd_export: str = "disk"
 
 
 class TargetDaemon:
@@ -44,6 +48,7 @@ class TargetDaemon:
         self.config = config
         self.device: FileBlockDevice | None = None
         self.server: IscsiServer | None = None
+        self.nbd: NbdServer | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -65,8 +70,27 @@ class TargetDaemon:
             cfg.host,
             self.server.port,
         )
+        if cfg.nbd is not None:
+            # The same device object: NBD and iSCSI writes meet in one page cache and one flush.
+            nbd = NbdServer({cfg.nbd_export: self.device}, cfg.nbd[0], cfg.nbd[1])
+            try:
+                await nbd.start()
+            except OSError:
+                await self.stop()  # the iSCSI portal and the file must not outlive a failed start
+                raise
+            self.nbd = nbd
+            log.info(
+                "serving %s as NBD export %r on %s:%d",
+                cfg.backing,
+                cfg.nbd_export,
+                cfg.nbd[0],
+                self.nbd.port,
+            )
 
     async def stop(self) -> None:
+        if self.nbd is not None:
+            await self.nbd.stop()
+            self.nbd = None
         if self.server is not None:
             await self.server.stop()
             self.server = None

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from ophiura.block.device import BlockDeviceError, MediumError, NoSpaceError, ReadOnlyError
+from ophiura.block.device import (
+    BlockDevice,
+    BlockDeviceError,
+    MediumError,
+    NoSpaceError,
+    ReadOnlyError,
+    physical_block_size,
+)
 from ophiura.block.file import FileBlockDevice, translate_os_error
 from ophiura.block.memory import MemoryBlockDevice
 
@@ -107,3 +114,47 @@ async def test_memory_device_extents_and_discard() -> None:
     ]
     await dev.discard(4096, 4096)
     assert await dev.read(4096, 4096) == bytes(4096)
+
+
+def test_physical_block_size_helper() -> None:
+    class Bare:
+        block_size = 512
+
+    class Odd(Bare):
+        physical_block_size = 1536  # not a power-of-two multiple
+
+    class Huge(Bare):
+        physical_block_size = 512 << 16  # exponent would not fit in 4 bits
+
+    assert physical_block_size(Bare()) == 512  # type: ignore[arg-type]
+    assert physical_block_size(Odd()) == 512  # type: ignore[arg-type]
+    assert physical_block_size(Huge()) == 512  # type: ignore[arg-type]
+    assert physical_block_size(MemoryBlockDevice(MiB, 512, physical_block_size=4096)) == 4096
+    assert MemoryBlockDevice(MiB).physical_block_size == 512
+    with pytest.raises(ValueError):
+        MemoryBlockDevice(MiB, 4096, physical_block_size=512)
+
+
+async def test_file_physical_block_size_is_the_filesystem_block(tmp_path: Path) -> None:
+    dev = FileBlockDevice(tmp_path / "d.img", size=MiB)
+    frsize = os.statvfs(tmp_path).f_frsize
+    assert dev.physical_block_size == (frsize if 512 <= frsize <= 65536 else 512)
+    assert isinstance(dev, BlockDevice)
+    await dev.close()
+    big = FileBlockDevice(tmp_path / "d.img", block_size=4096)
+    assert big.physical_block_size == max(4096, dev.physical_block_size)
+    await big.close()
+    given = FileBlockDevice(tmp_path / "d.img", physical_block_size=8192)
+    assert given.physical_block_size == 8192
+    await given.close()
+    with pytest.raises(ValueError):
+        FileBlockDevice(tmp_path / "d.img", physical_block_size=1000)
+
+
+async def test_memory_discard_of_a_huge_range_walks_stored_blocks() -> None:
+    dev = MemoryBlockDevice(1 << 40, 512, thin=True)  # 2^31 blocks: a range loop would hang
+    await dev.write(4096, b"x" * 1024)
+    await dev.write(1 << 39, b"y" * 512)
+    await dev.discard(0, 1 << 39)
+    assert await dev.read(4096, 1024) == bytes(1024)
+    assert await dev.read(1 << 39, 512) == b"y" * 512

@@ -119,3 +119,38 @@ def test_fuzz_headers(op: int, flags: int, dsl: int, ahs: int, tail: bytes) -> N
     except P.PduError:
         return
     assert len(pdu.data) == dsl <= 8192
+
+
+def test_negotiated_codec_switches_both_directions() -> None:
+    dec = P.PduDecoder("target")
+    enc = P.negotiated_codec(dec, True, True, 65536)
+    assert (dec.header_digest, dec.data_digest, dec.max_data_segment) == (True, True, 65536)
+    wire = b"".join(bytes(b) for b in enc.encode(0x01, 0x80, 0, 0, 9, 0, 1, 0, data=b"abc"))
+    dec.feed(wire)
+    pdu = dec.next_pdu()
+    assert pdu is not None and pdu.itt == 9 and pdu.data == b"abc"
+
+
+@pytest.mark.parametrize("sense", [b"", bytes(18), bytes(range(1, 30))])
+def test_sense_segment_roundtrip(sense: bytes) -> None:
+    # what the target writes into a SCSI Response is what the initiator reads back
+    assert P.parse_sense_segment(P.sense_segment(sense)) == sense
+    assert P.parse_sense_segment(b"") == b"" and P.parse_sense_segment(b"\x00") == b""
+
+
+def test_rejected_itt_from_reject_data() -> None:
+    header = P.BHS.pack(0x01, 0x80, 0, 0, 0, 0x1234, 0, 0, 0, 0, 0, 0, 0)
+    assert P.rejected_itt(P.reject_header_data(header)) == 0x1234
+    assert P.rejected_itt(P.reject_header_data(header[:16])) == 0
+    assert P.rejected_itt(b"short") == P.NO_TAG
+
+
+def test_extended_cdb_from_ahs() -> None:
+    extra = bytes(range(16, 32))  # CDB bytes 16..31 of a 32-byte CDB
+    ahs = (len(extra) + 1).to_bytes(2, "big") + b"\x01\x00" + extra
+    ahs += b"\0" * (-len(ahs) & 3)
+    other = (5).to_bytes(2, "big") + b"\x02\x00" + bytes(4)  # bidi read length AHS
+    other += b"\0" * (-len(other) & 3)
+    assert P.extended_cdb(ahs) == extra
+    assert P.extended_cdb(other + ahs) == extra
+    assert P.extended_cdb(other) == b""

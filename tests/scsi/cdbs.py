@@ -105,6 +105,11 @@ def write_same(
     return lba_cdb(op, size, lba, blocks, flags)
 
 
+def write_atomic16(lba: int, blocks: int, flags: int = 0, boundary: int = 0) -> bytes:
+    cdb = bytes((Op.WRITE_ATOMIC_16, flags)) + _u(lba, 8) + _u(boundary, 2) + _u(blocks, 2)
+    return cdb + bytes(2)
+
+
 def unmap(length: int, anchor: bool = False) -> bytes:
     return bytes((Op.UNMAP, int(anchor), 0, 0, 0, 0, 0)) + _u(length, 2) + b"\x00"
 

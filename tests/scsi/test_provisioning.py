@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from ophiura.block.memory import MemoryBlockDevice
 from ophiura.scsi.api import Status
+from ophiura.scsi.logical_unit import MAX_WRITE_SAME_BLOCKS, WRITE_SAME_CHUNK_BYTES
 from ophiura.scsi.target import ScsiTarget
 
 from . import cdbs
-from .conftest import BLOCKS, BS, Initiator, login
+from .conftest import BLOCKS, BS, Initiator, MakeTarget, login
 
 ILLEGAL = 5
 LBA_OOB = (ILLEGAL, 0x21, 0)
@@ -45,7 +47,6 @@ async def test_write_same_pattern(a: Initiator, size: int) -> None:
 @pytest.mark.parametrize("size", [10, 16])
 async def test_write_same_errors(a: Initiator, size: int) -> None:
     one = b"x" * BS
-    assert await a.sense(cdbs.write_same(size, 0, 0), one) == BAD_CDB  # WSNZ
     assert await a.sense(cdbs.write_same(size, BLOCKS - 1, 2), one) == LBA_OOB
     assert await a.sense(cdbs.write_same(size, 0, 1), one * 2) == BAD_CDB
     assert await a.sense(cdbs.write_same(size, 0, 1), one[:100]) == BAD_CDB
@@ -62,9 +63,14 @@ async def test_write_same_unmap_deallocates(t: Initiator, size: int) -> None:
     assert lba_status(await t.good(cdbs.get_lba_status(0, 64)))[:2] == [(0, 8, 1), (8, 8, 0)]
 
 
-async def test_write_same_unmap_of_nonzero_data_writes_it(t: Initiator) -> None:
-    await t.good(cdbs.write_same(16, 0, 4, unmap=True), b"q" * BS)
-    assert await t.good(cdbs.read(10, 0, 4)) == b"q" * 4 * BS
+@pytest.mark.parametrize("size", [10, 16])
+async def test_write_same_unmap_deallocates_whatever_the_data(t: Initiator, size: int) -> None:
+    """SBC-3: the UNMAP bit asks for deallocation; with LBPRZ=1 the blocks then read as zeros
+    (libiscsi's WriteSame10.UnmapUntilEnd sends 0xFF data with UNMAP=1 and expects zeros)."""
+    await t.good(cdbs.write(10, 0, 8), b"\xff" * 8 * BS)
+    await t.good(cdbs.write_same(size, 0, 4, unmap=True), b"q" * BS)
+    assert await t.good(cdbs.read(10, 0, 8)) == bytes(4 * BS) + b"\xff" * 4 * BS
+    assert lba_status(await t.good(cdbs.get_lba_status(0, 64)))[0] == (0, 4, 1)
 
 
 async def test_write_same16_ndob_zeroes(t: Initiator) -> None:
@@ -117,3 +123,82 @@ async def test_get_lba_status(t: Initiator, a: Initiator) -> None:
     assert await t.sense(cdbs.get_lba_status(2**64 - 1)) == LBA_OOB
     # Thick LU: everything is mapped.
     assert lba_status(await a.good(cdbs.get_lba_status(0)))[0] == (0, BLOCKS, 0)
+
+
+# -- WRITE SAME with NUMBER OF LOGICAL BLOCKS 0: to the last LBA (WSNZ=0) ---------------------
+
+
+class RecordingDevice(MemoryBlockDevice):
+    """Records the backend calls a command makes, to check how big ranges are done."""
+
+    def __init__(self, *args: object, keep: bool = True, **kw: object) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        self.calls: list[tuple[str, int, int]] = []
+        self.keep = keep  # False: writes are only recorded (a 32 MiB pattern costs nothing)
+
+    async def write(self, offset: int, data: bytes, fua: bool = False) -> None:  # type: ignore[override]
+        self.calls.append(("write", offset, len(data)))
+        if self.keep:
+            await super().write(offset, data, fua)
+
+    async def discard(self, offset: int, length: int) -> None:
+        self.calls.append(("discard", offset, length))
+        await super().discard(offset, length)
+
+    async def write_zeroes(self, offset: int, length: int) -> None:
+        self.calls.append(("write_zeroes", offset, length))
+        await super().write_zeroes(offset, length)
+
+
+@pytest.mark.parametrize("size", [10, 16])
+async def test_write_same_zero_blocks_runs_to_the_last_lba(a: Initiator, size: int) -> None:
+    block = b"z" * BS
+    rsp = await a.run(cdbs.write_same(size, BLOCKS - 7, 0), block)
+    assert rsp.status == Status.GOOD and rsp.data_out_length == BS
+    assert await a.good(cdbs.read(10, BLOCKS - 8, 8)) == bytes(BS) + block * 7
+    await a.good(cdbs.write_same(size, 0, 0), bytes(BS))  # the whole (small) LU, zeros
+    assert await a.good(cdbs.read(10, BLOCKS - 8, 8)) == bytes(8 * BS)
+
+
+@pytest.mark.parametrize("size", [10, 16])
+async def test_write_same_zero_blocks_beyond_the_end(a: Initiator, size: int) -> None:
+    one = b"x" * BS
+    for lba in (BLOCKS, BLOCKS + 1, 0x80000000 if size == 10 else 1 << 63):
+        assert await a.sense(cdbs.write_same(size, lba, 0), one) == LBA_OOB
+
+
+@pytest.mark.parametrize("size", [10, 16])
+async def test_write_same_zero_blocks_obeys_maximum_write_same_length(
+    make_target: MakeTarget, size: int
+) -> None:
+    """The implied count is checked against MAXIMUM WRITE SAME LENGTH (libiscsi ZeroBlocks)."""
+    blocks = MAX_WRITE_SAME_BLOCKS + 100
+    a = await login(make_target(blocks=blocks), "alpha")
+    one = b"x" * BS
+    assert await a.sense(cdbs.write_same(size, 0, 0), one) == BAD_CDB
+    last_ok = blocks - MAX_WRITE_SAME_BLOCKS
+    assert await a.sense(cdbs.write_same(size, last_ok - 1, 0), one) == BAD_CDB
+    await a.good(cdbs.write_same(size, last_ok, 0), one)
+    await a.good(cdbs.write_same(size, last_ok + 1, 0), one)
+    assert await a.good(cdbs.read(16, blocks - 1, 1)) == one
+    assert await a.good(cdbs.read(16, last_ok - 1, 1)) == bytes(BS)
+
+
+async def test_write_same_zero_blocks_unmap_is_one_discard(make_target: MakeTarget) -> None:
+    blocks = MAX_WRITE_SAME_BLOCKS + 100
+    dev = RecordingDevice(blocks * BS, BS, thin=True)
+    t = await login(make_target({0: dev}), "alpha")
+    start = blocks - MAX_WRITE_SAME_BLOCKS
+    await t.good(cdbs.write_same(16, start, 0, unmap=True), b"\xff" * BS)
+    assert dev.calls == [("discard", start * BS, MAX_WRITE_SAME_BLOCKS * BS)]
+
+
+async def test_write_same_zero_blocks_pattern_is_chunked(make_target: MakeTarget) -> None:
+    blocks = MAX_WRITE_SAME_BLOCKS + 100
+    dev = RecordingDevice(blocks * BS, BS, keep=False)
+    a = await login(make_target({0: dev}), "alpha")
+    start = blocks - MAX_WRITE_SAME_BLOCKS
+    await a.good(cdbs.write_same(10, start, 0), b"p" * BS)
+    assert all(kind == "write" and n <= WRITE_SAME_CHUNK_BYTES for kind, _, n in dev.calls)
+    assert sum(n for _, _, n in dev.calls) == MAX_WRITE_SAME_BLOCKS * BS
+    assert dev.calls[0][1] == start * BS and len(dev.calls) > 1

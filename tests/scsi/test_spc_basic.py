@@ -112,11 +112,15 @@ async def test_device_identification(target: ScsiTarget) -> None:
 async def test_block_limits_and_characteristics(a: Initiator) -> None:
     limits = await a.good(cdbs.inquiry(255, True, 0xB0))
     assert len(limits) == 64
-    assert limits[4] & 1  # WSNZ
+    assert limits[4] & 1 == 0  # WSNZ=0: WRITE SAME of 0 blocks runs to the last LBA
     assert limits[5] == 255  # MAXIMUM COMPARE AND WRITE LENGTH
     assert int.from_bytes(limits[8:12]) == MAX_TRANSFER_BYTES // BS
     assert int.from_bytes(limits[20:24]) == 0  # thick: no UNMAP
     assert int.from_bytes(limits[36:44]) > 0
+    # WRITE ATOMIC(16): MAXIMUM ATOMIC TRANSFER LENGTH <= MAXIMUM TRANSFER LENGTH, no alignment,
+    # granularity or boundary restrictions.
+    assert 256 <= int.from_bytes(limits[44:48]) <= int.from_bytes(limits[8:12])
+    assert limits[48:64] == bytes(16)
     bdc = await a.good(cdbs.inquiry(255, True, 0xB1))
     assert int.from_bytes(bdc[4:6]) == 1  # non-rotating
 
@@ -181,7 +185,7 @@ async def test_inquiry_and_report_luns_do_not_consume_unit_attention(target: Scs
 
 @pytest.mark.parametrize(
     "opcode",
-    [Op.SANITIZE, Op.EXTENDED_COPY, Op.RECEIVE_COPY_RESULTS, Op.WRITE_ATOMIC_16, 0x04, 0xFF],
+    [Op.SANITIZE, Op.EXTENDED_COPY, Op.RECEIVE_COPY_RESULTS, 0x04, 0xFF],
 )
 async def test_unsupported_opcodes(a: Initiator, opcode: int) -> None:
     assert await a.sense(bytes((opcode,)) + bytes(15)) == (ILLEGAL, 0x20, 0)

@@ -47,6 +47,9 @@ class BlockDevice(Protocol):
     @property
     def block_size(self) -> int: ...
 
+    # Optional, not part of the structural check: `physical_block_size: int`, the unit the
+    # backend allocates and writes in (a filesystem block). Read it with physical_block_size().
+
     @property
     def size(self) -> int:
         """Capacity in bytes (a multiple of block_size)."""
@@ -83,3 +86,20 @@ class BlockDevice(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def physical_block_size(device: BlockDevice) -> int:
+    """The device's physical block size in bytes: its optional `physical_block_size` attribute.
+
+    Optional so that older backends still satisfy the protocol; a missing or unusable value
+    (not a power-of-two multiple of block_size, or more than 2^15 logical blocks: the READ
+    CAPACITY(16) exponent is 4 bits) means one logical block per physical block.
+    """
+    bs = device.block_size
+    value = getattr(device, "physical_block_size", None)
+    if not isinstance(value, int) or value < bs or value % bs:
+        return bs
+    ratio = value // bs
+    if ratio & (ratio - 1) or ratio > 1 << 15:
+        return bs
+    return value

@@ -11,8 +11,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import os
 import stat
+import struct
 from pathlib import Path
 
 from ophiura.block.device import (
@@ -29,6 +31,8 @@ FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_ZERO_RANGE = 0x10
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 _ZERO_CHUNK = 1 << 20
+_BLKPBSZGET = 0x127B  # _IO(0x12, 123): a block device's physical sector size
+_MAX_PHYSICAL_BLOCK = 64 * 1024  # beyond this st_blksize is a transfer hint (NFS), not a block
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
@@ -38,6 +42,27 @@ def _fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     if _libc.fallocate(fd, mode, offset, length) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+
+
+def _derive_physical_block_size(fd: int, st: os.stat_result, block_size: int) -> int:
+    """What the backing store allocates and writes in: the filesystem block of a file (holes
+    are punched, and partial blocks rewritten, in these units), the physical sector of a disk."""
+    size = 0
+    if stat.S_ISBLK(st.st_mode):
+        try:
+            raw = fcntl.ioctl(fd, _BLKPBSZGET, b"\0" * 4)
+            size = struct.unpack("I", raw)[0]
+        except OSError:
+            size = 0
+    elif stat.S_ISREG(st.st_mode):
+        try:
+            size = os.fstatvfs(fd).f_frsize
+        except OSError:
+            size = 0
+        size = size or st.st_blksize
+    if size < block_size or size > _MAX_PHYSICAL_BLOCK or size & (size - 1):
+        return block_size
+    return size
 
 
 def translate_os_error(exc: OSError, what: str) -> BlockDeviceError:
@@ -61,9 +86,20 @@ class FileBlockDevice:
         thin: bool = False,
         read_only: bool = False,
         io_threads: int = 4,
+        physical_block_size: int | None = None,
     ) -> None:
+        """`physical_block_size` None: derived from the backing file's filesystem (or disk)."""
         if block_size <= 0 or block_size & (block_size - 1):
             raise ValueError(f"block size {block_size} is not a power of two")
+        if physical_block_size is not None and (
+            physical_block_size < block_size
+            or physical_block_size % block_size
+            or physical_block_size & (physical_block_size - 1)
+        ):
+            raise ValueError(
+                f"physical block size {physical_block_size} is not a power-of-two multiple "
+                f"of {block_size}"
+            )
         self.path = Path(path)
         flags = os.O_RDONLY if read_only else os.O_RDWR | os.O_CREAT
         self._fd = os.open(self.path, flags | os.O_CLOEXEC, 0o600)
@@ -79,11 +115,14 @@ class FileBlockDevice:
                 os.ftruncate(self._fd, size)  # grows sparse: no blocks allocated
             elif current < size and stat.S_ISREG(st.st_mode):
                 raise ValueError(f"{self.path} is {current} bytes, smaller than size {size}")
+            if physical_block_size is None:
+                physical_block_size = _derive_physical_block_size(self._fd, st, block_size)
         except BaseException:
             os.close(self._fd)
             raise
         self._size = size
         self._block_size = block_size
+        self._physical_block_size = physical_block_size
         self._thin = thin
         self._read_only = read_only
         self._pool = IoThreads(io_threads, name=f"io-{self.path.name}")
@@ -92,6 +131,10 @@ class FileBlockDevice:
     @property
     def block_size(self) -> int:
         return self._block_size
+
+    @property
+    def physical_block_size(self) -> int:
+        return self._physical_block_size
 
     @property
     def size(self) -> int:

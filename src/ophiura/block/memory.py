@@ -9,13 +9,24 @@ class MemoryBlockDevice:
     """Sparse in memory: only written blocks take space, so a 1 TiB test LUN is free."""
 
     def __init__(
-        self, size: int, block_size: int = 512, thin: bool = False, read_only: bool = False
+        self,
+        size: int,
+        block_size: int = 512,
+        thin: bool = False,
+        read_only: bool = False,
+        physical_block_size: int | None = None,
     ) -> None:
+        """`physical_block_size` (default block_size) only shapes what the SCSI layer reports:
+        it lets tests model a 512e disk (512-byte logical blocks on 4096-byte physical ones)."""
         if block_size <= 0 or block_size & (block_size - 1):
             raise ValueError(f"block size {block_size} is not a power of two")
+        pbs = block_size if physical_block_size is None else physical_block_size
+        if pbs < block_size or pbs % block_size or pbs & (pbs - 1):
+            raise ValueError(f"physical block size {pbs} is not a power-of-two multiple")
         if size <= 0 or size % block_size:
             raise ValueError(f"size {size} is not a positive multiple of {block_size}")
         self._block_size = block_size
+        self._physical_block_size = pbs
         self._size = size
         self._thin = thin
         self._read_only = read_only
@@ -26,6 +37,10 @@ class MemoryBlockDevice:
     @property
     def block_size(self) -> int:
         return self._block_size
+
+    @property
+    def physical_block_size(self) -> int:
+        return self._physical_block_size
 
     @property
     def size(self) -> int:
@@ -72,7 +87,12 @@ class MemoryBlockDevice:
             raise ReadOnlyError("device is read-only")
         self._check(offset, length)
         bs = self._block_size
-        for lba in range(offset // bs, (offset + length) // bs):
+        first, end = offset // bs, (offset + length) // bs
+        if end - first > len(self._blocks):  # a huge range: walk what is stored, not the range
+            for lba in [b for b in self._blocks if first <= b < end]:
+                del self._blocks[lba]
+            return
+        for lba in range(first, end):
             self._blocks.pop(lba, None)
 
     async def write_zeroes(self, offset: int, length: int) -> None:

@@ -17,8 +17,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from ophiura.iscsi.chap import Credentials
-from ophiura.iscsi.connection import IscsiConnection, LoginRefused
-from ophiura.iscsi.login import ChallengeRegistry, LoginMachine, LoginRequest, Status, TargetInfo
+from ophiura.iscsi.connection import IscsiConnection
+from ophiura.iscsi.login import (
+    ChallengeRegistry,
+    LoginError,
+    LoginMachine,
+    LoginRequest,
+    Status,
+    TargetInfo,
+)
 from ophiura.iscsi.session import Session, make_nexus
 from ophiura.iscsi.text import TargetPolicy
 from ophiura.scsi.api import DeviceServer
@@ -133,7 +140,7 @@ class IscsiServer:
             self._next_tsih = self._next_tsih % 0xFFFF + 1
             if tsih not in self._by_tsih:
                 return tsih
-        raise LoginRefused(Status.OUT_OF_RESOURCES, "no free TSIH")
+        raise LoginError(Status.OUT_OF_RESOURCES, "no free TSIH")
 
     def _establish(
         self, machine: LoginMachine, conn: IscsiConnection, req: LoginRequest
@@ -145,9 +152,9 @@ class IscsiServer:
         old = self.sessions.get(key)
         if req.tsih:
             if old is None or old.tsih != req.tsih:
-                raise LoginRefused(Status.SESSION_DOES_NOT_EXIST, f"no session TSIH {req.tsih}")
+                raise LoginError(Status.SESSION_DOES_NOT_EXIST, f"no session TSIH {req.tsih}")
         elif old is None and len(self.sessions) >= self.max_sessions:
-            raise LoginRefused(Status.OUT_OF_RESOURCES, "too many sessions")
+            raise LoginError(Status.OUT_OF_RESOURCES, "too many sessions")
         if old is not None:
             log.info("reinstating session %s (tsih %d)", key, old.tsih)
             old_conn = old.connection

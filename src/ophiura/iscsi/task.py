@@ -11,8 +11,6 @@ iSCSIDataSnInvalid expects) instead of writing misplaced data.
 
 from __future__ import annotations
 
-import struct
-
 from ophiura.iscsi.pdu import (
     F_FINAL,
     F_OVERFLOW,
@@ -20,10 +18,10 @@ from ophiura.iscsi.pdu import (
     F_UNDERFLOW,
     NO_TAG,
     PduEncoder,
+    sense_segment,
 )
 from ophiura.scsi.api import Status, TaskAttribute
 
-_SENSE_LEN = struct.Struct(">H")
 SIMPLE = int(TaskAttribute.SIMPLE)
 UNTAGGED = int(TaskAttribute.UNTAGGED)
 
@@ -263,7 +261,7 @@ def build_completion(
         task.datasn = datasn
         if collapse:
             return out
-    payload = _SENSE_LEN.pack(len(sense)) + sense if sense else b""
+    payload = sense_segment(sense) if sense else b""
     out += enc.encode(
         0x21,
         F_FINAL | res_flags,

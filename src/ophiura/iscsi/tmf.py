@@ -28,7 +28,6 @@ class TmfMixin:
     session: Any
     window: Any
     closed: bool
-    enc: P.PduEncoder
     server: Any
     _device: Any
     _nexus: Any
@@ -44,12 +43,7 @@ class TmfMixin:
         result = await self._tmf_result(function, lun, pdu)
         if self.closed:
             return
-        exp, mx = self._serials()
-        self._write(
-            self.enc.encode(
-                0x22, 0x80, int(result) << 8, 0, pdu.itt, 0, self._take_statsn(), exp, mx
-            )
-        )
+        self._reply(0x22, 0x80, int(result) << 8, 0, pdu.itt, 0)
         if function == TmfFunction.TARGET_COLD_RESET and result == TmfResult.COMPLETE:
             self.close_after_flush()
             self._teardown("target cold reset")

@@ -1,8 +1,11 @@
-"""COMPARE AND WRITE and ORWRITE: read-modify-write operations that must be atomic.
+"""COMPARE AND WRITE, ORWRITE and WRITE ATOMIC: writes that must be atomic.
 
 COMPARE AND WRITE is how clustered filesystems and VMware ATS take on-disk locks, so it must be
 atomic across all sessions: the range is owned through the LU's WriteGuard from before the read
-until after the write, so no other write (from any nexus) lands in between.
+until after the write, so no other write (from any nexus) lands in between. WRITE ATOMIC(16)
+owns its range the same way, so no overlapping write from any nexus interleaves with it. Reads
+are not held back (the guard tracks writers only), and a power loss can still tear a write
+larger than the backing filesystem's block: the atomicity is between commands.
 """
 
 from __future__ import annotations
@@ -74,6 +77,35 @@ async def orwrite16(t: ScsiTarget, lu: LogicalUnit, cmd: Command) -> Response:
     try:
         current = int.from_bytes(await lu.read(lba, count))
         await lu.write_locked(lba, (current | mask).to_bytes(size), bool(c[1] & 0x08))
+    finally:
+        lu.guard.end_atomic(rng)
+    return Response(data_out_length=spdtl)
+
+
+async def write_atomic16(t: ScsiTarget, lu: LogicalUnit, cmd: Command) -> Response:
+    """WRITE ATOMIC(16) (SBC-4 5.48): no alignment or granularity limits, no atomic boundary."""
+    c = cmd.cdb
+    if c[1] & 0xE0:  # WRPROTECT: no protection information
+        raise invalid_cdb(1, 7)
+    if c[10] or c[11]:  # ATOMIC BOUNDARY: MAXIMUM ATOMIC BOUNDARY SIZE is 0
+        raise invalid_cdb(10)
+    lba = int.from_bytes(c[2:10])
+    blocks = int.from_bytes(c[12:14])
+    lu.check_ready()
+    lu.check_range(lba, blocks)
+    if blocks > lu.max_atomic_blocks:
+        raise invalid_cdb(12)
+    lu.check_writable()
+    bs = lu.block_size
+    spdtl = blocks * bs
+    # Short Data-Out (EDTL < SPDTL): the whole blocks that arrived, as for WRITE (sbc.py).
+    count = min(len(cmd.data_out), spdtl) // bs
+    if count == 0:
+        return Response(data_out_length=spdtl)
+    data = memoryview(cmd.data_out)[: count * bs]
+    rng = await lu.guard.begin_atomic(lba, lba + count)
+    try:
+        await lu.write_locked(lba, data, bool(c[1] & 0x08))
     finally:
         lu.guard.end_atomic(rng)
     return Response(data_out_length=spdtl)

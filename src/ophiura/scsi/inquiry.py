@@ -94,7 +94,7 @@ def device_identification(lu: LogicalUnit, info: TargetInfo, nexus: Nexus) -> by
 
 def block_limits(lu: LogicalUnit) -> bytes:
     body = bytearray(0x3C)
-    body[0] = 0x01  # WSNZ: WRITE SAME with NUMBER OF LOGICAL BLOCKS 0 is refused
+    # WSNZ=0: WRITE SAME with NUMBER OF LOGICAL BLOCKS 0 means "to the last LBA" (provisioning).
     body[1] = MAX_COMPARE_AND_WRITE_BLOCKS
     body[2:4] = lu.granularity_blocks.to_bytes(2)
     body[4:8] = lu.max_transfer_blocks.to_bytes(4)
@@ -105,6 +105,9 @@ def block_limits(lu: LogicalUnit) -> bytes:
         body[24:28] = lu.granularity_blocks.to_bytes(4)
         body[28:32] = (0x80000000).to_bytes(4)  # UGAVALID, alignment 0
     body[32:40] = MAX_WRITE_SAME_BLOCKS.to_bytes(8)
+    # WRITE ATOMIC(16): MAXIMUM ATOMIC TRANSFER LENGTH; ATOMIC ALIGNMENT and ATOMIC TRANSFER
+    # LENGTH GRANULARITY 0 (none); no atomic boundaries (both boundary fields 0).
+    body[40:44] = lu.max_atomic_blocks.to_bytes(4)
     return _page(0xB0, bytes(body))
 
 

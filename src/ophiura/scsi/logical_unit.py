@@ -11,7 +11,13 @@ import asyncio
 import logging
 from pathlib import Path
 
-from ophiura.block.device import BlockDevice, BlockDeviceError, NoSpaceError, ReadOnlyError
+from ophiura.block.device import (
+    BlockDevice,
+    BlockDeviceError,
+    NoSpaceError,
+    ReadOnlyError,
+    physical_block_size,
+)
 from ophiura.scsi.api import Nexus
 from ophiura.scsi.constants import Asc, SenseKey
 from ophiura.scsi.identity import naa_designator, normalize_port, unit_serial
@@ -55,7 +61,10 @@ class LogicalUnit:
         device: BlockDevice,
         target_name: str,
         state_dir: Path | None,
+        report_physical_block: bool = False,
     ) -> None:
+        """`report_physical_block`: advertise the device's physical block (LBPPBE in READ
+        CAPACITY(16), the granularities in Block Limits). Off by default: see target.py."""
         self.lun = lun
         self.device = device
         self.block_size = device.block_size
@@ -79,7 +88,15 @@ class LogicalUnit:
         bs = self.block_size
         self.max_transfer_blocks = max(1, MAX_TRANSFER_BYTES // bs)
         self.optimal_transfer_blocks = max(1, OPTIMAL_TRANSFER_BYTES // bs)
-        self.granularity_blocks = max(1, 4096 // bs)
+        pbs = physical_block_size(device) if report_physical_block else bs
+        self.physical_block_blocks = pbs // bs  # logical blocks per physical block (LBPPB)
+        self.lbppbe = self.physical_block_blocks.bit_length() - 1
+        # Optimal transfer / unmap granularity: the physical block, and at least 4 KiB (a page:
+        # what the file backend writes and punches in even when no physical block is reported).
+        self.granularity_blocks = max(self.physical_block_blocks, 4096 // bs, 1)
+        # WRITE ATOMIC(16): atomic with respect to other commands that write the same blocks,
+        # up to the transfer limit (the data is already in memory when the command runs).
+        self.max_atomic_blocks = self.max_transfer_blocks
 
     @staticmethod
     def nexus_ident(nexus: Nexus) -> tuple[str, str]:

@@ -78,6 +78,7 @@ COMMANDS: tuple[CommandInfo, ...] = (
     _c(Op.PRE_FETCH_16, 0x02, *LBA8, *LBA4, 0x1F, CTL),
     _c(Op.SYNCHRONIZE_CACHE_16, 0x02, *LBA8, *LBA4, 0x1F, CTL),
     _c(Op.WRITE_SAME_16, 0xF9, *LBA8, *LBA4, 0x1F, CTL),
+    _c(Op.WRITE_ATOMIC_16, 0xF8, *LBA8, 0, 0, 0xFF, 0xFF, 0x1F, CTL),  # WRPROTECT, DPO, FUA
     _c(
         Op.SERVICE_ACTION_IN_16,
         ServiceActionIn.READ_CAPACITY_16,

@@ -1,6 +1,6 @@
 """Logical block provisioning: WRITE SAME (with UNMAP, NDOB), UNMAP and GET LBA STATUS.
 
-A thin LU (BlockDevice.thin) really deallocates: UNMAP and WRITE SAME with UNMAP of zeros punch
+A thin LU (BlockDevice.thin) really deallocates: UNMAP and WRITE SAME with the UNMAP bit punch
 holes, and unmapped blocks read back as zeros (LBPRZ=1). A thick LU does not offer UNMAP at all
 (it is not in its command table, so it gets INVALID COMMAND OPERATION CODE) and refuses the
 UNMAP bit of WRITE SAME, which is what libiscsi's *_vpd tests expect when LBPME=0.
@@ -32,6 +32,10 @@ LBA_STATUS_SCAN_BLOCKS = 1 << 16
 async def _write_same(
     lu: LogicalUnit, cmd: Command, lba: int, blocks: int, ndob: bool, tl_byte: int
 ) -> Response:
+    """WRITE SAME (SBC-3 5.41, 5.42). NUMBER OF LOGICAL BLOCKS 0 (WSNZ=0) means every block
+    from LBA to the last one; that count is then held to MAXIMUM WRITE SAME LENGTH like any
+    other. On a thin LU the UNMAP bit deallocates the range whatever the Data-Out holds (SBC-3:
+    LBPRZ=1, so it then reads back as zeros), with one discard call for the whole range."""
     flags = cmd.cdb[1]
     if flags & 0xE0:
         raise invalid_cdb(1, 7)
@@ -44,26 +48,27 @@ async def _write_same(
     spdtl = 0 if ndob else bs
     if not ndob and len(cmd.data_out) != bs:
         raise invalid_cdb(tl_byte)  # Data-Out must be exactly one logical block
-    if blocks == 0:  # WSNZ=1
-        raise invalid_cdb(tl_byte)
+    if blocks == 0:
+        blocks = lu.num_blocks - lba  # check_range made sure lba is on the medium
     if blocks > MAX_WRITE_SAME_BLOCKS:
         raise invalid_cdb(tl_byte)
     unmap = bool(flags & 0x08)
     if unmap and not lu.thin:
         raise invalid_cdb(1, 3)
+    if unmap:
+        await lu.discard(lba, blocks)
+        return Response(data_out_length=spdtl)
     pattern = bytes(bs) if ndob else bytes(cmd.data_out)
     if pattern.count(0) == bs:
-        if unmap:
-            await lu.discard(lba, blocks)
-        else:
-            await lu.write_zeroes(lba, blocks)
+        await lu.write_zeroes(lba, blocks)
         return Response(data_out_length=spdtl)
+    # A pattern: written in chunks of at most WRITE_SAME_CHUNK_BYTES, one buffer reused.
     per_chunk = max(1, WRITE_SAME_CHUNK_BYTES // bs)
     chunk = pattern * min(per_chunk, blocks)
     done = 0
     while done < blocks:
         n = min(per_chunk, blocks - done)
-        await lu.write(lba + done, chunk if n * bs == len(chunk) else chunk[: n * bs], False)
+        await lu.write(lba + done, memoryview(chunk)[: n * bs], False)
         done += n
     return Response(data_out_length=spdtl)
 

@@ -33,6 +33,7 @@ async def read_capacity16(t: ScsiTarget, lu: LogicalUnit, cmd: Command) -> Respo
     data = bytearray(32)
     data[0:8] = (lu.num_blocks - 1).to_bytes(8)
     data[8:12] = lu.block_size.to_bytes(4)
+    data[13] = lu.lbppbe  # LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT; lowest aligned LBA 0
     if lu.thin:
         data[14] = 0x80 | 0x40  # LBPME, LBPRZ
     return Response(data_in=bytes(data[:alloc]))

@@ -1,0 +1,302 @@
+"""The NBD server: a listening socket, the exports behind it, and one connection per client.
+
+    server = NbdServer({"disk": device}, "127.0.0.1", 0)
+    await server.start(); print(server.port); ...; await server.stop()
+
+This module only moves bytes: `protocol.ServerConnection` decides what they mean and
+`commands.execute` runs each request against its BlockDevice. Every request runs in its own task,
+so a slow read never holds up a fast one; replies go out as they complete, matched by handle.
+Each connection bounds its requests in flight (count and bytes): at the bound it stops reading
+the socket, and the client's own TCP window pushes back (StarFish: stop accepting host I/O).
+A protocol violation closes that connection only; the others never notice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import cast
+
+from ophiura.block.device import BlockDevice
+from ophiura.nbd.commands import execute, export_info
+from ophiura.nbd.constants import DEFAULT_PORT, MAX_REQUEST, Command, Errno
+from ophiura.nbd.protocol import (
+    NEED_DATA,
+    ConnectionClosed,
+    Disconnect,
+    ExportChosen,
+    ExportInfo,
+    ExportRefused,
+    NbdProtocolError,
+    Request,
+    ServerConnection,
+    SessionAborted,
+    encode_simple_reply,
+)
+
+log = logging.getLogger(__name__)
+
+_SMALL_REPLY = 64 * 1024  # join header and data below this (one send); above, two writes
+
+
+class NbdConnection(asyncio.Protocol):
+    """One client: feeds the sans-I/O core, runs requests as tasks, writes replies."""
+
+    def __init__(self, server: NbdServer) -> None:
+        self.server = server
+        self.core = ServerConnection(
+            server.catalog(),
+            default_export=server.default_export,
+            max_request=server.max_request,
+        )
+        self.transport: asyncio.Transport | None = None
+        self.peer: object = None
+        self.device: BlockDevice | None = None
+        self.export_name: str | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.in_flight_bytes = 0
+        self.peak_in_flight = 0  # observable by tests: the bound holds
+        self.closing = False  # DISC, EOF or stop(): take no new requests
+        self._reading_paused = False
+        self._writing_paused = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    # ---- asyncio.Protocol ----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # (uvloop's transports quack like asyncio.Transport without subclassing it)
+        self.transport = cast(asyncio.Transport, transport)
+        self.peer = transport.get_extra_info("peername")
+        self.server.connections.add(self)
+        self.transport.write(self.core.greeting())
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.server.handshake_timeout, self._handshake_expired)
+
+    def data_received(self, data: bytes) -> None:
+        self.core.receive_data(data)
+        self._pump()
+
+    def eof_received(self) -> bool:
+        self.core.receive_data(b"")
+        self._pump()
+        return True  # keep our side open until the replies in flight are written
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self.server.connections.discard(self)
+        if exc is not None:
+            log.info("NBD connection from %s lost: %s", self.peer, exc)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._update_reading()
+        self._pump()
+
+    # ---- the pump: bytes -> events -> tasks ----------------------------------------------
+    def _full(self) -> bool:
+        server = self.server
+        return (
+            len(self.tasks) >= server.max_in_flight
+            or self.in_flight_bytes >= server.max_in_flight_bytes
+            or self._writing_paused
+        )
+
+    def _update_reading(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        want_pause = self._full() and not self.closing
+        if want_pause and not self._reading_paused:
+            transport.pause_reading()
+            self._reading_paused = True
+        elif not want_pause and self._reading_paused:
+            transport.resume_reading()
+            self._reading_paused = False
+
+    def _pump(self) -> None:
+        core = self.core
+        while not self.closing and not self._full():
+            try:
+                event = core.next_event()
+            except NbdProtocolError as exc:
+                log.warning("NBD protocol error from %s, closing: %s", self.peer, exc)
+                self._send(core.data_to_send())
+                self._abort()
+                return
+            if event is NEED_DATA:
+                break
+            if isinstance(event, Request):
+                self._start(event)
+            else:
+                self._handle(event)
+        self._send(core.data_to_send())
+        self._update_reading()
+
+    def _handle(self, event: object) -> None:
+        if isinstance(event, ExportChosen):
+            self._chosen(event.export)
+        elif isinstance(event, SessionAborted):
+            self._send(self.core.data_to_send())
+            self._close_when_idle()
+        elif isinstance(event, ExportRefused):
+            log.info("NBD client %s asked for unknown export %r", self.peer, event.name)
+            self._abort()
+        elif isinstance(event, Disconnect | ConnectionClosed):
+            self._close_when_idle()
+
+    def _chosen(self, export: ExportInfo) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.device = self.server.exports[export.name]
+        self.export_name = export.name
+        log.info("NBD client %s uses export %r", self.peer, export.name)
+
+    def _handshake_expired(self) -> None:
+        if self.device is None and not self.closing:
+            log.warning("NBD client %s did not finish its handshake in time", self.peer)
+            self._abort()
+
+    # ---- requests ------------------------------------------------------------------------
+    def _start(self, req: Request) -> None:
+        cost = req.length if req.command in (Command.READ, Command.WRITE) else 0
+        self.in_flight_bytes += cost
+        task = asyncio.get_running_loop().create_task(self._run(req, cost))
+        self.tasks.add(task)
+        self.peak_in_flight = max(self.peak_in_flight, len(self.tasks))
+
+    async def _run(self, req: Request, cost: int) -> None:
+        device = self.device
+        assert device is not None
+        try:
+            error, data = await execute(device, req, self.server.max_request)
+        except Exception:  # a backend bug must not leave the client waiting forever
+            log.exception("NBD request %s failed unexpectedly", req)
+            error, data = Errno.EIO, None
+        header = encode_simple_reply(req.handle, error)
+        if data is not None and error == Errno.OK and len(data):
+            if len(data) <= _SMALL_REPLY:
+                self._send(header + data)
+            else:
+                self._send(header)
+                self._send(data)
+        else:
+            self._send(header)
+        self.in_flight_bytes -= cost
+        self.tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
+        if self.closing:
+            if not self.tasks:
+                self._close()
+        elif self._reading_paused or self.core.buffered:
+            self._update_reading()
+            self._pump()
+
+    # ---- output and closing --------------------------------------------------------------
+    def _send(self, data: bytes | bytearray | memoryview) -> None:
+        transport = self.transport
+        if data and transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    def _close_when_idle(self) -> None:
+        self.closing = True
+        if not self.tasks:
+            self._close()
+
+    def _close(self) -> None:
+        self.closing = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()  # flushes what is buffered, then closes
+
+    def _abort(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class NbdServer:
+    """Serves each BlockDevice in `exports` as the NBD export of that name."""
+
+    def __init__(
+        self,
+        exports: Mapping[str, BlockDevice],
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        *,
+        descriptions: Mapping[str, str] | None = None,
+        default_export: str | None = None,
+        max_in_flight: int = 64,
+        max_in_flight_bytes: int = 64 * 1024 * 1024,
+        max_request: int = MAX_REQUEST,
+        handshake_timeout: float = 30.0,
+    ) -> None:
+        if default_export is not None and default_export not in exports:
+            raise ValueError(f"default export {default_export!r} is not an export")
+        if max_in_flight < 1 or max_in_flight_bytes < max_request:
+            raise ValueError("in-flight bounds must allow at least one largest request")
+        self.exports = exports
+        self.host = host
+        self.requested_port = port
+        self.descriptions = dict(descriptions or {})
+        self.default_export = default_export
+        self.max_in_flight = max_in_flight
+        self.max_in_flight_bytes = max_in_flight_bytes
+        self.max_request = max_request
+        self.handshake_timeout = handshake_timeout
+        self.connections: set[NbdConnection] = set()
+        self._server: asyncio.base_events.Server | None = None
+
+    def catalog(self) -> dict[str, ExportInfo]:
+        """A snapshot per connection: exports added or resized later show up on new ones."""
+        return {
+            name: export_info(name, device, self.descriptions.get(name, ""), self.max_request)
+            for name, device in self.exports.items()
+        }
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: NbdConnection(self),
+            self.host,
+            self.requested_port,
+            reuse_address=True,
+            backlog=128,
+        )
+        log.info(
+            "NBD server listening on %s:%d (%s)", self.host, self.port, ", ".join(self.exports)
+        )
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "server not started"
+        return self._server.sockets[0].getsockname()[1]
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop listening, let requests in flight finish (bounded by `grace`), then close."""
+        if self._server is not None:
+            self._server.close()
+        connections = list(self.connections)
+        for conn in connections:
+            conn.closing = True
+        pending = [t for conn in connections for t in conn.tasks]
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=grace)
+            for task in late:
+                task.cancel()
+        for conn in connections:
+            conn._close()
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    async def __aenter__(self) -> NbdServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

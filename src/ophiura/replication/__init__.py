@@ -1,0 +1,1 @@
+"""StarFish replicated volumes: wire protocol, storage element, host element, recovery."""

@@ -1,0 +1,262 @@
+"""A bounded circular log of recent writes: the SE's durability point and a peer's replay source.
+
+An SE acknowledges a write once its record is here and fdatasync'd; the data file is written
+lazily and synced once per lap of the log (before a record whose data is not yet synced is
+overwritten). After a crash the log is scanned: records are 512-byte aligned and each carries a
+CRC32C over header and data and this log's random salt, so a torn tail or garbage fails its check
+and is dropped, never applied. The newest seq-contiguous chain of valid records is what the log
+holds; anything older in it is a previous lap and ignored.
+
+All methods block: the storage element runs them on the volume's one commit thread, which also
+orders them with the data-file writes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import mmap
+import os
+import secrets
+import struct
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import google_crc32c
+
+from ophiura.replication.protocol import KIND_TRIM, KIND_WRITE, KIND_ZERO
+
+log = logging.getLogger(__name__)
+
+ALIGN = 512
+FILE_HEADER = 4096
+_FILE_MAGIC = b"OPHLOG01"
+_FHEAD = struct.Struct("<8sQQ")  # magic, salt, size
+_REC_MAGIC = 0x4C52504F  # "OPRL"
+_RHEAD = struct.Struct("<IIQQQQIB3x")  # magic, crc, salt, seq, epoch, offset, length, kind
+MIN_LOG_SIZE = 1 << 20
+
+
+class ReplayLogError(Exception):
+    """The log file cannot be used (I/O error, too small, or a record larger than the log)."""
+
+
+@dataclass(slots=True)
+class LogRecord:
+    seq: int
+    epoch: int
+    offset: int
+    length: int
+    kind: int
+    data: bytes  # empty for trims
+
+
+@dataclass(slots=True)
+class _Entry:
+    seq: int
+    pos: int
+    span: int  # aligned bytes occupied in the file
+    data_len: int
+
+
+def _span(data_len: int) -> int:
+    n = _RHEAD.size + data_len
+    return -(-n // ALIGN) * ALIGN
+
+
+class ReplayLog:
+    """One volume's log file. `entries` is the seq-ordered index of what the log still holds."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        if size < MIN_LOG_SIZE:
+            raise ReplayLogError(f"replay log size {size} is below the minimum {MIN_LOG_SIZE}")
+        self.path = path
+        self.size = size - size % ALIGN
+        self.capacity = self.size - FILE_HEADER
+        self.entries: deque[_Entry] = deque()
+        self._head = FILE_HEADER  # where the next record goes
+        self._fd = -1
+        self._salt = 0
+
+    # -- opening -------------------------------------------------------------------------------
+
+    def open(self) -> list[LogRecord]:
+        """Open or create the log; returns the valid contiguous chain found (oldest first)."""
+        exists = self.path.exists()
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if exists:
+            head = os.pread(self._fd, _FHEAD.size, 0)
+            if len(head) == _FHEAD.size:
+                magic, salt, size = _FHEAD.unpack(head)
+                if magic == _FILE_MAGIC:
+                    self._salt = salt
+                    if size != self.size:
+                        log.warning("%s was made with size %d, keeping it (asked %d)",
+                                    self.path, size, self.size)
+                        self.size = size
+                        self.capacity = size - FILE_HEADER
+                    return self._scan()
+            log.error("%s has no valid log header; starting an empty log", self.path)
+        self.reset()
+        return []
+
+    def reset(self) -> None:
+        """Forget every record (new salt: old records can never validate again)."""
+        self._salt = secrets.randbits(64)
+        os.ftruncate(self._fd, 0)
+        os.ftruncate(self._fd, self.size)
+        os.pwrite(self._fd, _FHEAD.pack(_FILE_MAGIC, self._salt, self.size), 0)
+        os.fsync(self._fd)
+        self.entries.clear()
+        self._head = FILE_HEADER
+
+    def _scan(self) -> list[LogRecord]:
+        st = os.fstat(self._fd)
+        if st.st_size < self.size:
+            os.ftruncate(self._fd, self.size)
+        found: dict[int, tuple[_Entry, LogRecord]] = {}
+        with mmap.mmap(self._fd, self.size, prot=mmap.PROT_READ) as mm:
+            view = memoryview(mm)
+            try:
+                pos = FILE_HEADER
+                while pos + _RHEAD.size <= self.size:
+                    rec = self._parse(view, pos)
+                    if rec is None:
+                        pos += ALIGN
+                        continue
+                    span = _span(len(rec.data))
+                    prev = found.get(rec.seq)
+                    if prev is None or prev[0].pos < pos:
+                        found[rec.seq] = (_Entry(rec.seq, pos, span, len(rec.data)), rec)
+                    pos += span
+            finally:
+                view.release()
+        if not found:
+            return []
+        newest = max(found)
+        chain: list[tuple[_Entry, LogRecord]] = []
+        seq = newest
+        while seq in found:
+            chain.append(found[seq])
+            seq -= 1
+        chain.reverse()
+        # Entries must also be in circular file order ending at the newest, or a lap mixed in.
+        self.entries = deque(e for e, _ in chain)
+        last = chain[-1][0]
+        self._head = last.pos + last.span
+        dropped = len(found) - len(chain)
+        log.info("%s: %d records (seq %d..%d), %d stale ignored", self.path, len(chain),
+                 chain[0][0].seq, newest, dropped)
+        return [r for _, r in chain]
+
+    def _parse(self, view: memoryview, pos: int) -> LogRecord | None:
+        magic, crc, salt, seq, epoch, offset, length, kind = _RHEAD.unpack_from(view, pos)
+        if magic != _REC_MAGIC or salt != self._salt or kind not in (KIND_WRITE, KIND_TRIM, KIND_ZERO):
+            return None
+        data_len = length if kind == KIND_WRITE else 0
+        end = pos + _RHEAD.size + data_len
+        if end > self.size:
+            return None
+        c = google_crc32c.Checksum(bytes(view[pos + 8 : pos + _RHEAD.size]))
+        c.update(view[pos + _RHEAD.size : end])
+        if int.from_bytes(c.digest(), "big") != crc:
+            return None
+        return LogRecord(seq, epoch, offset, length, kind, bytes(view[pos + _RHEAD.size : end]))
+
+    # -- appending -----------------------------------------------------------------------------
+
+    def oldest_seq(self) -> int:
+        return self.entries[0].seq if self.entries else 0
+
+    def newest_seq(self) -> int:
+        return self.entries[-1].seq if self.entries else 0
+
+    def would_evict_above(self, records: list[LogRecord]) -> int:
+        """The highest seq that appending `records` would overwrite (0 if none)."""
+        head = self._head
+        ent = iter(self.entries)
+        victim = 0
+        cur = next(ent, None)
+        for rec in records:
+            span = _span(len(rec.data))
+            start = head if head + span <= self.size else FILE_HEADER
+            if start != head:
+                # wrapping: everything between head and the end is older than the file start
+                while cur is not None and cur.pos >= head:
+                    victim = cur.seq
+                    cur = next(ent, None)
+            while cur is not None and start <= cur.pos < start + span:
+                victim = cur.seq
+                cur = next(ent, None)
+            head = start + span
+        return victim
+
+    def append(self, records: list[LogRecord]) -> None:
+        """Write records (not yet synced; call `sync`). Evicts what they overwrite."""
+        for rec in records:
+            span = _span(len(rec.data))
+            if span > self.capacity // 2:
+                raise ReplayLogError(
+                    f"a record of {len(rec.data)} bytes does not fit the {self.size}-byte replay log"
+                )
+            if self._head + span > self.size:
+                while self.entries and self.entries[0].pos >= self._head:
+                    self.entries.popleft()
+                self._head = FILE_HEADER
+            start = self._head
+            while self.entries and start <= self.entries[0].pos < start + span:
+                self.entries.popleft()
+            head = _RHEAD.pack(_REC_MAGIC, 0, self._salt, rec.seq, rec.epoch, rec.offset,
+                               rec.length, rec.kind)
+            c = google_crc32c.Checksum(head[8:])
+            if rec.data:
+                c.update(rec.data)
+            crc = int.from_bytes(c.digest(), "big")
+            head = head[:4] + struct.pack("<I", crc) + head[8:]
+            buffers = [head, rec.data] if rec.data else [head]
+            want = _RHEAD.size + len(rec.data)
+            done = os.pwritev(self._fd, buffers, start)
+            if done != want:  # short write: finish it the slow way
+                blob = b"".join(buffers)
+                while done < want:
+                    done += os.pwrite(self._fd, blob[done:], start + done)
+            self.entries.append(_Entry(rec.seq, start, span, len(rec.data)))
+            self._head = start + span
+
+    def sync(self) -> None:
+        os.fdatasync(self._fd)
+
+    # -- reading (peer replay source) --------------------------------------------------------
+
+    def read_from(self, from_seq: int, max_bytes: int) -> list[LogRecord] | None:
+        """Records from `from_seq` on (at least one), or None if the log lost `from_seq`."""
+        if not self.entries or from_seq < self.entries[0].seq:
+            return None
+        idx = from_seq - self.entries[0].seq
+        out: list[LogRecord] = []
+        total = 0
+        for e in itertools.islice(self.entries, idx, None):
+            if out and total + e.data_len > max_bytes:
+                break
+            raw = os.pread(self._fd, _RHEAD.size + e.data_len, e.pos)
+            view = memoryview(raw)
+            rec = self._parse(view, 0) if len(raw) == _RHEAD.size + e.data_len else None
+            if rec is None or rec.seq != e.seq:
+                raise ReplayLogError(f"{self.path}: record seq {e.seq} at {e.pos} is corrupt")
+            out.append(rec)
+            total += e.data_len
+        return out
+
+    def bytes_between(self, from_seq: int, upto_seq: int) -> int:
+        if not self.entries:
+            return 0
+        first = self.entries[0].seq
+        lo = max(0, from_seq - first)
+        hi = min(len(self.entries), upto_seq - first + 1)
+        return sum(e.data_len for e in itertools.islice(self.entries, lo, hi)) if hi > lo else 0
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

@@ -1,0 +1,312 @@
+"""The storage element server: volumes on local disk, served to HEs and peer SEs over TCP.
+
+Each connection first proves the shared secret (protocol.Connection); a peer that fails is
+logged once and dropped while every other connection carries on. Requests are handled as they
+arrive and answered as they finish, so answers may be out of order: a slow chunk read for a
+recovering peer never holds up the HE's write acknowledgements. Writes take a fast path (no task
+per write): the volume's future gets a callback that sends the ACK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import socket
+from pathlib import Path
+from typing import Any
+
+from ophiura.block.io_threads import IoThreads
+from ophiura.replication import protocol as p
+from ophiura.replication.se_recovery import RecoveryManager
+from ophiura.replication.se_store import (
+    VOLUME_NAME,
+    Op,
+    StaleEpochError,
+    Volume,
+    VolumeError,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LOG_SIZE = 256 << 20
+
+
+class _ServerConnection(asyncio.Protocol):
+    def __init__(self, se: StorageElement) -> None:
+        self.se = se
+        self.conn = p.Connection("server", se.name, se.secret)
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        addr = transport.get_extra_info("peername")
+        self.peer = f"{addr[0]}:{addr[1]}" if addr else "?"
+        with contextlib.suppress(OSError, AttributeError):
+            transport.get_extra_info("socket").setsockopt(
+                socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
+            )
+        self.se._connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.se._connections.discard(self)
+        for task in self.tasks:
+            task.cancel()
+
+    def send(self, msg: p.Message) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(self.conn.send(msg))
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.conn.receive_data(data)
+        except p.AuthenticationFailed as exc:
+            log.warning("SE %s: rejected connection from %s: %s", self.se.name, self.peer, exc)
+            self._flush_handshake()
+            self._close()
+            return
+        except p.ProtocolError as exc:
+            log.error("SE %s: protocol error from %s (%s), closing: %s",
+                      self.se.name, self.peer, self.conn.peer_name, exc)
+            self._close()
+            return
+        self._flush_handshake()
+        for ev in events:
+            if isinstance(ev, p.Write):
+                self._write(ev)
+            elif isinstance(ev, p.Authenticated):
+                log.info("SE %s: %s authenticated from %s", self.se.name, ev.peer_name, self.peer)
+            else:
+                task = asyncio.create_task(self._handle(ev))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+
+    def _flush_handshake(self) -> None:
+        out = self.conn.data_to_send()
+        if out and self.transport is not None:
+            self.transport.writelines(out)
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- writes: no task per write --------------------------------------------------------
+
+    def _write(self, msg: p.Write) -> None:
+        rid = msg.req_id
+        try:
+            vol = self.se.volume(msg.volume)
+            op = Op(p.KIND_WRITE, msg.seq, msg.epoch, msg.offset, len(msg.data), msg.data)  # type: ignore[arg-type]
+            fut = vol.submit(op)
+        except VolumeError as exc:
+            self.send(self._error(rid, exc))
+            return
+        fut.add_done_callback(lambda f: self._acked(rid, f))
+
+    def _acked(self, rid: int, fut: asyncio.Future[int]) -> None:
+        if fut.cancelled():
+            self.send(p.Error(rid, p.ErrorCode.INTERNAL, "write cancelled (SE stopping)"))
+            return
+        exc = fut.exception()
+        if exc is None:
+            self.send(p.Ack(rid, fut.result()))
+        elif isinstance(exc, VolumeError):
+            self.send(self._error(rid, exc))
+        else:
+            log.error("SE %s: write failed: %s", self.se.name, exc)
+            self.send(p.Error(rid, p.ErrorCode.IO_ERROR, str(exc)))
+
+    @staticmethod
+    def _error(rid: int, exc: VolumeError) -> p.Message:
+        if isinstance(exc, StaleEpochError):
+            return p.StaleEpochMsg(rid, exc.current)
+        return p.Error(rid, exc.code, str(exc))
+
+    # -- everything else -----------------------------------------------------------------
+
+    async def _handle(self, msg: Any) -> None:
+        rid = msg.req_id
+        try:
+            reply = await self.se.handle(msg)
+        except VolumeError as exc:
+            reply = self._error(rid, exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("SE %s: %s failed", self.se.name, type(msg).__name__)
+            reply = p.Error(rid, p.ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        self.send(reply)
+
+
+class StorageElement:
+    """`await se.start()`, then serve until `await se.stop()`; `.port` is the bound port."""
+
+    def __init__(
+        self,
+        name: str,
+        data_dir: Path | str,
+        host: str,
+        port: int,
+        secret: bytes,
+        log_dir: Path | str | None = None,
+        log_size: int = DEFAULT_LOG_SIZE,
+        recovery_rate: int = 0,
+    ) -> None:
+        self.name = name
+        self.data_dir = Path(data_dir)
+        self.log_dir = Path(log_dir) if log_dir is not None else self.data_dir / "logs"
+        self.host = host
+        self.port = port
+        self.secret = secret
+        self.log_size = log_size
+        self.recovery_rate = recovery_rate
+        self.volumes: dict[str, Volume] = {}
+        self._opening: dict[str, asyncio.Future[Volume]] = {}
+        self._server: asyncio.Server | None = None
+        self._connections: set[_ServerConnection] = set()
+        self._reads: IoThreads | None = None
+        self.recovery = RecoveryManager(self)
+
+    async def start(self) -> None:
+        (self.data_dir / "volumes").mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._reads = IoThreads(4, name=f"se-{self.name}-read")
+        for vdir in sorted((self.data_dir / "volumes").iterdir()):
+            if vdir.is_dir() and VOLUME_NAME.match(vdir.name) and (vdir / "meta").exists():
+                self.volumes[vdir.name] = await Volume.open(
+                    vdir.name, vdir, self._log_path(vdir.name), self.log_size, self._reads
+                )
+                await self.recovery.reload(self.volumes[vdir.name])
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _ServerConnection(self), self.host, self.port, reuse_address=True
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("SE %s serving %d volumes on %s:%d", self.name, len(self.volumes), self.host,
+                 self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for conn in list(self._connections):
+                conn._close()
+            await self._server.wait_closed()
+            self._server = None
+        await self.recovery.stop()
+        for vol in list(self.volumes.values()):
+            await vol.close()
+        self.volumes.clear()
+        if self._reads is not None:
+            self._reads.shutdown()
+            self._reads = None
+
+    def _log_path(self, volume: str) -> Path:
+        return self.log_dir / f"{volume}.log"
+
+    def volume(self, name: str) -> Volume:
+        vol = self.volumes.get(name)
+        if vol is None:
+            raise VolumeError(f"SE {self.name} has no volume {name!r}", p.ErrorCode.NO_VOLUME)
+        return vol
+
+    # -- request dispatch ------------------------------------------------------------------
+
+    async def handle(self, msg: Any) -> p.Message:
+        rid = msg.req_id
+        if isinstance(msg, p.Ping):
+            return p.Pong(rid, msg.note)
+        if isinstance(msg, p.OpenVolume):
+            return self._state(rid, await self.open_volume(msg.volume, msg.size, msg.block_size))
+        if isinstance(msg, p.ListVolumes):
+            states = [self._state(0, v) for v in self.volumes.values()]
+            return p.VolumeList(rid, p.encode_volume_list(states))  # type: ignore[arg-type]
+        vol = self.volume(msg.volume)
+        if isinstance(msg, p.Trim):
+            kind = p.KIND_ZERO if msg.zero else p.KIND_TRIM
+            seq = await vol.submit(Op(kind, msg.seq, msg.epoch, msg.offset, msg.length, b""))
+            return p.Ack(rid, seq)
+        if isinstance(msg, p.Read):
+            seq, data = await vol.read(msg.offset, msg.length)
+            return p.Data(rid, seq, data)
+        if isinstance(msg, p.SetEpoch):
+            await vol.set_epoch(msg.epoch)
+            return self._state(rid, vol)
+        if isinstance(msg, p.Status):
+            return self._state(rid, vol)
+        if isinstance(msg, p.Recover):
+            await self.recovery.start(vol, msg)
+            return p.Ok(rid)
+        if isinstance(msg, p.LogRead):
+            found = await vol.log_read(msg.from_seq, msg.upto_seq, min(msg.max_bytes, p.MAX_DATA))
+            if found is None:
+                return p.LogGone(rid, vol.log_oldest())
+            applied, remaining, records = found
+            wire = [p.WireLogRecord(r.seq, r.epoch, r.offset, r.length, r.kind, r.data)
+                    for r in records]
+            return p.LogRecords(rid, applied, len(wire), remaining, p.pack_log_records(wire))
+        if isinstance(msg, p.ChunkRead):
+            if msg.length > p.MAX_DATA:
+                raise VolumeError(f"chunk of {msg.length} bytes too large", p.ErrorCode.BAD_REQUEST)
+            seq, data = await vol.chunk_read(msg.offset, msg.length)
+            return p.Chunk(rid, seq, data)
+        if isinstance(msg, p.Resize):
+            await vol.resize(msg.size)
+            return self._state(rid, vol)
+        if isinstance(msg, p.Delete):
+            await self.delete_volume(msg.volume)
+            return p.Ok(rid)
+        raise VolumeError(f"{type(msg).__name__} is not a request", p.ErrorCode.BAD_REQUEST)
+
+    @staticmethod
+    def _state(rid: int, vol: Volume) -> p.VolumeStateMsg:
+        s = vol.status()
+        return p.VolumeStateMsg(
+            rid, s["epoch"], s["applied_seq"], s["size"], s["block_size"], s["recovery_done"],
+            s["recovery_total"], s["volume"], s["state"], s["detail"],
+        )
+
+    async def open_volume(self, name: str, size: int, block_size: int) -> Volume:
+        """The existing volume (whatever its size: the HE resizes), or a new empty one."""
+        if not VOLUME_NAME.match(name):
+            raise VolumeError(f"bad volume name {name!r}", p.ErrorCode.BAD_REQUEST)
+        vol = self.volumes.get(name)
+        if vol is not None:
+            if vol.block_size != block_size:
+                raise VolumeError(
+                    f"volume {name} has block size {vol.block_size}, not {block_size}",
+                    p.ErrorCode.BAD_REQUEST,
+                )
+            return vol
+        if name in self._opening:
+            return await asyncio.shield(self._opening[name])
+        if block_size <= 0 or block_size & (block_size - 1) or size <= 0 or size % block_size:
+            raise VolumeError(f"bad size {size} / block size {block_size}", p.ErrorCode.BAD_REQUEST)
+        fut: asyncio.Future[Volume] = asyncio.get_running_loop().create_future()
+        self._opening[name] = fut
+        try:
+            assert self._reads is not None
+            vol = await Volume.open(name, self.data_dir / "volumes" / name, self._log_path(name),
+                                    self.log_size, self._reads, create=(size, block_size))
+            self.volumes[name] = vol
+            fut.set_result(vol)
+            log.info("SE %s: created volume %s (%d bytes)", self.name, name, size)
+            return vol
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved here; the awaiting openers get it too
+            raise
+        finally:
+            del self._opening[name]
+
+    async def delete_volume(self, name: str) -> None:
+        vol = self.volume(name)
+        del self.volumes[name]
+        await self.recovery.forget(vol)
+        await vol.close()
+        await asyncio.to_thread(shutil.rmtree, vol.dir, True)
+        with contextlib.suppress(FileNotFoundError):
+            self._log_path(name).unlink()
+        log.info("SE %s: deleted volume %s", self.name, name)

@@ -1,0 +1,137 @@
+"""Claiming a volume: how an HE becomes its owner (at start, or as a standby taking over).
+
+StarFish §3: "the standby HE can find the last acknowledged write request by receiving the
+highest update sequence number of each volume from Q SEs". ophiura adds the epoch as the
+own-able resource (DESIGN.md): the new HE first raises the volume's epoch on a majority of SEs.
+From that moment every SE of that majority refuses the old HE's writes (StaleEpoch), and since
+any Q SEs intersect that majority when 2Q > N, the old HE can never again collect Q acks. The
+applied sequence numbers the SEs report *in their answer to set_epoch* are therefore final for
+the old epoch: their maximum is at least the last acknowledged write.
+
+The plan is pure (`plan_claim`), the I/O is `claim_volume`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ophiura.replication.quorum import takeover_quorum
+from ophiura.replication.se_session import SeSession
+
+log = logging.getLogger(__name__)
+
+MAX_EPOCH_RACES = 5
+
+
+class TakeoverError(Exception):
+    """Too few SEs answered (or another HE kept raising the epoch): the volume is not ours."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    volume: str
+    epoch: int
+    base_seq: int  # highest applied seq among the SEs at the new epoch: new writes follow it
+    size: int
+    block_size: int
+    accepted: tuple[str, ...]
+    applied: dict[str, int]
+    missing: tuple[str, ...]  # SEs we could not reach or that refused
+
+
+def plan_claim(
+    applied: dict[str, int], n: int, q: int, volume: str, epoch: int
+) -> tuple[int, tuple[str, ...]]:
+    """(base_seq, up-to-date SEs) once `applied` (SE -> applied seq at the new epoch) is known."""
+    need = takeover_quorum(n, q)
+    if len(applied) < need:
+        raise TakeoverError(
+            f"{volume}: only {len(applied)} SE(s) ({', '.join(sorted(applied)) or 'none'}) "
+            f"accepted epoch {epoch}; need {need} of {n} (majority and quorum {q})"
+        )
+    base = max(applied.values())
+    return base, tuple(sorted(name for name, seq in applied.items() if seq == base))
+
+
+async def claim_volume(
+    sessions: Sequence[SeSession],
+    volume: str,
+    size: int,
+    block_size: int,
+    quorum: int,
+    *,
+    timeout: float = 5.0,
+) -> Claim:
+    """Open the volume on every connected SE, raise its epoch, read the highest seq."""
+    from ophiura.replication.se_client import SeError, StaleEpoch
+
+    n = len(sessions)
+    live = [s for s in sessions if s.connected]
+    need = takeover_quorum(n, quorum)
+    if len(live) < need:
+        raise TakeoverError(
+            f"{volume}: {len(live)} of {n} SEs connected, need {need} to claim it"
+        )
+
+    async def call(s: SeSession, coro: Any) -> Any:
+        try:
+            async with asyncio.timeout(timeout):
+                return await coro
+        except (SeError, OSError, TimeoutError) as exc:
+            if not isinstance(exc, StaleEpoch):
+                s.lost(f"claim {volume}: {exc or type(exc).__name__}", s.generation)
+            return exc
+
+    opened = await asyncio.gather(
+        *(call(s, s.client.open_volume(volume, size, block_size)) for s in live)
+    )
+    states = {s.name: st for s, st in zip(live, opened, strict=True) if not isinstance(st, Exception)}
+    for s, st in zip(live, opened, strict=True):
+        if isinstance(st, Exception):
+            log.warning("claim %s: SE %s: %s", volume, s.name, st)
+    if not states:
+        raise TakeoverError(f"{volume}: no SE could open it")
+    epoch = max(st.epoch for st in states.values()) + 1
+    accepted: dict[str, Any] = {}
+    for _ in range(MAX_EPOCH_RACES):
+        targets = [s for s in live if s.name in states and s.connected]
+        results = await asyncio.gather(
+            *(call(s, s.client.set_epoch(volume, epoch)) for s in targets)
+        )
+        stale = [r.current_epoch for r in results if isinstance(r, StaleEpoch)]
+        if stale:  # another HE raised it meanwhile: go above it (and let the SEs decide)
+            epoch = max(stale) + 1
+            continue
+        accepted = {
+            s.name: r for s, r in zip(targets, results, strict=True) if not isinstance(r, Exception)
+        }
+        break
+    else:
+        raise TakeoverError(f"{volume}: the epoch kept moving ({MAX_EPOCH_RACES} races)")
+    applied = {name: st.applied_seq for name, st in accepted.items()}
+    base, _ = plan_claim(applied, n, quorum, volume, epoch)
+    vol_size = max(st.size for st in accepted.values())
+    bs = next(iter(accepted.values())).block_size or block_size
+    claim = Claim(
+        volume=volume,
+        epoch=epoch,
+        base_seq=base,
+        size=vol_size,
+        block_size=bs,
+        accepted=tuple(sorted(accepted)),
+        applied=applied,
+        missing=tuple(sorted(s.name for s in sessions if s.name not in accepted)),
+    )
+    log.info(
+        "claimed %s at epoch %d: last seq %d (SEs %s%s)",
+        volume,
+        epoch,
+        base,
+        ", ".join(f"{k}={v}" for k, v in sorted(applied.items())),
+        f"; unreachable {', '.join(claim.missing)}" if claim.missing else "",
+    )
+    return claim

@@ -1,0 +1,800 @@
+"""HostElementVolume: one replicated volume, a BlockDevice whose writes go to N SEs (StarFish §3).
+
+The write path, which is the point of the whole design:
+1. wait (bounded) for room in the write queue — backpressure; a laggard that keeps the oldest
+   write from being evicted is declared failed after `evict_wait`;
+2. with no await in between: take the next sequence number, append to the write queue, update
+   the read cache, and create one send task per SE — so every SE sees writes in sequence order
+   and no lock is held across the fan-out (StarFish §7);
+3. answer the host once Q SEs in COUNTING states made the write durable (`QuorumWaiter`), or
+   fail with `ReadOnlyError` as soon as Q acks became impossible, or `Fenced` when an SE
+   reports a newer epoch (another HE took over).
+
+Reads: the cache, else the closest SE (smoothed RTT) that is up and has acknowledged the newest
+acknowledged write touching the range (`BlockSeqMap`). Recovering SEs never serve reads.
+
+Replica life (see `se_session.TRANSITIONS`): on every (re)connection the volume asks the SE
+for its applied sequence number and epoch, decides with `recovery.choose_recovery` over a
+snapshot, and then acts: resend from the queue (quick) or ask the SE to pull from a peer
+(replay/full) while new writes keep flowing to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ophiura.block.device import BlockDeviceError, Extent, MediumError, ReadOnlyError
+from ophiura.replication.quorum import AckTracker, Fenced, QuorumLost, QuorumWaiter
+from ophiura.replication.read_cache import ReadCache
+from ophiura.replication.recovery import (
+    PeerView,
+    RecoveryKind,
+    RecoveryPlan,
+    RecoveryView,
+    choose_recovery,
+)
+from ophiura.replication.se_session import (
+    COUNTING,
+    READABLE,
+    SENDING,
+    ReplicaEvent,
+    ReplicaState,
+    SeSession,
+    next_state,
+)
+from ophiura.replication.write_queue import BlockSeqMap, OpKind, WriteOp, WriteQueue
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(MediumError):
+    """The write queue stayed full past the backpressure timeout (all SEs too slow)."""
+
+
+class NoReadableReplica(MediumError):
+    """No up SE holds the newest acknowledged data for the range."""
+
+
+@dataclass(frozen=True)
+class VolumeConfig:
+    name: str
+    size: int
+    quorum: int
+    block_size: int = 512
+    queue_bytes: int = 64 << 20
+    cache_bytes: int = 64 << 20
+    cache_page: int = 4096
+    max_op_bytes: int = 1 << 20  # larger host writes become several sequenced ops
+    evict_wait: float = 0.5  # StarFish's "short time" before a laggard is declared failed
+    backpressure_timeout: float = 30.0
+    read_wait: float = 2.0
+    attach_wait: float = 2.0  # a write waits this long for attaching SEs before read-only
+    op_timeout: float = 10.0
+    recovery_poll: float = 0.05
+    recovery_stall: float = 60.0  # no progress this long: the recovery is retried
+    reattach_delay: float = 0.5  # a lagging SE is re-attached after this
+
+
+class Signal:
+    """Wake every waiter on the next `notify()`: acks and state changes, for bounded waits."""
+
+    def __init__(self) -> None:
+        self._fut: asyncio.Future[None] | None = None
+
+    def notify(self) -> None:
+        fut, self._fut = self._fut, None
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def wait(self, timeout: float) -> None:
+        if self._fut is None:
+            self._fut = asyncio.get_running_loop().create_future()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._fut), timeout)
+
+
+class Replica:
+    """One volume on one SE, as this HE tracks it."""
+
+    def __init__(self, session: SeSession) -> None:
+        self.session = session
+        self.state = ReplicaState.CONNECTING
+        self.incarnation = 0
+        self.client: Any = None
+        self.tracker = AckTracker(0)
+        self.target = 0  # seq at which the current recovery is complete
+        self.recovery_start = 0
+        self.plan: RecoveryPlan | None = None
+        self.progress: tuple[int, int] = (0, 0)
+        self.se_epoch = 0
+        self.se_applied = 0
+        self.last_error: str | None = None
+        self.last_recovery: str | None = None  # kind of the last recovery, for status/tests
+        self.recoveries: dict[str, int] = {}
+
+    @property
+    def name(self) -> str:
+        return self.session.name
+
+
+def _se_errors() -> tuple[
+    type[BaseException], type[BaseException], tuple[type[BaseException], ...]
+]:
+    """(StaleEpoch, SeError, transport errors) from the SE client, imported late."""
+    from ophiura.replication.se_client import SeError, StaleEpoch
+
+    return StaleEpoch, SeError, (SeError, OSError, TimeoutError, ConnectionError)
+
+
+class HostElementVolume:
+    """A replicated volume as a BlockDevice (issue 3)."""
+
+    def __init__(
+        self,
+        config: VolumeConfig,
+        sessions: Sequence[SeSession],
+        *,
+        epoch: int,
+        next_seq: int = 1,
+        epoch_base: int | None = None,
+    ) -> None:
+        bs = config.block_size
+        if bs <= 0 or bs & (bs - 1):
+            raise ValueError(f"block size {bs} is not a power of two")
+        if config.size <= 0 or config.size % bs:
+            raise ValueError(f"size {config.size} is not a positive multiple of {bs}")
+        if not 1 <= config.quorum <= len(sessions):
+            raise ValueError(f"quorum {config.quorum} needs 1..{len(sessions)} SEs")
+        self.config = config
+        self.name = config.name
+        self._size = config.size
+        self.quorum = config.quorum
+        self.epoch = epoch
+        self.epoch_base = epoch_base
+        self.replicas = {s.name: Replica(s) for s in sessions}
+        self.queue = WriteQueue(config.queue_bytes, next_seq)
+        self.seqmap = BlockSeqMap()
+        self.cache = ReadCache(config.cache_bytes, max(config.cache_page, bs))
+        self._next_seq = next_seq
+        self.acked_seq = next_seq - 1  # highest seq acknowledged to the host
+        self._pending: dict[int, QuorumWaiter] = {}
+        self._signal = Signal()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.fenced = False
+        self.fence_reason: str | None = None
+        self.closed = False
+        self.first_io_at: float | None = None
+        self.writes = 0
+        self.reads = 0
+        self.on_state_change: Callable[[HostElementVolume], None] | None = None
+        self._stale, self._se_error, self._transport = _se_errors()
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        """Subscribe to the sessions: each connected SE is attached (and recovered) now."""
+        for r in self.replicas.values():
+            r.session.on_lost(self._session_lost)
+            r.session.on_connected(self._attach)
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Until Q SEs can take writes, or every SE has settled, or timeout; True if writable."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.counting() >= self.quorum:
+                return True
+            attaching = any(r.state is ReplicaState.CONNECTING for r in self.replicas.values())
+            left = deadline - time.monotonic()
+            if left <= 0 or (
+                not attaching and self.counting() < self.quorum and left < timeout / 2
+            ):
+                return self.counting() >= self.quorum
+            await self._signal.wait(min(left, 0.05))
+
+    async def close(self) -> None:
+        self.closed = True
+        for r in self.replicas.values():
+            r.session.remove_listeners(self)
+            if r.state is not ReplicaState.CLOSED:
+                self._transition(r, ReplicaEvent.CLOSE)
+        for t in list(self._tasks):
+            t.cancel()
+        for t in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self.cache.clear()
+        self._signal.notify()
+
+    def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        task.set_name(f"{self.name}:{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ---- BlockDevice ---------------------------------------------------------------------
+    @property
+    def block_size(self) -> int:
+        return self.config.block_size
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def thin(self) -> bool:
+        return True
+
+    @property
+    def read_only(self) -> bool:
+        return self.fenced or self.counting() < self.quorum
+
+    @property
+    def latest_seq(self) -> int:
+        return self._next_seq - 1
+
+    def counting(self) -> int:
+        return sum(1 for r in self.replicas.values() if r.state in COUNTING)
+
+    def _check(self, offset: int, length: int) -> None:
+        bs = self.config.block_size
+        if offset < 0 or length < 0 or offset % bs or length % bs or offset + length > self._size:
+            raise BlockDeviceError(
+                f"{self.name}: bad range offset={offset} length={length} size={self._size}"
+            )
+
+    async def write(
+        self, offset: int, data: bytes | bytearray | memoryview, fua: bool = False
+    ) -> None:
+        """Durable on Q SEs when this returns, so `fua` needs nothing more."""
+        self._check(offset, len(data))
+        step = self.config.max_op_bytes
+        view = memoryview(data)
+        if len(view) <= step:
+            await self._submit(OpKind.WRITE, offset, len(view), bytes(view))
+            return
+        await asyncio.gather(
+            *(
+                self._submit(
+                    OpKind.WRITE, offset + i, len(view[i : i + step]), bytes(view[i : i + step])
+                )
+                for i in range(0, len(view), step)
+            )
+        )
+
+    async def flush(self) -> None:
+        """Nothing to do: a write completes only once Q SEs made it durable."""
+
+    async def discard(self, offset: int, length: int) -> None:
+        self._check(offset, length)
+        await self._submit(OpKind.TRIM, offset, length, None)
+
+    async def write_zeroes(self, offset: int, length: int) -> None:
+        self._check(offset, length)
+        await self._submit(OpKind.ZERO, offset, length, None)
+
+    async def extents(self, offset: int, length: int) -> list[Extent]:
+        """The HE keeps no allocation map: report the range mapped (always correct to say)."""
+        self._check(offset, length)
+        return [Extent(offset, length, True)] if length else []
+
+    async def read(self, offset: int, length: int) -> bytes:
+        self._check(offset, length)
+        if length == 0:
+            return b""
+        hit = self.cache.lookup(offset, length)
+        if hit is not None:
+            self._served()
+            return hit
+        if self.cache.enabled and length <= self.config.max_op_bytes:
+            fetch_off, fetch_len = self.cache.page_range(offset, length, self._size)
+        else:
+            fetch_off, fetch_len = offset, length
+        generation = self.cache.generation
+        data = await self._read_from_se(fetch_off, fetch_len)
+        self.cache.fill(fetch_off, data, generation)
+        self._served()
+        start = offset - fetch_off
+        return bytes(data[start : start + length])
+
+    def _served(self) -> None:
+        if self.first_io_at is None:
+            self.first_io_at = time.monotonic()
+
+    # ---- reads ---------------------------------------------------------------------------
+    def read_candidates(self, required: int) -> list[Replica]:
+        """Up SEs holding every acknowledged write <= required, closest first."""
+        ok = [
+            r
+            for r in self.replicas.values()
+            if r.state in READABLE and r.client is not None and r.tracker.contiguous >= required
+        ]
+        return sorted(ok, key=lambda r: (r.session.rtt, r.name))
+
+    async def _read_from_se(self, offset: int, length: int) -> bytes:
+        required = self.seqmap.required(offset, length)
+        deadline = time.monotonic() + self.config.read_wait
+        failures: list[str] = []
+        for _ in range(4 * len(self.replicas) + 4):
+            candidates = self.read_candidates(required)
+            if not candidates:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                await self._signal.wait(min(left, 0.05))
+                continue
+            r = candidates[0]
+            inc, client = r.incarnation, r.client
+            try:
+                self.reads += 1
+                data = await client.read(self.name, offset, length)
+            except self._transport as exc:
+                why = f"read {offset}+{length}: {exc or type(exc).__name__}"
+                failures.append(f"{r.name}: {why}")
+                self._replica_lost(r, inc, why)
+                continue
+            if len(data) != length:
+                why = f"short read {len(data)} of {length} bytes"
+                failures.append(f"{r.name}: {why}")
+                self._replica_lost(r, inc, why)
+                continue
+            return bytes(data)
+        raise NoReadableReplica(
+            f"{self.name}: no up SE holds seq {required} for {offset}+{length}"
+            + (f" ({'; '.join(failures)})" if failures else "")
+        )
+
+    # ---- writes --------------------------------------------------------------------------
+    async def _submit(self, kind: OpKind, offset: int, length: int, data: bytes | None) -> None:
+        if self.closed:
+            raise BlockDeviceError(f"{self.name}: volume is closed")
+        await self._wait_writable()
+        cost = (len(data) if data is not None else 0) + 64
+        await self._make_room(cost)
+        # ---- no await from here to the gather: sequence order == send order on every SE ----
+        self._raise_if_unwritable()
+        seq = self._next_seq
+        self._next_seq += 1
+        op = WriteOp(seq, kind, offset, length, data)
+        self.queue.append(op)
+        self.cache.write(offset, data, length)
+        counting = [r for r in self.replicas.values() if r.state in COUNTING]
+        waiter = QuorumWaiter(seq, self.quorum, outstanding=len(counting))
+        self._pending[seq] = waiter
+        for r in self.replicas.values():
+            if r.state in SENDING:
+                self._send(r, op, waiter if r.state in COUNTING else None)
+        try:
+            await waiter.future
+        except ReadOnlyError:
+            self.cache.invalidate(offset, length)
+            raise
+        finally:
+            self._pending.pop(seq, None)
+            self._signal.notify()
+        self.seqmap.record(offset, length, seq)
+        if seq > self.acked_seq:
+            self.acked_seq = seq
+        self.writes += 1
+        self._served()
+
+    def _raise_if_unwritable(self) -> None:
+        if self.fenced:
+            raise Fenced(f"{self.name}: fenced: {self.fence_reason}")
+        n = self.counting()
+        if n < self.quorum:
+            raise QuorumLost(
+                f"{self.name}: read-only: {n} of {len(self.replicas)} SEs up, quorum is "
+                f"{self.quorum}"
+            )
+
+    async def _wait_writable(self) -> None:
+        """Fail fast when read-only, except while SEs are still attaching (just connected)."""
+        if self.fenced or self.counting() >= self.quorum:
+            self._raise_if_unwritable()
+            return
+        deadline = time.monotonic() + self.config.attach_wait
+        while self.counting() < self.quorum and not self.fenced:
+            attaching = any(
+                r.state is ReplicaState.CONNECTING and r.client is not None
+                for r in self.replicas.values()
+            )
+            left = deadline - time.monotonic()
+            if not attaching or left <= 0:
+                break
+            await self._signal.wait(min(left, 0.05))
+        self._raise_if_unwritable()
+
+    async def _make_room(self, cost: int) -> None:
+        """Backpressure (StarFish §3): evict what every live SE acked; throttle; fail laggards."""
+        queue = self.queue
+        if queue.fits(cost):
+            return
+        deadline = time.monotonic() + self.config.backpressure_timeout
+        blocked_since: float | None = None
+        while not queue.fits(cost):
+            live = {
+                r.name: r.tracker.contiguous for r in self.replicas.values() if r.state in SENDING
+            }
+            if not live:
+                self._raise_if_unwritable()
+                raise QuorumLost(f"{self.name}: no live SE")
+            evicted = queue.evict(min(live.values()))
+            if evicted:
+                self.seqmap.forget(evicted)
+                blocked_since = None
+                continue
+            now = time.monotonic()
+            if now >= deadline:
+                raise QueueFull(
+                    f"{self.name}: write queue full ({queue.used}/{queue.capacity} bytes) for "
+                    f"{self.config.backpressure_timeout:.0f}s; blocked by {queue.blockers(live)}"
+                )
+            oldest = queue.oldest()
+            assert oldest is not None
+            complete = oldest.seq not in self._pending  # acknowledged (or failed) to the host
+            if complete:
+                if blocked_since is None:
+                    blocked_since = now
+                elif now - blocked_since >= self.config.evict_wait:
+                    for name in queue.blockers(live):
+                        r = self.replicas[name]
+                        why = (
+                            f"lagging: seq {oldest.seq} unacknowledged for "
+                            f"{self.config.evict_wait:.2f}s with the write queue full"
+                        )
+                        log.warning("%s/%s: declared failed: %s", self.name, name, why)
+                        self._fail(r, ReplicaEvent.LAGGING, why)
+                        self._spawn(self._reattach_later(r, r.incarnation), f"reattach-{name}")
+                    blocked_since = None
+                    continue
+            await self._signal.wait(0.02)
+
+    def _send(self, r: Replica, op: WriteOp, waiter: QuorumWaiter | None) -> None:
+        self._spawn(self._send_one(r, r.incarnation, r.client, op, waiter), f"send-{r.name}")
+
+    async def _send_one(
+        self, r: Replica, inc: int, client: Any, op: WriteOp, waiter: QuorumWaiter | None
+    ) -> None:
+        try:
+            async with asyncio.timeout(self.config.op_timeout):
+                if op.kind is OpKind.WRITE:
+                    await client.write(self.name, self.epoch, op.seq, op.offset, op.data)
+                else:
+                    await client.trim(
+                        self.name,
+                        self.epoch,
+                        op.seq,
+                        op.offset,
+                        op.length,
+                        zero=op.kind is OpKind.ZERO,
+                    )
+        except self._stale as exc:
+            why = f"SE {r.name} holds a newer epoch ({getattr(exc, 'current_epoch', '?')})"
+            if waiter is not None:
+                waiter.fence(why)
+            self._fence(why)
+            return
+        except self._transport as exc:
+            why = f"write seq {op.seq}: {exc or type(exc).__name__}"
+            if waiter is not None:
+                waiter.nack(f"{r.name}: {why}")
+            self._replica_lost(r, inc, why)
+            return
+        if waiter is not None:
+            waiter.ack()
+        if r.incarnation == inc:
+            r.tracker.ack(op.seq)
+            if r.state is ReplicaState.RECOVERING_QUICK and r.tracker.contiguous >= r.target:
+                self._recovered(r)
+        self._signal.notify()
+
+    # ---- replica life --------------------------------------------------------------------
+    def _transition(self, r: Replica, event: ReplicaEvent) -> None:
+        old = r.state
+        r.state = next_state(old, event)
+        if r.state is not old:
+            log.info("%s/%s: %s -> %s (%s)", self.name, r.name, old, r.state, event)
+        self._signal.notify()
+        if self.on_state_change is not None:
+            self.on_state_change(self)
+
+    def _fail(self, r: Replica, event: ReplicaEvent, why: str) -> None:
+        r.last_error = why
+        r.incarnation += 1
+        r.client = None
+        if r.state not in (ReplicaState.FAILED, ReplicaState.CLOSED, ReplicaState.FENCED):
+            self._transition(r, event)
+        elif r.state is ReplicaState.FAILED:
+            self._signal.notify()
+
+    def _replica_lost(self, r: Replica, inc: int, why: str) -> None:
+        """An I/O error on this replica: it is failed and its connection is re-made."""
+        if r.incarnation != inc or self.closed:
+            return
+        gen = r.session.generation
+        log.warning("%s/%s: failed: %s", self.name, r.name, why)
+        self._fail(r, ReplicaEvent.LOST, why)
+        r.session.lost(why, gen)
+
+    def _session_lost(self, session: SeSession) -> None:
+        r = self.replicas.get(session.name)
+        if r is None or self.closed or r.state in (ReplicaState.FAILED, ReplicaState.CLOSED):
+            return
+        self._fail(r, ReplicaEvent.LOST, session.last_error or "connection lost")
+
+    def _fence(self, why: str) -> None:
+        if self.fenced:
+            return
+        self.fenced = True
+        self.fence_reason = why
+        log.error("%s: FENCED, no more writes will be acknowledged: %s", self.name, why)
+        for waiter in list(self._pending.values()):
+            waiter.fence(why)
+        self._signal.notify()
+        if self.on_state_change is not None:
+            self.on_state_change(self)
+
+    async def _reattach_later(self, r: Replica, inc: int) -> None:
+        await asyncio.sleep(self.config.reattach_delay)
+        if r.incarnation == inc and r.state is ReplicaState.FAILED and r.session.connected:
+            await self._attach(r.session)
+
+    def _recovered(self, r: Replica) -> None:
+        self._transition(r, ReplicaEvent.RECOVERED)
+        r.progress = (r.progress[1], r.progress[1])
+        log.info(
+            "%s/%s: recovered (%s) at seq %d",
+            self.name,
+            r.name,
+            r.last_recovery,
+            r.tracker.contiguous,
+        )
+
+    async def _attach(self, session: SeSession) -> None:
+        """The SE (re)connected: learn where it stands, choose its recovery, start it."""
+        r = self.replicas.get(session.name)
+        if r is None or self.closed or r.state in (ReplicaState.CLOSED, ReplicaState.FENCED):
+            return
+        if r.state is not ReplicaState.FAILED and r.state is not ReplicaState.CONNECTING:
+            self._fail(r, ReplicaEvent.LOST, "reconnected")
+        if r.state is ReplicaState.FAILED:
+            self._transition(r, ReplicaEvent.RETRY)
+        r.incarnation += 1
+        inc = r.incarnation
+        client = session.client
+        gen = session.generation
+        for _ in range(10_000):  # bounded; each round waits, and stops on any state change
+            if self.closed or r.incarnation != inc or client is None:
+                return
+            try:
+                vs = await client.open_volume(self.name, self._size, self.config.block_size)
+                fresh = vs.epoch == 0 and vs.applied_seq == 0
+                if vs.epoch > self.epoch:
+                    self._fence(f"SE {r.name} holds epoch {vs.epoch} > ours {self.epoch}")
+                    self._transition(r, ReplicaEvent.FENCED)
+                    return
+                if vs.epoch < self.epoch:
+                    se_epoch = vs.epoch
+                    vs = await client.set_epoch(self.name, self.epoch)
+                else:
+                    se_epoch = vs.epoch
+            except self._stale as exc:
+                self._fence(f"SE {r.name}: {exc}")
+                if r.incarnation == inc:
+                    self._transition(r, ReplicaEvent.FENCED)
+                return
+            except self._transport as exc:
+                why = f"attach: {exc or type(exc).__name__}"
+                if r.incarnation == inc:
+                    self._fail(r, ReplicaEvent.LOST, why)
+                    session.lost(why, gen)
+                return
+            if self.closed or r.incarnation != inc:
+                return
+            # ---- decide from a snapshot, then act (no await until the plan is in place) ----
+            r.se_epoch, r.se_applied = se_epoch, vs.applied_seq
+            plan = choose_recovery(self._recovery_view(r, vs, se_epoch, fresh))
+            if plan.kind is RecoveryKind.BLOCKED:
+                r.last_error = plan.reason
+                await self._signal.wait(0.2)
+                continue
+            self._begin(r, plan, client, vs.applied_seq)
+            return
+
+    def _recovery_view(self, r: Replica, vs: Any, se_epoch: int, fresh: bool) -> RecoveryView:
+        peers = tuple(
+            PeerView(
+                p.name,
+                p.tracker.contiguous,
+                getattr(p, "log_first_seq", None),
+                p.session.rtt,
+            )
+            for p in self.replicas.values()
+            if p is not r and p.state in READABLE and p.client is not None
+        )
+        return RecoveryView(
+            se_applied=vs.applied_seq,
+            se_epoch=se_epoch,
+            current_epoch=self.epoch,
+            latest_seq=self.latest_seq,
+            queue_first_seq=self.queue.first_seq,
+            peers=peers,
+            epoch_base=self.epoch_base,
+            se_state=str(vs.state),
+            se_wiped=fresh and self.latest_seq > 0,
+        )
+
+    def _begin(self, r: Replica, plan: RecoveryPlan, client: Any, applied: int) -> None:
+        r.client = client
+        r.plan = plan
+        if plan.kind is RecoveryKind.NONE:
+            r.tracker = AckTracker(applied)
+            r.target = applied
+            self._transition(r, ReplicaEvent.CAUGHT_UP)
+            return
+        r.last_recovery = plan.kind.value
+        r.recoveries[plan.kind.value] = r.recoveries.get(plan.kind.value, 0) + 1
+        log.warning("%s/%s: %s recovery: %s", self.name, r.name, plan.kind, plan.reason)
+        inc = r.incarnation
+        if plan.kind is RecoveryKind.QUICK:
+            r.tracker = AckTracker(applied)
+            r.recovery_start = applied
+            r.target = self.latest_seq
+            r.progress = (0, r.target - applied)
+            self._transition(r, ReplicaEvent.BEHIND_QUICK)
+            for op in self.queue.since(applied):
+                self._send(r, op, None)
+            return
+        assert plan.peer is not None
+        r.tracker = AckTracker(plan.upto)
+        r.recovery_start = applied
+        r.target = plan.upto
+        r.progress = (0, 0)
+        event = (
+            ReplicaEvent.BEHIND_REPLAY
+            if plan.kind is RecoveryKind.REPLAY
+            else ReplicaEvent.BEHIND_FULL
+        )
+        self._transition(r, event)
+        # The recover command goes on the wire first, then the writes after `upto`.
+        pull = self._spawn(self._recover_cmd(client, plan), f"recover-{r.name}")
+        for op in self.queue.since(plan.upto):
+            self._send(r, op, None)
+        self._spawn(self._drive_recovery(r, inc, plan, client, pull), f"drive-{r.name}")
+
+    async def _recover_cmd(self, client: Any, plan: RecoveryPlan) -> None:
+        peer = self.replicas[plan.peer or ""].session.spec
+        await client.recover(
+            self.name, self.epoch, plan.kind.value, (peer.name, peer.host, peer.port), plan.upto
+        )
+
+    async def _drive_recovery(
+        self, r: Replica, inc: int, plan: RecoveryPlan, client: Any, pull: asyncio.Task[None]
+    ) -> None:
+        """Wait for the SE to finish pulling from its peer; poll its progress for status."""
+        try:
+            try:
+                await pull
+            except self._se_error as exc:
+                if plan.kind is not RecoveryKind.REPLAY or isinstance(exc, self._stale):
+                    raise
+                log.warning("%s/%s: replay refused (%s): full copy instead", self.name, r.name, exc)
+                if r.incarnation != inc:
+                    return
+                plan = RecoveryPlan(
+                    RecoveryKind.FULL,
+                    f"replay failed: {exc}",
+                    plan.resend_from,
+                    plan.peer,
+                    plan.upto,
+                )
+                r.plan = plan
+                r.last_recovery = "full"
+                r.recoveries["full"] = r.recoveries.get("full", 0) + 1
+                self._transition(r, ReplicaEvent.BEHIND_FULL)
+                await self._recover_cmd(client, plan)
+            last_progress, last_change = None, time.monotonic()
+            while r.incarnation == inc and not self.closed:
+                vs = await client.volume_state(self.name)
+                r.progress = (vs.recovery_done, vs.recovery_total)
+                r.se_applied = vs.applied_seq
+                if vs.state == "up" and vs.applied_seq >= r.target:
+                    r.tracker.raise_to(vs.applied_seq)
+                    self._recovered(r)
+                    return
+                now = time.monotonic()
+                if r.progress != last_progress:
+                    last_progress, last_change = r.progress, now
+                elif now - last_change > self.config.recovery_stall:
+                    raise TimeoutError(f"{plan.kind} recovery made no progress")
+                await asyncio.sleep(self.config.recovery_poll)
+        except self._stale as exc:
+            self._fence(f"SE {r.name} during recovery: {exc}")
+        except self._transport as exc:
+            why = f"{plan.kind} recovery: {exc or type(exc).__name__}"
+            self._replica_lost(r, inc, why)
+
+    # ---- admin ---------------------------------------------------------------------------
+    async def resize(self, new_size: int) -> None:
+        """Grow (or shrink) on every connected SE; the SCSI layer announces 2A/09."""
+        bs = self.config.block_size
+        if new_size <= 0 or new_size % bs:
+            raise ValueError(f"size {new_size} is not a positive multiple of {bs}")
+        if new_size < self._size:
+            self.cache.clear()
+        targets = [r for r in self.replicas.values() if r.state in SENDING and r.client]
+        if len(targets) < self.quorum:
+            raise QuorumLost(f"{self.name}: resize needs {self.quorum} SEs up")
+        results = await asyncio.gather(
+            *(r.client.resize_volume(self.name, new_size) for r in targets), return_exceptions=True
+        )
+        errors = [
+            f"{r.name}: {e}"
+            for r, e in zip(targets, results, strict=True)
+            if isinstance(e, BaseException)
+        ]
+        if len(errors) > len(targets) - self.quorum:
+            raise MediumError(f"{self.name}: resize failed on {errors}")
+        self._size = new_size
+        self.config = _replace_size(self.config, new_size)
+
+    def status(self) -> dict[str, Any]:
+        ses = []
+        for r in self.replicas.values():
+            done, total = r.progress
+            if r.state is ReplicaState.RECOVERING_QUICK:
+                done = max(0, r.tracker.contiguous - r.recovery_start)
+            ses.append(
+                {
+                    "name": r.name,
+                    "state": r.state.value,
+                    "acked_seq": r.tracker.contiguous,
+                    "se_applied_seq": r.se_applied,
+                    "se_epoch": r.se_epoch,
+                    "recovery": r.last_recovery,
+                    "recovery_target": r.target,
+                    "progress": [done, total],
+                    "recoveries": dict(r.recoveries),
+                    "rtt_ms": None if r.session.rtt == float("inf") else r.session.rtt * 1e3,
+                    "last_error": r.last_error,
+                }
+            )
+        return {
+            "name": self.name,
+            "size": self._size,
+            "block_size": self.config.block_size,
+            "quorum": self.quorum,
+            "epoch": self.epoch,
+            "latest_seq": self.latest_seq,
+            "acked_seq": self.acked_seq,
+            "read_only": self.read_only,
+            "fenced": self.fenced,
+            "fence_reason": self.fence_reason,
+            "queue": {
+                "used": self.queue.used,
+                "capacity": self.queue.capacity,
+                "fill": round(self.queue.fill, 4),
+                "entries": len(self.queue),
+                "first_seq": self.queue.first_seq,
+            },
+            "cache": {
+                "capacity": self.cache.max_pages * self.cache.page_size,
+                "used": self.cache.used,
+                "hits": self.cache.stats.hits,
+                "misses": self.cache.stats.misses,
+                "hit_ratio": round(self.cache.stats.hit_ratio, 4),
+            },
+            "ses": ses,
+        }
+
+
+def _replace_size(config: VolumeConfig, size: int) -> VolumeConfig:
+    from dataclasses import replace
+
+    return replace(config, size=size)
