@@ -230,5 +230,9 @@ def demo() -> None:
     raise SystemExit(demo_module.main())
 
 
+from ophiura.replication.se_cli import se  # noqa: E402
+
+main.add_command(se)
+
 if __name__ == "__main__":
     main()

@@ -4,11 +4,13 @@ Why this shape: the parser is the part an attacker or a bug on the other end rea
 is a pure object that hypothesis can feed random bytes, and the asyncio code only moves bytes.
 
 Connection start (frames of `u32 length + body`, no MAC, at most 512 bytes):
-  client -> HELLO(magic, name, nonce_c)
-  server -> CHALLENGE(name, nonce_s, proof_s)   proof_s = HMAC(secret, "server" nonces names)
-  client -> PROOF(proof_c)                       proof_c = HMAC(secret, "client" nonces names)
-  server -> AUTH_OK as the first authenticated frame (or AUTH_FAIL, then it closes)
-Both sides prove the secret; the labels stop a proof being reflected back. The session key is
+  client -> HELLO(magic, version, name, nonce_c)
+  server -> CHALLENGE(name, nonce_s)
+  client -> PROOF(proof_c)              proof_c = HMAC(secret, "client-proof" nonces names)
+  server -> SERVER_PROOF(proof_s)       proof_s = HMAC(secret, "server-proof" nonces names)
+            then AUTH_OK as its first authenticated frame (or AUTH_FAIL, then it closes)
+Both sides prove the secret; the client first, so the server can log every wrong secret; the
+labels stop a proof being reflected back. The session key is
 HMAC(secret, "session" nonces names) and each direction has its own key.
 
 After that every frame is `u32 length + body + mac16`, where mac16 is the first 16 bytes of
@@ -487,7 +489,7 @@ def decode_volume_list(buf: bytes | bytearray | memoryview) -> list[VolumeStateM
 # ---------------------------------------------------------------------------------------------
 # Handshake messages (unauthenticated frames).
 
-_HELLO, _CHALLENGE, _PROOF, _AUTH_FAIL = 0xF1, 0xF2, 0xF3, 0xF4
+_HELLO, _CHALLENGE, _PROOF, _AUTH_FAIL, _SERVER_PROOF = 0xF1, 0xF2, 0xF3, 0xF4, 0xF5
 
 
 @dataclass(slots=True, frozen=True)
@@ -583,13 +585,15 @@ class Connection:
             return self._nonce, self._peer_nonce
         return self._peer_nonce, self._nonce
 
-    def _derive_keys(self) -> None:
+    def _derive_keys(self, send: bool, recv: bool) -> None:
         session = self._transcript(b"session", *self._nonces())
         c2s = hmac.new(session, b"client-to-server", hashlib.sha256).digest()
         s2c = hmac.new(session, b"server-to-client", hashlib.sha256).digest()
-        send, recv = (c2s, s2c) if self.role == "client" else (s2c, c2s)
-        self._send_mac = hmac.new(send, digestmod=hashlib.sha256)
-        self._recv_mac = hmac.new(recv, digestmod=hashlib.sha256)
+        send_key, recv_key = (c2s, s2c) if self.role == "client" else (s2c, c2s)
+        if send:
+            self._send_mac = hmac.new(send_key, digestmod=hashlib.sha256)
+        if recv:
+            self._recv_mac = hmac.new(recv_key, digestmod=hashlib.sha256)
 
     def _handshake_frame(self, body: memoryview) -> list[Any]:
         if not body:
@@ -604,37 +608,42 @@ class Connection:
             if len(body) - pos != NONCE_BYTES:
                 raise AuthenticationFailed("HELLO nonce has the wrong length")
             self._peer_nonce = bytes(body[pos:])
-            proof = self._transcript(b"server-proof", *self._nonces())
-            reply = bytes([_CHALLENGE]) + _pack_str(self.name) + self._nonce + proof
+            reply = bytes([_CHALLENGE]) + _pack_str(self.name) + self._nonce
             self._out.append(_U32.pack(len(reply)) + reply)
             self._state = "challenged"
             return []
         if self.role == "client" and self._state == "hello-sent" and kind == _CHALLENGE:
             self.peer_name, pos = _unpack_str(body, 1)
-            if len(body) - pos != NONCE_BYTES + 32:
+            if len(body) - pos != NONCE_BYTES:
                 raise AuthenticationFailed("CHALLENGE has the wrong length")
-            self._peer_nonce = bytes(body[pos : pos + NONCE_BYTES])
-            proof = bytes(body[pos + NONCE_BYTES :])
-            if not hmac.compare_digest(proof, self._transcript(b"server-proof", *self._nonces())):
-                raise AuthenticationFailed(
-                    f"server {self.peer_name!r} failed to prove the shared secret"
-                )
+            self._peer_nonce = bytes(body[pos:])
             mine = self._transcript(b"client-proof", *self._nonces())
             self._out.append(_U32.pack(1 + len(mine)) + bytes([_PROOF]) + mine)
-            self._derive_keys()
+            self._derive_keys(send=True, recv=False)  # requests may follow the proof at once
             self._state = "proof-sent"
             return []
         if self.role == "server" and self._state == "challenged" and kind == _PROOF:
+            # The client proves first, so the server always sees (and logs) a wrong secret.
             expected = self._transcript(b"client-proof", *self._nonces())
             if not hmac.compare_digest(bytes(body[1:]), expected):
                 self._out.append(_U32.pack(1) + bytes([_AUTH_FAIL]))
                 raise AuthenticationFailed(
                     f"client {self.peer_name!r} failed to prove the shared secret"
                 )
-            self._derive_keys()
+            proof = self._transcript(b"server-proof", *self._nonces())
+            self._out.append(_U32.pack(1 + len(proof)) + bytes([_SERVER_PROOF]) + proof)
+            self._derive_keys(send=True, recv=True)
             self._state = "open"
             self._out.extend(self.send(AuthOk(0, self.name)))
             return [Authenticated(self.peer_name)]
+        if self.role == "client" and self._state == "proof-sent" and kind == _SERVER_PROOF:
+            expected = self._transcript(b"server-proof", *self._nonces())
+            if not hmac.compare_digest(bytes(body[1:]), expected):
+                raise AuthenticationFailed(
+                    f"server {self.peer_name!r} failed to prove the shared secret"
+                )
+            self._derive_keys(send=False, recv=True)
+            return []
         raise AuthenticationFailed(f"unexpected handshake frame type {kind} in state {self._state}")
 
     # -- frames ------------------------------------------------------------------------------

@@ -73,9 +73,7 @@ async def claim_volume(
     live = [s for s in sessions if s.connected]
     need = takeover_quorum(n, quorum)
     if len(live) < need:
-        raise TakeoverError(
-            f"{volume}: {len(live)} of {n} SEs connected, need {need} to claim it"
-        )
+        raise TakeoverError(f"{volume}: {len(live)} of {n} SEs connected, need {need} to claim it")
 
     async def call(s: SeSession, coro: Any) -> Any:
         try:
@@ -89,7 +87,9 @@ async def claim_volume(
     opened = await asyncio.gather(
         *(call(s, s.client.open_volume(volume, size, block_size)) for s in live)
     )
-    states = {s.name: st for s, st in zip(live, opened, strict=True) if not isinstance(st, Exception)}
+    states = {
+        s.name: st for s, st in zip(live, opened, strict=True) if not isinstance(st, Exception)
+    }
     for s, st in zip(live, opened, strict=True):
         if isinstance(st, Exception):
             log.warning("claim %s: SE %s: %s", volume, s.name, st)

@@ -183,18 +183,23 @@ class HostElementVolume:
             r.session.on_connected(self._attach)
 
     async def wait_ready(self, timeout: float) -> bool:
-        """Until Q SEs can take writes, or every SE has settled, or timeout; True if writable."""
+        """Until Q SEs can take writes (True), or no SE is still attaching, or timeout."""
         deadline = time.monotonic() + timeout
-        while True:
-            if self.counting() >= self.quorum:
-                return True
-            attaching = any(r.state is ReplicaState.CONNECTING for r in self.replicas.values())
+        while self.counting() < self.quorum:
             left = deadline - time.monotonic()
-            if left <= 0 or (
-                not attaching and self.counting() < self.quorum and left < timeout / 2
-            ):
-                return self.counting() >= self.quorum
+            settled = not any(
+                r.state is ReplicaState.CONNECTING and r.session.connected
+                for r in self.replicas.values()
+            )
+            if left <= 0 or (settled and not self._recovering()):
+                break
             await self._signal.wait(min(left, 0.05))
+        return self.counting() >= self.quorum
+
+    def _recovering(self) -> bool:
+        return any(
+            r.state in SENDING and r.state is not ReplicaState.UP for r in self.replicas.values()
+        )
 
     async def close(self) -> None:
         self.closed = True

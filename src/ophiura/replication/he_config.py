@@ -1,0 +1,205 @@
+"""HE configuration: the same keys from command-line flags or a TOML file (identical on every HE).
+
+TOML example (docs/replication.md has the full list):
+
+    quorum = 2
+    se = ["a=127.0.0.1:7001", "b=127.0.0.1:7002,delay=1", "c=127.0.0.1:7003,delay=8,rate=51"]
+    volume = ["db:1G", "logs:256M"]
+    iscsi = "127.0.0.1:3260"
+    nbd = "127.0.0.1:10809"
+    control = "127.0.0.1:7600"
+    cache = "64M"
+    queue = "64M"
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ophiura.replication.se_session import SeSpec
+from ophiura.sizes import parse_size
+
+DEFAULT_CONTROL = ("127.0.0.1", 7600)
+DEFAULT_IQN_PREFIX = "iqn.2026-11.org.ophiura:"
+_VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+
+
+class ConfigError(ValueError):
+    """A configuration value is malformed; the message names the key and the bad value."""
+
+
+def parse_host_port(text: str, what: str) -> tuple[str, int]:
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"{what}: {text!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def parse_se(text: str) -> SeSpec:
+    """NAME=HOST:PORT[,delay=MS][,rate=MBIT]."""
+    head, *opts = [p.strip() for p in text.split(",")]
+    name, sep, addr = head.partition("=")
+    if not sep or not name:
+        raise ConfigError(f"--se: {text!r} is not NAME=HOST:PORT[,delay=MS][,rate=MBIT]")
+    host, port = parse_host_port(addr, f"--se {name}")
+    delay, rate = 0.0, None
+    for opt in opts:
+        key, sep, value = opt.partition("=")
+        try:
+            if key == "delay" and sep:
+                delay = float(value)
+            elif key == "rate" and sep:
+                rate = float(value)
+            else:
+                raise ConfigError(f"--se {name}: unknown option {opt!r} (delay=MS, rate=MBIT)")
+        except ValueError as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(f"--se {name}: {opt!r} is not a number") from exc
+    if delay < 0 or (rate is not None and rate <= 0):
+        raise ConfigError(f"--se {name}: delay must be >= 0 and rate > 0")
+    return SeSpec(name, host, port, delay, rate)
+
+
+def check_volume_name(name: str) -> str:
+    if not _VOLUME_NAME.match(name):
+        raise ConfigError(
+            f"volume name {name!r}: use 1-63 letters, digits, '-' or '_' (starting alphanumeric)"
+        )
+    return name
+
+
+def parse_volume(text: str) -> tuple[str, int]:
+    name, sep, size = text.partition(":")
+    if not sep:
+        raise ConfigError(f"--volume: {text!r} is not NAME:SIZE")
+    try:
+        nbytes = parse_size(size)
+    except ValueError as exc:
+        raise ConfigError(f"--volume {name}: {exc}") from exc
+    if nbytes <= 0 or nbytes % 4096:
+        raise ConfigError(f"--volume {name}: size {nbytes} must be a positive multiple of 4096")
+    return check_volume_name(name), nbytes
+
+
+@dataclass(frozen=True)
+class HeConfig:
+    ses: tuple[SeSpec, ...]
+    quorum: int
+    volumes: tuple[tuple[str, int], ...] = ()
+    iscsi: tuple[str, int] | None = None
+    nbd: tuple[str, int] | None = None
+    control: tuple[str, int] = DEFAULT_CONTROL
+    cache_bytes: int = 64 << 20
+    queue_bytes: int = 64 << 20
+    secret_file: Path | None = None
+    standby: bool = False
+    iqn_prefix: str = DEFAULT_IQN_PREFIX
+    state_dir: Path | None = None  # where the SCSI layer's state files live (restored here)
+    block_size: int = 512
+    evict_wait: float = 0.5
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        names = [s.name for s in self.ses]
+        if not names:
+            raise ConfigError("at least one --se is needed")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"duplicate SE names in {names}")
+        if not 1 <= self.quorum <= len(names):
+            raise ConfigError(f"--quorum {self.quorum} must be between 1 and {len(names)}")
+        vnames = [v for v, _ in self.volumes]
+        if len(set(vnames)) != len(vnames):
+            raise ConfigError(f"duplicate volume names in {vnames}")
+        if self.queue_bytes < (1 << 20):
+            raise ConfigError(f"--queue {self.queue_bytes} is below 1M")
+        if self.cache_bytes < 0:
+            raise ConfigError("--cache must be >= 0")
+
+    def iqn(self, volume: str) -> str:
+        return f"{self.iqn_prefix}{volume}"
+
+    def with_overrides(self, **changes: Any) -> HeConfig:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+_KEYS = {
+    "se",
+    "quorum",
+    "volume",
+    "iscsi",
+    "nbd",
+    "control",
+    "cache",
+    "queue",
+    "secret_file",
+    "standby",
+    "iqn_prefix",
+    "state_dir",
+    "block_size",
+    "evict_wait",
+}
+
+
+def build_config(values: dict[str, Any]) -> HeConfig:
+    """From flag-shaped values (strings as on the command line); TOML uses the same keys."""
+    unknown = set(values) - _KEYS - {k.replace("_", "-") for k in _KEYS}
+    if unknown:
+        raise ConfigError(f"unknown configuration keys: {sorted(unknown)}")
+    v = {k.replace("-", "_"): val for k, val in values.items()}
+    ses = v.get("se") or []
+    if isinstance(ses, str):
+        ses = [ses]
+    volumes = v.get("volume") or []
+    if isinstance(volumes, str):
+        volumes = [volumes]
+    if "quorum" not in v:
+        raise ConfigError("--quorum is required")
+
+    def addr(key: str) -> tuple[str, int] | None:
+        val = v.get(key)
+        if val is None or isinstance(val, tuple):
+            return val
+        return parse_host_port(str(val), f"--{key}")
+
+    def size(key: str, default: int) -> int:
+        val = v.get(key)
+        if val is None:
+            return default
+        try:
+            return parse_size(val)
+        except ValueError as exc:
+            raise ConfigError(f"--{key}: {exc}") from exc
+
+    return HeConfig(
+        ses=tuple(s if isinstance(s, SeSpec) else parse_se(str(s)) for s in ses),
+        quorum=int(v["quorum"]),
+        volumes=tuple(x if isinstance(x, tuple) else parse_volume(str(x)) for x in volumes),
+        iscsi=addr("iscsi"),
+        nbd=addr("nbd"),
+        control=addr("control") or DEFAULT_CONTROL,
+        cache_bytes=size("cache", 64 << 20),
+        queue_bytes=size("queue", 64 << 20),
+        secret_file=Path(v["secret_file"]) if v.get("secret_file") else None,
+        standby=bool(v.get("standby", False)),
+        iqn_prefix=str(v.get("iqn_prefix") or DEFAULT_IQN_PREFIX),
+        state_dir=Path(v["state_dir"]) if v.get("state_dir") else None,
+        block_size=int(v.get("block_size", 512)),
+        evict_wait=float(v.get("evict_wait", 0.5)),
+    )
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    section = data.get("he", data)  # a cluster-wide file may nest the HE keys under [he]
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: [he] is not a table")
+    return dict(section)

@@ -1,0 +1,93 @@
+"""`ophiura se`: run one storage element until SIGTERM/SIGINT (then exit 0)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import click
+
+from ophiura.replication.secret import SecretError, load_secret
+from ophiura.sizes import parse_size
+
+log = logging.getLogger(__name__)
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise click.BadParameter(f"{value!r} is not HOST:PORT (example: 127.0.0.1:7700)")
+    return host.strip("[]"), int(port)
+
+
+def _size(value: str, what: str) -> int:
+    try:
+        return parse_size(value.removesuffix("/s"))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=what) from exc
+
+
+async def _serve(se_kwargs: dict[str, object]) -> None:
+    from ophiura.replication.storage_element import StorageElement
+
+    se = StorageElement(**se_kwargs)  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await se.start()
+    # A line for scripts and tests that start us with port 0.
+    print(f"SE {se.name} listening on {se.host}:{se.port}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        log.info("SE %s stopping", se.name)
+        await se.stop()
+
+
+@click.command("se")
+@click.option("--name", required=True, help="This storage element's name (as HEs know it).")
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for volume data files and metadata.")
+@click.option("--listen", required=True, help="HOST:PORT to serve HEs and peer SEs on.")
+@click.option("--log-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory for the replay logs (another disk; default DATA_DIR/logs).")
+@click.option("--log-size", default="256M", show_default=True,
+              help="Replay log size per volume (bounds how long an outage replay can cover).")
+@click.option("--secret-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Shared secret (default $XDG_CONFIG_HOME/ophiura/secret, created 0600).")
+@click.option("--recovery-rate", default="0", show_default=True,
+              help="Bytes/s a recovery may pull from a peer, e.g. 50M/s (0: unlimited).")
+def se(
+    name: str,
+    data_dir: Path,
+    listen: str,
+    log_dir: Path | None,
+    log_size: str,
+    secret_file: Path | None,
+    recovery_rate: str,
+) -> None:
+    """Run a StarFish storage element."""
+    host, port = _host_port(listen)
+    try:
+        secret = load_secret(secret_file)
+    except SecretError as exc:
+        raise click.ClickException(str(exc)) from exc
+    kwargs: dict[str, object] = {
+        "name": name,
+        "data_dir": data_dir,
+        "host": host,
+        "port": port,
+        "secret": secret,
+        "log_dir": log_dir,
+        "log_size": _size(log_size, "--log-size"),
+        "recovery_rate": _size(recovery_rate, "--recovery-rate"),
+    }
+    from ophiura.target_daemon import run_event_loop
+
+    try:
+        run_event_loop(lambda: _serve(kwargs))
+    except OSError as exc:
+        raise click.ClickException(f"SE {name}: {exc.strerror or exc}") from exc
