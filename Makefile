@@ -3,6 +3,9 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 DEBIAN_TOOLS := libiscsi-bin qemu-utils qemu-block-extra tgt fio libnbd-bin nbdkit iproute2
+# nbdfuse (tests/nbd): its own package in newer Debian; in Debian 12 only a name that
+# libnbd-bin provides (dpkg -s would never see it installed), so list it only where it is real.
+DEBIAN_TOOLS += $(shell apt-cache show nbdfuse 2>/dev/null | grep -q '^Package: nbdfuse' && echo nbdfuse)
 
 .PHONY: demo test bench lint venv tools clean
 

@@ -234,5 +234,12 @@ from ophiura.replication.se_cli import se  # noqa: E402
 
 main.add_command(se)
 
+from ophiura.replication.he_cli import he, status, takeover, volume  # noqa: E402
+
+main.add_command(he)
+main.add_command(takeover)
+main.add_command(status)
+main.add_command(volume)
+
 if __name__ == "__main__":
     main()

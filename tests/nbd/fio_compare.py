@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ophiura.sizes import parse_size
+
 JOBS = [
     ("4k randread QD1", ["--rw=randread", "--bs=4k", "--iodepth=1"], "read", "iops"),
     ("4k randread QD16", ["--rw=randread", "--bs=4k", "--iodepth=16"], "read", "iops"),
@@ -94,8 +96,9 @@ def main() -> int:
             return 1
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "disk.img"
-        subprocess.run(["dd", "if=/dev/urandom", f"of={path}", "bs=1M",
-                        f"count={int(args.size.rstrip('M'))}", "status=none"], check=True)  # fmt: skip
+        count = parse_size(args.size) >> 20
+        dd = ["dd", "if=/dev/urandom", f"of={path}", "bs=1M", f"count={count}", "status=none"]
+        subprocess.run(dd, check=True, timeout=300)
         results: dict[str, dict[str, float]] = {}
         for name, start in (("ophiura", start_ophiura), ("nbdkit file", start_nbdkit)):
             proc, uri = start(path, args.size)
@@ -107,7 +110,7 @@ def main() -> int:
                     print(f"{name:12} {label:20} {value:10.0f} {unit}", flush=True)
             finally:
                 stop(proc)
-    print(f"\n| workload | ophiura | nbdkit file | ratio |\n|---|---|---|---|")
+    print("\n| workload | ophiura | nbdkit file | ratio |\n|---|---|---|---|")
     for label, _, _, unit in JOBS:
         ours, theirs = results[label]["ophiura"], results[label]["nbdkit file"]
         print(f"| {label} | {ours:,.0f} {unit} | {theirs:,.0f} {unit} | {ours / theirs:.2f} |")

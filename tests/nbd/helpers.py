@@ -43,8 +43,15 @@ def go_data(name: str, infos: tuple[int, ...] = ()) -> bytes:
     )
 
 
-def request(command: int, offset: int = 0, length: int = 0, handle: int = 1, flags: int = 0,
-            data: bytes = b"", magic: int = REQUEST_MAGIC) -> bytes:
+def request(
+    command: int,
+    offset: int = 0,
+    length: int = 0,
+    handle: int = 1,
+    flags: int = 0,
+    data: bytes = b"",
+    magic: int = REQUEST_MAGIC,
+) -> bytes:
     return REQUEST.pack(magic, flags, command, handle, offset, length) + data
 
 

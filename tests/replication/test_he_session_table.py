@@ -66,6 +66,6 @@ def test_every_state_has_a_row_and_close_ends_everything() -> None:
 
 
 def test_role_sets() -> None:
-    assert READABLE == {S.UP}
-    assert COUNTING == {S.UP, S.RECOVERING_QUICK}
+    assert {S.UP} == READABLE
+    assert {S.UP, S.RECOVERING_QUICK} == COUNTING
     assert S.RECOVERING_FULL in SENDING and S.FAILED not in SENDING

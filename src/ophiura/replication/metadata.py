@@ -102,8 +102,11 @@ class MetadataFile:
             raise MetadataError(f"{path}: neither metadata slot is valid (both torn or garbled)")
         best = max(valid, key=lambda m: m.generation)
         if len(valid) == 1:
-            log.warning("%s: one metadata slot is torn or garbled; using generation %d",
-                        path, best.generation)
+            log.warning(
+                "%s: one metadata slot is torn or garbled; using generation %d",
+                path,
+                best.generation,
+            )
         return cls(path, fd, best)
 
     def write(self, meta: VolumeMeta) -> None:

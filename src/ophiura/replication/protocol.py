@@ -115,7 +115,12 @@ def _register(cls: type[Any]) -> None:
     if len(tails) > 1 or cls.CODE in _BY_CODE:
         raise TypeError(f"bad message definition {cls.__name__}")
     spec = _Spec(
-        cls, struct.Struct(fmt), ints, strs, tails[0] if tails else None, tuple(n for n, _ in cls.FIELDS)
+        cls,
+        struct.Struct(fmt),
+        ints,
+        strs,
+        tails[0] if tails else None,
+        tuple(n for n, _ in cls.FIELDS),
     )
     _BY_CODE[cls.CODE] = spec
     _BY_CLASS[cls] = spec
@@ -544,7 +549,9 @@ class Connection:
         self._peer_nonce = b""
         self._buf = bytearray()
         self._out: list[bytes] = []
-        self._state = "start"  # client: start/hello-sent/proof-sent/open; server: start/challenged/open
+        self._state = (
+            "start"  # client: start/hello-sent/proof-sent/open; server: start/challenged/open
+        )
         self._send_mac: Any = None
         self._recv_mac: Any = None
         self._send_ctr = 0
@@ -571,9 +578,13 @@ class Connection:
     # -- handshake ----------------------------------------------------------------------------
 
     def _transcript(self, label: bytes, client_nonce: bytes, server_nonce: bytes) -> bytes:
-        client, server = (self.name, self.peer_name) if self.role == "client" else (
-            self.peer_name,
-            self.name,
+        client, server = (
+            (self.name, self.peer_name)
+            if self.role == "client"
+            else (
+                self.peer_name,
+                self.name,
+            )
         )
         msg = b"|".join(
             [b"ophiura-rep-v1", label, client_nonce, server_nonce, client.encode(), server.encode()]
@@ -600,7 +611,9 @@ class Connection:
             raise AuthenticationFailed("empty handshake frame")
         kind = body[0]
         if kind == _AUTH_FAIL:
-            raise AuthenticationFailed(f"{self.peer_name or 'peer'} rejected our proof of the secret")
+            raise AuthenticationFailed(
+                f"{self.peer_name or 'peer'} rejected our proof of the secret"
+            )
         if self.role == "server" and self._state == "start" and kind == _HELLO:
             if len(body) < 2 + len(MAGIC) or body[1] != VERSION or bytes(body[2:10]) != MAGIC:
                 raise AuthenticationFailed("HELLO with a wrong magic or protocol version")
@@ -712,7 +725,11 @@ class Connection:
                 finally:
                     view.release()
                 pos = end + MAC_BYTES
-                if isinstance(msg, AuthOk) and self.role == "client" and self._state == "proof-sent":
+                if (
+                    isinstance(msg, AuthOk)
+                    and self.role == "client"
+                    and self._state == "proof-sent"
+                ):
                     self._state = "open"
                     events.append(Authenticated(self.peer_name))
                 elif self._state != "open":

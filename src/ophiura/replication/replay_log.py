@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import mmap
 import os
 import secrets
 import struct
@@ -60,6 +59,24 @@ class _Entry:
     data_len: int
 
 
+class _Window:
+    """Sequential reads of a large file through an 8 MiB window (bytes, never mapped)."""
+
+    SIZE = 8 << 20
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buf = b""
+        self._start = 0
+
+    def get(self, pos: int, n: int) -> memoryview:
+        rel = pos - self._start
+        if rel < 0 or rel + n > len(self._buf):
+            self._buf = os.pread(self._fd, max(self.SIZE, n), pos)
+            self._start, rel = pos, 0
+        return memoryview(self._buf)[rel : rel + n]
+
+
 def _span(data_len: int) -> int:
     n = _RHEAD.size + data_len
     return -(-n // ALIGN) * ALIGN
@@ -92,8 +109,12 @@ class ReplayLog:
                 if magic == _FILE_MAGIC:
                     self._salt = salt
                     if size != self.size:
-                        log.warning("%s was made with size %d, keeping it (asked %d)",
-                                    self.path, size, self.size)
+                        log.warning(
+                            "%s was made with size %d, keeping it (asked %d)",
+                            self.path,
+                            size,
+                            self.size,
+                        )
                         self.size = size
                         self.capacity = size - FILE_HEADER
                     return self._scan()
@@ -116,22 +137,23 @@ class ReplayLog:
         if st.st_size < self.size:
             os.ftruncate(self._fd, self.size)
         found: dict[int, tuple[_Entry, LogRecord]] = {}
-        with mmap.mmap(self._fd, self.size, prot=mmap.PROT_READ) as mm:
-            view = memoryview(mm)
-            try:
-                pos = FILE_HEADER
-                while pos + _RHEAD.size <= self.size:
-                    rec = self._parse(view, pos)
-                    if rec is None:
-                        pos += ALIGN
-                        continue
-                    span = _span(len(rec.data))
-                    prev = found.get(rec.seq)
-                    if prev is None or prev[0].pos < pos:
-                        found[rec.seq] = (_Entry(rec.seq, pos, span, len(rec.data)), rec)
-                    pos += span
-            finally:
-                view.release()
+        window = _Window(self._fd)
+        pos = FILE_HEADER
+        while pos + _RHEAD.size <= self.size:
+            head = window.get(pos, _RHEAD.size)
+            kind = head[-4]
+            data_len = _RHEAD.unpack_from(head)[6] if kind == KIND_WRITE else 0
+            rec = None
+            if pos + _RHEAD.size + data_len <= self.size:
+                rec = self._parse(window.get(pos, _RHEAD.size + data_len), 0)
+            if rec is None:
+                pos += ALIGN
+                continue
+            span = _span(len(rec.data))
+            prev = found.get(rec.seq)
+            if prev is None or prev[0].pos < pos:
+                found[rec.seq] = (_Entry(rec.seq, pos, span, len(rec.data)), rec)
+            pos += span
         if not found:
             return []
         newest = max(found)
@@ -146,23 +168,32 @@ class ReplayLog:
         last = chain[-1][0]
         self._head = last.pos + last.span
         dropped = len(found) - len(chain)
-        log.info("%s: %d records (seq %d..%d), %d stale ignored", self.path, len(chain),
-                 chain[0][0].seq, newest, dropped)
+        log.info(
+            "%s: %d records (seq %d..%d), %d stale ignored",
+            self.path,
+            len(chain),
+            chain[0][0].seq,
+            newest,
+            dropped,
+        )
         return [r for _, r in chain]
 
     def _parse(self, view: memoryview, pos: int) -> LogRecord | None:
         magic, crc, salt, seq, epoch, offset, length, kind = _RHEAD.unpack_from(view, pos)
-        if magic != _REC_MAGIC or salt != self._salt or kind not in (KIND_WRITE, KIND_TRIM, KIND_ZERO):
+        if (
+            magic != _REC_MAGIC
+            or salt != self._salt
+            or kind not in (KIND_WRITE, KIND_TRIM, KIND_ZERO)
+        ):
             return None
         data_len = length if kind == KIND_WRITE else 0
         end = pos + _RHEAD.size + data_len
         if end > self.size:
             return None
-        c = google_crc32c.Checksum(bytes(view[pos + 8 : pos + _RHEAD.size]))
-        c.update(view[pos + _RHEAD.size : end])
-        if int.from_bytes(c.digest(), "big") != crc:
+        covered = bytes(view[pos + 8 : end])  # crc covers the header after itself, and the data
+        if google_crc32c.value(covered) != crc:
             return None
-        return LogRecord(seq, epoch, offset, length, kind, bytes(view[pos + _RHEAD.size : end]))
+        return LogRecord(seq, epoch, offset, length, kind, covered[_RHEAD.size - 8 :])
 
     # -- appending -----------------------------------------------------------------------------
 
@@ -198,7 +229,8 @@ class ReplayLog:
             span = _span(len(rec.data))
             if span > self.capacity // 2:
                 raise ReplayLogError(
-                    f"a record of {len(rec.data)} bytes does not fit the {self.size}-byte replay log"
+                    f"a record of {len(rec.data)} bytes does not fit the "
+                    f"{self.size}-byte replay log"
                 )
             if self._head + span > self.size:
                 while self.entries and self.entries[0].pos >= self._head:
@@ -207,8 +239,9 @@ class ReplayLog:
             start = self._head
             while self.entries and start <= self.entries[0].pos < start + span:
                 self.entries.popleft()
-            head = _RHEAD.pack(_REC_MAGIC, 0, self._salt, rec.seq, rec.epoch, rec.offset,
-                               rec.length, rec.kind)
+            head = _RHEAD.pack(
+                _REC_MAGIC, 0, self._salt, rec.seq, rec.epoch, rec.offset, rec.length, rec.kind
+            )
             c = google_crc32c.Checksum(head[8:])
             if rec.data:
                 c.update(rec.data)

@@ -49,17 +49,37 @@ async def _serve(se_kwargs: dict[str, object]) -> None:
 
 @click.command("se")
 @click.option("--name", required=True, help="This storage element's name (as HEs know it).")
-@click.option("--data-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Directory for volume data files and metadata.")
+@click.option(
+    "--data-dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for volume data files and metadata.",
+)
 @click.option("--listen", required=True, help="HOST:PORT to serve HEs and peer SEs on.")
-@click.option("--log-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Directory for the replay logs (another disk; default DATA_DIR/logs).")
-@click.option("--log-size", default="256M", show_default=True,
-              help="Replay log size per volume (bounds how long an outage replay can cover).")
-@click.option("--secret-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Shared secret (default $XDG_CONFIG_HOME/ophiura/secret, created 0600).")
-@click.option("--recovery-rate", default="0", show_default=True,
-              help="Bytes/s a recovery may pull from a peer, e.g. 50M/s (0: unlimited).")
+@click.option(
+    "--log-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Directory for the replay logs (another disk; default DATA_DIR/logs).",
+)
+@click.option(
+    "--log-size",
+    default="256M",
+    show_default=True,
+    help="Replay log size per volume (bounds how long an outage replay can cover).",
+)
+@click.option(
+    "--secret-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Shared secret (default $XDG_CONFIG_HOME/ophiura/secret, created 0600).",
+)
+@click.option(
+    "--recovery-rate",
+    default="0",
+    show_default=True,
+    help="Bytes/s a recovery may pull from a peer, e.g. 50M/s (0: unlimited).",
+)
 def se(
     name: str,
     data_dir: Path,

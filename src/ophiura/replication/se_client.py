@@ -173,7 +173,9 @@ class SeClient:
                 await self._authed
         except TimeoutError as exc:
             await self.close()
-            raise SeUnavailable(name, "connect", f"{host}:{port} timed out after {timeout}s") from exc
+            raise SeUnavailable(
+                name, "connect", f"{host}:{port} timed out after {timeout}s"
+            ) from exc
         except OSError as exc:
             await self.close()
             raise SeUnavailable(name, "connect", f"{host}:{port}: {exc.strerror or exc}") from exc
@@ -266,7 +268,9 @@ class SeClient:
                 continue
             _, sent, what = next(iter(self._pending.values()))
             if time.monotonic() - sent > self.request_timeout:
-                log.error("SE %s did not answer %s within %ss", self.name, what, self.request_timeout)
+                log.error(
+                    "SE %s did not answer %s within %ss", self.name, what, self.request_timeout
+                )
                 self._fail(SeUnavailable(self.name, what, f"no answer in {self.request_timeout}s"))
 
     @property
@@ -319,7 +323,9 @@ class SeClient:
     async def open_volume(self, volume: str, size: int, block_size: int = 512) -> VolumeState:
         """Create the volume if the SE lacks it; either way its state (size may differ)."""
         what = f"open volume {volume}"
-        reply = await self._call(p.OpenVolume(self._id(), volume, size, block_size), what, p.VolumeStateMsg)
+        reply = await self._call(
+            p.OpenVolume(self._id(), volume, size, block_size), what, p.VolumeStateMsg
+        )
         return VolumeState.from_msg(reply)
 
     async def set_epoch(self, volume: str, epoch: int) -> VolumeState:
@@ -367,7 +373,9 @@ class SeClient:
         await self._call(msg, what, p.Ok)
 
     async def volume_state(self, volume: str) -> VolumeState:
-        reply = await self._call(p.Status(self._id(), volume), f"status of {volume}", p.VolumeStateMsg)
+        reply = await self._call(
+            p.Status(self._id(), volume), f"status of {volume}", p.VolumeStateMsg
+        )
         return VolumeState.from_msg(reply)
 
     async def resize_volume(self, volume: str, size: int) -> VolumeState:
@@ -389,7 +397,9 @@ class SeClient:
     ) -> tuple[int, int, list[p.WireLogRecord]]:
         """(peer applied_seq, remaining bytes estimate, records); LogGoneError if trimmed."""
         what = f"log read {volume} from seq {from_seq}"
-        reply = await self._request(p.LogRead(self._id(), volume, from_seq, upto_seq, max_bytes), what)
+        reply = await self._request(
+            p.LogRead(self._id(), volume, from_seq, upto_seq, max_bytes), what
+        )
         if isinstance(reply, p.LogGone):
             raise LogGoneError(self.name, what, reply.oldest_seq)
         if not isinstance(reply, p.LogRecords):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -53,7 +52,9 @@ class RateLimiter:
             await asyncio.sleep(self._next - now)
 
 
-def _untouched_runs(rec: Recovery, bs: int, offset: int, length: int, newer_than: int) -> list[tuple[int, int]]:
+def _untouched_runs(
+    rec: Recovery, bs: int, offset: int, length: int, newer_than: int
+) -> list[tuple[int, int]]:
     """Byte runs of [offset, offset+length) whose blocks hold no current write newer than
     `newer_than`. Block-aligned inside the range; recovered data is always block-aligned."""
     touched = rec.touched
@@ -86,8 +87,12 @@ class RecoveryManager:
 
     async def reload(self, vol: Volume) -> None:
         if vol.recovery_meta:
-            log.warning("SE %s: volume %s: %s; waiting for the HE to restart it", self.se.name,
-                        vol.name, vol.detail)
+            log.warning(
+                "SE %s: volume %s: %s; waiting for the HE to restart it",
+                self.se.name,
+                vol.name,
+                vol.detail,
+            )
 
     async def forget(self, vol: Volume) -> None:
         await self._cancel(vol)
@@ -109,7 +114,9 @@ class RecoveryManager:
 
     async def start(self, vol: Volume, msg: p.Recover) -> None:
         if msg.kind not in ("replay", "full"):
-            raise VolumeError(f"recovery kind {msg.kind!r} is not replay or full", p.ErrorCode.BAD_REQUEST)
+            raise VolumeError(
+                f"recovery kind {msg.kind!r} is not replay or full", p.ErrorCode.BAD_REQUEST
+            )
         if vol.state == "failed":
             raise VolumeError(vol.detail, p.ErrorCode.VOLUME_FAILED)
         vol.check_epoch(msg.epoch)
@@ -122,8 +129,13 @@ class RecoveryManager:
                 return  # already doing exactly this
             await self._cancel(vol)
         if msg.kind == "replay" and rec is None and vol.state == "up" and vol.prefix_seq >= upto:
-            log.info("SE %s: %s already has seq %d >= %d; nothing to replay", self.se.name,
-                     vol.name, vol.prefix_seq, upto)
+            log.info(
+                "SE %s: %s already has seq %d >= %d; nothing to replay",
+                self.se.name,
+                vol.name,
+                vol.prefix_seq,
+                upto,
+            )
             return
         if rec is not None and rec.kind == msg.kind:
             self._resume_in_process(vol, rec, upto)
@@ -131,10 +143,19 @@ class RecoveryManager:
             rec = await self._resume_after_restart(vol, msg.kind, upto)
         else:
             if rec is not None:
-                log.info("SE %s: %s: switching recovery from %s to %s", self.se.name, vol.name,
-                         rec.kind, msg.kind)
-            rec = Recovery(msg.kind, upto, peer, rate, vol.prefix_seq if msg.kind == "replay" else 0)
+                log.info(
+                    "SE %s: %s: switching recovery from %s to %s",
+                    self.se.name,
+                    vol.name,
+                    rec.kind,
+                    msg.kind,
+                )
+            rec = Recovery(
+                msg.kind, upto, peer, rate, vol.prefix_seq if msg.kind == "replay" else 0
+            )
             vol.recovery = rec
+            if msg.kind == "full":
+                vol.prefix_seq = 0  # nothing here is trustworthy until the copy completes
             await vol.call(vol.reset_log_blocking)  # the log now holds only current writes
         rec.peer, rec.rate, rec.error = peer, rate, ""
         rec.upto = max(rec.upto, upto)
@@ -146,16 +167,28 @@ class RecoveryManager:
         state = self._persisted(rec)
         await vol.call(lambda: vol.write_meta_blocking(recovery=state, applied_seq=applied))
         rec.task = asyncio.create_task(self._run(vol, rec), name=f"recover-{vol.name}")
-        log.info("SE %s: %s: %s recovery from %s up to seq %d started (cursor %d)", self.se.name,
-                 vol.name, rec.kind, peer[0], rec.upto, rec.cursor)
+        log.info(
+            "SE %s: %s: %s recovery from %s up to seq %d started (cursor %d)",
+            self.se.name,
+            vol.name,
+            rec.kind,
+            peer[0],
+            rec.upto,
+            rec.cursor,
+        )
 
     def _resume_in_process(self, vol: Volume, rec: Recovery, upto: int) -> None:
         """Same process, same kind: keep the touched map; full restarts if writes were missed."""
         if rec.kind == "replay":
             rec.cursor = vol.prefix_seq
         elif upto >= vol.next_seq:
-            log.info("SE %s: %s missed current writes %d..%d: full copy restarts at 0",
-                     self.se.name, vol.name, vol.next_seq, upto)
+            log.info(
+                "SE %s: %s missed current writes %d..%d: full copy restarts at 0",
+                self.se.name,
+                vol.name,
+                vol.next_seq,
+                upto,
+            )
             rec.cursor = 0
 
     async def _resume_after_restart(self, vol: Volume, kind: str, upto: int) -> Recovery:
@@ -176,8 +209,13 @@ class RecoveryManager:
         elif complete and upto < vol.next_seq:
             rec.cursor = int(meta.get("cursor", 0))
         else:
-            log.info("SE %s: %s: cannot resume the full copy at byte %s (writes missed); "
-                     "restarting at 0", self.se.name, vol.name, meta.get("cursor"))
+            log.info(
+                "SE %s: %s: cannot resume the full copy at byte %s (writes missed); "
+                "restarting at 0",
+                self.se.name,
+                vol.name,
+                meta.get("cursor"),
+            )
         if vol.next_seq <= old_upto:
             vol.next_seq = old_upto + 1
         vol.recovery = rec
@@ -193,8 +231,9 @@ class RecoveryManager:
         name, host, port = rec.peer
         client: SeClient | None = None
         try:
-            client = await SeClient.connect(name, host, port, self.se.secret,
-                                            client_name=f"se:{self.se.name}")
+            client = await SeClient.connect(
+                name, host, port, self.se.secret, client_name=f"se:{self.se.name}"
+            )
             if rec.kind == "replay":
                 await self._replay(vol, rec, client)
             else:
@@ -235,7 +274,9 @@ class RecoveryManager:
             if not records:
                 behind_since = behind_since or time.monotonic()
                 if time.monotonic() - behind_since > PEER_BEHIND_TIMEOUT:
-                    raise SeError(client.name, "replay", f"peer stuck at seq {applied} < {rec.upto}")
+                    raise SeError(
+                        client.name, "replay", f"peer stuck at seq {applied} < {rec.upto}"
+                    )
                 await asyncio.sleep(0.02)
                 continue
             behind_since = None
@@ -244,10 +285,14 @@ class RecoveryManager:
                 if r.seq > rec.upto:
                     break
                 if r.seq != rec.cursor + 1:
-                    raise SeError(client.name, "replay", f"sent seq {r.seq}, wanted {rec.cursor + 1}")
+                    raise SeError(
+                        client.name, "replay", f"sent seq {r.seq}, wanted {rec.cursor + 1}"
+                    )
                 for off, n in _untouched_runs(rec, bs, r.offset, r.length, r.seq):
                     if r.kind == p.KIND_WRITE:
-                        vol.queue_recovered(p.KIND_WRITE, off, n, r.data[off - r.offset : off - r.offset + n])
+                        vol.queue_recovered(
+                            p.KIND_WRITE, off, n, r.data[off - r.offset : off - r.offset + n]
+                        )
                     else:
                         vol.queue_recovered(r.kind, off, n, b"")
                 rec.cursor = r.seq
@@ -272,7 +317,9 @@ class RecoveryManager:
                 if peer_seq >= rec.upto:
                     break
                 if time.monotonic() > deadline:
-                    raise SeError(client.name, "full copy", f"peer stuck at seq {peer_seq} < {rec.upto}")
+                    raise SeError(
+                        client.name, "full copy", f"peer stuck at seq {peer_seq} < {rec.upto}"
+                    )
                 await asyncio.sleep(0.02)
             sparse = data == zeros[:n]
             for off, length in _untouched_runs(rec, bs, rec.cursor, n, peer_seq):
@@ -303,12 +350,11 @@ class RecoveryManager:
         await vol.call(work)
         vol.prefix_seq = top
         vol.advance_prefix(top)
-        log.info("SE %s: %s: %s recovery finished at seq %d (%d bytes)", self.se.name, vol.name,
-                 rec.kind, top, rec.done)
-
-
-def zero_check(data: bytes) -> bool:  # pragma: no cover - kept small for callers
-    return not data or data == bytes(len(data))
-
-
-_ = os  # os kept for callers that patch fdatasync in tests
+        log.info(
+            "SE %s: %s: %s recovery finished at seq %d (%d bytes)",
+            self.se.name,
+            vol.name,
+            rec.kind,
+            top,
+            rec.done,
+        )

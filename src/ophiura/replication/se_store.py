@@ -14,6 +14,7 @@ Why it is built this way:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -26,7 +27,7 @@ from typing import Any
 from ophiura.block.file import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, _fallocate
 from ophiura.block.io_threads import IoThreads
 from ophiura.replication.metadata import MetadataFile, VolumeMeta
-from ophiura.replication.protocol import KIND_TRIM, KIND_WRITE, KIND_ZERO, ErrorCode
+from ophiura.replication.protocol import KIND_WRITE, ErrorCode
 from ophiura.replication.replay_log import LogRecord, ReplayLog
 
 log = logging.getLogger(__name__)
@@ -158,29 +159,49 @@ class Volume:
             self.detail = f"{meta.recovery['kind']} recovery was interrupted by a restart"
 
     def _replay_local_log(self, meta: VolumeMeta) -> int:
-        """Re-apply log records newer than the data file; returns the applied sequence."""
+        """Re-apply log records newer than the data file; returns the applied sequence.
+
+        The truth is the data file (durable up to data_synced_seq) plus the valid log chain
+        that continues it; metadata claiming more than that means records were lost (a
+        replaced log disk) and the SE reports the lower number so the HE recovers it.
+        """
         records = self._log.open()
-        applied = meta.applied_seq
-        redo = [r for r in records if r.seq > meta.data_synced_seq]
-        if meta.recovery is None and redo and redo[0].seq > meta.data_synced_seq + 1:
-            log.error("volume %s: log starts at seq %d but the data file holds only %d; the "
-                      "records between are lost (log device replaced?)", self.name,
-                      redo[0].seq, meta.data_synced_seq)
-            redo = []
-            applied = min(applied, meta.data_synced_seq)
+        synced = meta.data_synced_seq
+        redo = [r for r in records if r.seq > synced]
+        if meta.recovery is None:
+            if redo and redo[0].seq != synced + 1:
+                log.error(
+                    "volume %s: the log starts at seq %d but the data file holds only %d; "
+                    "the writes between are lost here (log device replaced?)",
+                    self.name,
+                    redo[0].seq,
+                    synced,
+                )
+                redo = []
+            applied = redo[-1].seq if redo else synced
+            if meta.applied_seq > applied:
+                log.error(
+                    "volume %s: metadata says seq %d is applied but only %d can be found; "
+                    "reporting %d so the HE recovers the rest",
+                    self.name,
+                    meta.applied_seq,
+                    applied,
+                    applied,
+                )
+        else:
+            applied = meta.applied_seq  # the recovered prefix; the log holds current writes
         for rec in redo:
             self._apply_blocking(rec.kind, rec.offset, rec.length, rec.data)
         if redo:
             os.fdatasync(self._fd)
             top = redo[-1].seq
-            if meta.recovery is None:
-                applied = max(applied, top)
-            else:
+            self._written_seq = top
+            if meta.recovery is not None:
                 self.durable_seq = top  # current writes received during the recovery
             log.info("volume %s: re-applied %d log records up to seq %d", self.name, len(redo), top)
         if applied != meta.applied_seq or redo:
             meta.applied_seq = applied
-            meta.data_synced_seq = max(meta.data_synced_seq, redo[-1].seq if redo else 0)
+            meta.data_synced_seq = max(synced, redo[-1].seq if redo else 0)
             self._meta_file.write(meta)  # type: ignore[union-attr]
         return applied
 
@@ -223,7 +244,7 @@ class Volume:
                 self._apply_blocking(it.kind, it.offset, it.length, it.data)
                 self._written_seq = it.seq
             elif it[0] == "rec":
-                self._apply_blocking(KIND_WRITE, it[1], len(it[2]), it[2])
+                self._apply_blocking(it[1], it[2], it[3], it[4])
             else:  # ("call", fn, fut)
                 try:
                     results.append((it[2], it[1](), None))
@@ -315,8 +336,9 @@ class Volume:
         self._wake.set()
         return fut
 
-    def queue_recovered(self, offset: int, data: bytes) -> None:
-        self._queue.append(("rec", offset, data))
+    def queue_recovered(self, kind: int, offset: int, length: int, data: bytes) -> None:
+        """Recovered data: to the data file only (not logged), in queue order."""
+        self._queue.append(("rec", kind, offset, length, data))
         self._wake.set()
 
     def mark_meta_dirty(self) -> None:
@@ -365,11 +387,15 @@ class Volume:
             if seq in self._buffer:
                 self._dup_waiters.append((seq, fut))
                 return fut
-            if (len(self._buffer) >= MAX_BUFFERED_OPS
-                    or self._buffer_bytes + len(op.data) > MAX_BUFFERED_BYTES):
+            if (
+                len(self._buffer) >= MAX_BUFFERED_OPS
+                or self._buffer_bytes + len(op.data) > MAX_BUFFERED_BYTES
+            ):
                 raise VolumeError(
                     f"volume {self.name}: waiting for seq {self.next_seq}, buffer full "
-                    f"({len(self._buffer)} writes); it needs recovery", ErrorCode.BUSY)
+                    f"({len(self._buffer)} writes); it needs recovery",
+                    ErrorCode.BUSY,
+                )
             self._buffer[seq] = op
             self._buffer_bytes += len(op.data)
         return fut
@@ -518,8 +544,10 @@ class Volume:
 
     async def resize(self, size: int) -> None:
         if size <= 0 or size % self.block_size:
-            raise VolumeError(f"size {size} is not a positive multiple of {self.block_size}",
-                              ErrorCode.BAD_REQUEST)
+            raise VolumeError(
+                f"size {size} is not a positive multiple of {self.block_size}",
+                ErrorCode.BAD_REQUEST,
+            )
         await self.call(lambda: os.ftruncate(self._fd, size))
         self.size = size
         await self.call(lambda: None)
@@ -557,10 +585,8 @@ class Volume:
                 self._wake.set()
                 await asyncio.sleep(0.001)
             self._committer.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._committer
-            except asyncio.CancelledError:
-                pass
             self._committer = None
         await self._thread.run(self._close_blocking)
         self._thread.shutdown()
@@ -568,6 +594,15 @@ class Volume:
     def _close_blocking(self) -> None:
         if self._fd >= 0:
             os.fdatasync(self._fd)
+            meta = self._meta_file.current if self._meta_file is not None else None
+            if (
+                meta is not None
+                and self.state != "failed"
+                and meta.data_synced_seq < self._written_seq
+            ):
+                # a clean stop leaves nothing for the log to re-apply
+                meta.data_synced_seq = self._written_seq
+                self._meta_file.write(meta)  # type: ignore[union-attr]
             os.close(self._fd)
             self._fd = -1
         self._log.close()

@@ -46,9 +46,7 @@ class _ServerConnection(asyncio.Protocol):
         addr = transport.get_extra_info("peername")
         self.peer = f"{addr[0]}:{addr[1]}" if addr else "?"
         with contextlib.suppress(OSError, AttributeError):
-            transport.get_extra_info("socket").setsockopt(
-                socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
-            )
+            transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.se._connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -69,8 +67,13 @@ class _ServerConnection(asyncio.Protocol):
             self._close()
             return
         except p.ProtocolError as exc:
-            log.error("SE %s: protocol error from %s (%s), closing: %s",
-                      self.se.name, self.peer, self.conn.peer_name, exc)
+            log.error(
+                "SE %s: protocol error from %s (%s), closing: %s",
+                self.se.name,
+                self.peer,
+                self.conn.peer_name,
+                exc,
+            )
             self._close()
             return
         self._flush_handshake()
@@ -185,8 +188,9 @@ class StorageElement:
             lambda: _ServerConnection(self), self.host, self.port, reuse_address=True
         )
         self.port = self._server.sockets[0].getsockname()[1]
-        log.info("SE %s serving %d volumes on %s:%d", self.name, len(self.volumes), self.host,
-                 self.port)
+        log.info(
+            "SE %s serving %d volumes on %s:%d", self.name, len(self.volumes), self.host, self.port
+        )
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -244,8 +248,9 @@ class StorageElement:
             if found is None:
                 return p.LogGone(rid, vol.log_oldest())
             applied, remaining, records = found
-            wire = [p.WireLogRecord(r.seq, r.epoch, r.offset, r.length, r.kind, r.data)
-                    for r in records]
+            wire = [
+                p.WireLogRecord(r.seq, r.epoch, r.offset, r.length, r.kind, r.data) for r in records
+            ]
             return p.LogRecords(rid, applied, len(wire), remaining, p.pack_log_records(wire))
         if isinstance(msg, p.ChunkRead):
             if msg.length > p.MAX_DATA:
@@ -264,8 +269,16 @@ class StorageElement:
     def _state(rid: int, vol: Volume) -> p.VolumeStateMsg:
         s = vol.status()
         return p.VolumeStateMsg(
-            rid, s["epoch"], s["applied_seq"], s["size"], s["block_size"], s["recovery_done"],
-            s["recovery_total"], s["volume"], s["state"], s["detail"],
+            rid,
+            s["epoch"],
+            s["applied_seq"],
+            s["size"],
+            s["block_size"],
+            s["recovery_done"],
+            s["recovery_total"],
+            s["volume"],
+            s["state"],
+            s["detail"],
         )
 
     async def open_volume(self, name: str, size: int, block_size: int) -> Volume:
@@ -288,8 +301,14 @@ class StorageElement:
         self._opening[name] = fut
         try:
             assert self._reads is not None
-            vol = await Volume.open(name, self.data_dir / "volumes" / name, self._log_path(name),
-                                    self.log_size, self._reads, create=(size, block_size))
+            vol = await Volume.open(
+                name,
+                self.data_dir / "volumes" / name,
+                self._log_path(name),
+                self.log_size,
+                self._reads,
+                create=(size, block_size),
+            )
             self.volumes[name] = vol
             fut.set_result(vol)
             log.info("SE %s: created volume %s (%d bytes)", self.name, name, size)
