@@ -151,6 +151,7 @@ def fio(uri: str, *extra: str, runtime: int = 20) -> str:
         "--ioengine=nbd",
         f"--uri={uri}",
         "--size=16m",
+        "--verify_state_save=0",  # else fio leaves local-nbd-0-verify.state in the cwd
         f"--runtime={runtime}",
         "--output-format=normal",
         *extra,

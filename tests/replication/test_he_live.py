@@ -129,3 +129,38 @@ async def test_two_down_read_only_then_writes_resume(ses: list[SeHandle], tmp_pa
         assert await ledger.verify(vol) == []
     finally:
         await he.stop()
+
+
+async def test_laggard_declared_failed_when_queue_full(ses: list[SeHandle], tmp_path: Path) -> None:
+    """StarFish §3: eviction needs every live SE's ack; an SE that stops acking (SIGSTOP: its
+    TCP connection stays open) blocks the full queue, and after evict_wait it is declared
+    failed; once it runs again it is re-attached and recovered."""
+    import os
+    import signal
+
+    cfg = he_config(ses, queue_bytes=1 << 20, evict_wait=0.2)
+    he = await start_he(cfg, tmp_path)
+    proc = ses[2].proc
+    assert proc is not None
+    try:
+        vol = he.volumes["vol"].data
+        await wait_for(lambda: set(replica_states(he).values()) == {"up"}, 5, "all up")
+        ledger = Ledger()
+        stop = asyncio.Event()
+        task = asyncio.create_task(writer_loop(vol, ledger, 512, stop))
+        await asyncio.sleep(0.1)
+        os.kill(proc.pid, signal.SIGSTOP)
+        c = vol.replicas["c"]
+        try:
+            await wait_for(lambda: c.failures.get("lagging", 0) >= 1, 10, "c declared lagging")
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        await wait_for(lambda: c.state.value == "up", 20, "c back up")
+        stop.set()
+        await task
+        assert ledger.failed == 0  # a and b carried every write meanwhile
+        assert vol.queue.used <= vol.queue.capacity
+        vol.cache.clear()
+        assert await ledger.verify(vol) == []
+    finally:
+        await he.stop()

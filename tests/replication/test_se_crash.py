@@ -28,20 +28,31 @@ async def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
         await c.open_volume("v", 16 * MiB)
         await c.set_epoch("v", 1)
 
+        window = asyncio.Semaphore(256)
+        failed = asyncio.Event()
+
         async def one(seq: int) -> None:
             try:
                 await c.write("v", 1, seq, (seq % 4096) * 4096, block(seq))
                 acked.add(seq)
             except SeError:
-                pass  # in flight when the SE died: may or may not be there
+                failed.set()  # in flight when the SE died: may or may not be there
+            finally:
+                window.release()
 
-        writes = [asyncio.ensure_future(one(s)) for s in range(1, 3001)]
-        while len(acked) < 300:  # bounded: the writes themselves time out
-            await asyncio.sleep(0.001)
-        se.kill9()  # right after acks, with thousands still in flight
+        writes = []
+        for seq in range(1, 200_001):  # bounded; the kill comes long before
+            await window.acquire()
+            if failed.is_set():
+                window.release()
+                break
+            writes.append(asyncio.ensure_future(one(seq)))
+            if len(acked) >= 300 and se.proc is not None:
+                se.kill9()  # right after acks, with writes still in flight
         await asyncio.gather(*writes)
         await c.close()
-        assert acked and len(acked) < 3000
+        sent = len(writes)
+        assert acked and len(acked) < sent
         se.start()
         async with client_for(se.port) as c2:
             st = await c2.volume_state("v")

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from ophiura.block.device import ReadOnlyError
 from ophiura.replication.control import control_call
 from ophiura.replication.quorum import Fenced
 
@@ -84,8 +83,17 @@ def _he_cmd(ses: list[SeHandle], tmp: Path, nbd: int, control: int, *extra: str)
     for s in ses:
         cmd += ["--se", f"{s.name}=127.0.0.1:{s.port}"]
     cmd += [
-        "--nbd", f"127.0.0.1:{nbd}", "--control", f"127.0.0.1:{control}",
-        "--secret-file", str(secret_file(tmp)), "--queue", "4M", "--cache", "1M", *extra,
+        "--nbd",
+        f"127.0.0.1:{nbd}",
+        "--control",
+        f"127.0.0.1:{control}",
+        "--secret-file",
+        str(secret_file(tmp)),
+        "--queue",
+        "4M",
+        "--cache",
+        "1M",
+        *extra,
     ]
     return cmd
 
@@ -127,8 +135,15 @@ async def test_kill9_active_he_then_takeover_loses_no_ack(
         await writer
         t0 = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "ophiura.cli", "takeover", "--control", f"127.0.0.1:{ctl2}",
-            "--secret-file", str(secret_file(tmp_path)), "--json",
+            sys.executable,
+            "-m",
+            "ophiura.cli",
+            "takeover",
+            "--control",
+            f"127.0.0.1:{ctl2}",
+            "--secret-file",
+            str(secret_file(tmp_path)),
+            "--json",
             stdout=asyncio.subprocess.PIPE,
         )
         out, _ = await asyncio.wait_for(proc.communicate(), 30)
@@ -143,8 +158,10 @@ async def test_kill9_active_he_then_takeover_loses_no_ack(
         await client2.disconnect()
         status = await control_call("127.0.0.1", ctl2, SECRET, "status")
         assert status["role"] == "active"
-        print(f"takeover command to first I/O (incl. CLI start): {elapsed:.3f}s; "
-              f"activation {status['takeover']['activated_s']:.3f}s")
+        print(
+            f"takeover command to first I/O (incl. CLI start): {elapsed:.3f}s; "
+            f"activation {status['takeover']['activated_s']:.3f}s"
+        )
     finally:
         for proc in (he1, he2):
             if proc.poll() is None:

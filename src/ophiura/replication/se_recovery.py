@@ -159,6 +159,8 @@ class RecoveryManager:
             await vol.call(vol.reset_log_blocking)  # the log now holds only current writes
         rec.peer, rec.rate, rec.error = peer, rate, ""
         rec.upto = max(rec.upto, upto)
+        if rec.kind == "full":
+            rec.total, rec.done = vol.size, rec.cursor
         vol.recovery = rec
         vol.recovery_meta = None
         vol.state, vol.detail = "up", ""

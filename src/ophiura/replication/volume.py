@@ -117,6 +117,7 @@ class Replica:
         self.last_error: str | None = None
         self.last_recovery: str | None = None  # kind of the last recovery, for status/tests
         self.recoveries: dict[str, int] = {}
+        self.failures: dict[str, int] = {}  # event -> count (lost, lagging), for status/tests
 
     @property
     def name(self) -> str:
@@ -511,6 +512,7 @@ class HostElementVolume:
 
     def _fail(self, r: Replica, event: ReplicaEvent, why: str) -> None:
         r.last_error = why
+        r.failures[event.value] = r.failures.get(event.value, 0) + 1
         r.incarnation += 1
         r.client = None
         if r.state not in (ReplicaState.FAILED, ReplicaState.CLOSED, ReplicaState.FENCED):
@@ -766,6 +768,7 @@ class HostElementVolume:
                     "recovery_target": r.target,
                     "progress": [done, total],
                     "recoveries": dict(r.recoveries),
+                    "failures": dict(r.failures),
                     "rtt_ms": None if r.session.rtt == float("inf") else r.session.rtt * 1e3,
                     "last_error": r.last_error,
                 }

@@ -1,0 +1,109 @@
+"""Replicated volumes behind the real frontends: iSCSI (DATA PROTECT when read-only), NBD
+(EPERM), and persistent SCSI state (PR with APTPL) replicated through the SEs across takeover."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from ophiura.iscsi import pr_client as pr
+from ophiura.iscsi.initiator import IscsiInitiator, ScsiCommandError
+from ophiura.nbd.client import NbdClient, NbdError
+from ophiura.nbd.constants import Errno
+
+from .he_harness import (
+    SeHandle,
+    he_config,
+    spawn_ses,
+    start_he,
+    wait_all_up,
+    wait_for,
+)
+
+IQN = "iqn.2026-11.org.ophiura:vol"
+DATA_PROTECT = 0x7
+WRITE_PROTECTED = (0x27, 0x00)
+
+
+@pytest.fixture
+async def ses(tmp_path: Path) -> AsyncIterator[list[SeHandle]]:
+    handles = await spawn_ses(tmp_path)
+    try:
+        yield handles
+    finally:
+        for h in handles:
+            h.terminate()
+
+
+async def test_read_only_over_iscsi_and_nbd(ses: list[SeHandle], tmp_path: Path) -> None:
+    cfg = he_config(ses, iscsi=("127.0.0.1", 0), nbd=("127.0.0.1", 0))
+    he = await start_he(cfg, tmp_path)
+    ini = nbd = None
+    try:
+        await wait_all_up(he)
+        ini = await IscsiInitiator.connect("127.0.0.1", he.iscsi.port, IQN)
+        await ini.test_unit_ready()  # consumes the power-on unit attention
+        nbd = await NbdClient.connect("127.0.0.1", he.nbd.port, "vol")
+        await ini.write(0, b"i" * 4096)
+        await nbd.write(4096, b"n" * 4096)
+        ses[1].kill9()
+        ses[2].kill9()
+        vol = he.volumes["vol"].data
+        await wait_for(lambda: vol.read_only, 5, "read-only")
+        with pytest.raises(ScsiCommandError) as info:
+            await ini.write(16, b"x" * 4096)
+        assert info.value.result.sense_key == DATA_PROTECT
+        assert info.value.result.asc_ascq == WRITE_PROTECTED
+        with pytest.raises(NbdError) as nerr:
+            await nbd.write(8192, b"x" * 4096)
+        assert nerr.value.errno == Errno.EPERM
+        # reads keep working (read-only consistency)
+        assert await ini.read(8, 8) == b"n" * 4096
+        assert await nbd.read(0, 4096) == b"i" * 4096
+        ses[1].spawn()
+        await wait_for(lambda: not vol.read_only, 15, "writes resume")
+        await ini.write(16, b"y" * 4096)
+        await nbd.write(8192, b"z" * 4096)
+        assert await nbd.read(8192, 8192) == b"z" * 4096 + b"\0" * 4096
+    finally:
+        if ini is not None:
+            await ini.logout()
+        if nbd is not None:
+            await nbd.disconnect()
+        await he.stop()
+
+
+async def test_pr_state_survives_takeover(ses: list[SeHandle], tmp_path: Path) -> None:
+    cfg = he_config(ses, iscsi=("127.0.0.1", 0))
+    old = await start_he(cfg, tmp_path / "old")
+    new = await start_he(replace(cfg, standby=True, state_dir=tmp_path / "new"), tmp_path)
+    try:
+        await wait_all_up(old)
+        ini = await IscsiInitiator.connect("127.0.0.1", old.iscsi.port, IQN, "iqn.2026-11.t:h1")
+        await ini.test_unit_ready()
+        r = await ini.persistent_reserve_out(pr.PrOut.REGISTER, sa_key=0xABC, aptpl=True)
+        assert r.ok
+        r = await ini.persistent_reserve_out(
+            pr.PrOut.RESERVE, key=0xABC, pr_type=pr.PrType.WRITE_EXCLUSIVE
+        )
+        assert r.ok
+        mirror = old.volumes["vol"].mirror
+        await wait_for(lambda: "lun0.pr.json" in mirror.synced, 5, "PR state replicated")
+        await ini.logout()
+        await new.takeover()
+        assert (tmp_path / "new" / "vol" / "lun0.pr.json").exists()
+        ini2 = await IscsiInitiator.connect("127.0.0.1", new.iscsi.port, IQN, "iqn.2026-11.t:h2")
+        await ini2.test_unit_ready()
+        try:
+            keys = await ini2.persistent_reserve_in(pr.PrIn.READ_KEYS)
+            assert keys.keys == [0xABC]
+            res = await ini2.persistent_reserve_in(pr.PrIn.READ_RESERVATION)
+            assert res.key == 0xABC
+        finally:
+            await ini2.logout()
+    finally:
+        await old.stop()
+        await new.stop()
