@@ -247,6 +247,9 @@ class RecoveryManager:
         except (SeError, VolumeError, OSError) as exc:
             rec.error = f"{rec.kind} recovery from {name} interrupted: {exc}"
             log.error("SE %s: %s: %s", self.se.name, vol.name, rec.error)
+        except Exception as exc:  # reported to the HE through STATUS, not lost in a task
+            rec.error = f"{rec.kind} recovery from {name} failed: {type(exc).__name__}: {exc}"
+            log.exception("SE %s: %s: %s", self.se.name, vol.name, rec.error)
         finally:
             rec.task = None
             if client is not None:

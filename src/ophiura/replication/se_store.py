@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_BUFFERED_OPS = 4096
 MAX_BUFFERED_BYTES = 64 << 20
+CLOSE_DRAIN_TIMEOUT = 10.0  # seconds a clean stop waits for queued writes to reach the disk
 
 
 class VolumeError(Exception):
@@ -589,7 +590,8 @@ class Volume:
         if self.recovery is not None and self.recovery.task is not None:
             self.recovery.task.cancel()
         if self._committer is not None:
-            while self._queue:
+            deadline = asyncio.get_running_loop().time() + CLOSE_DRAIN_TIMEOUT
+            while self._queue and asyncio.get_running_loop().time() < deadline:
                 self._wake.set()
                 await asyncio.sleep(0.001)
             self._committer.cancel()

@@ -31,6 +31,7 @@ from ophiura.replication.se_store import (
 log = logging.getLogger(__name__)
 
 DEFAULT_LOG_SIZE = 256 << 20
+MAX_IN_FLIGHT = 4096  # requests per connection before the SE stops reading from it
 
 
 class _ServerConnection(asyncio.Protocol):
@@ -40,6 +41,8 @@ class _ServerConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.tasks: set[asyncio.Task[None]] = set()
+        self.in_flight = 0  # requests received and not yet answered
+        self.paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -55,8 +58,14 @@ class _ServerConnection(asyncio.Protocol):
             task.cancel()
 
     def send(self, msg: p.Message) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.writelines(self.conn.send(msg))
+        """Send a response (every request gets exactly one)."""
+        self.in_flight -= 1
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.transport.writelines(self.conn.send(msg))
+        if self.paused and self.in_flight < MAX_IN_FLIGHT // 2:
+            self.paused = False
+            self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -78,14 +87,20 @@ class _ServerConnection(asyncio.Protocol):
             return
         self._flush_handshake()
         for ev in events:
+            if isinstance(ev, p.Authenticated):
+                log.info("SE %s: %s authenticated from %s", self.se.name, ev.peer_name, self.peer)
+                continue
+            self.in_flight += 1
             if isinstance(ev, p.Write):
                 self._write(ev)
-            elif isinstance(ev, p.Authenticated):
-                log.info("SE %s: %s authenticated from %s", self.se.name, ev.peer_name, self.peer)
             else:
                 task = asyncio.create_task(self._handle(ev))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
+        if self.in_flight > MAX_IN_FLIGHT and not self.paused and self.transport is not None:
+            # Bounded: a client that pipelines without limit stops being read until we catch up.
+            self.paused = True
+            self.transport.pause_reading()
 
     def _flush_handshake(self) -> None:
         out = self.conn.data_to_send()
@@ -233,6 +248,8 @@ class StorageElement:
             seq = await vol.submit(Op(kind, msg.seq, msg.epoch, msg.offset, msg.length, b""))
             return p.Ack(rid, seq)
         if isinstance(msg, p.Read):
+            if msg.length > p.MAX_DATA:
+                raise VolumeError(f"read of {msg.length} bytes too large", p.ErrorCode.BAD_REQUEST)
             seq, data = await vol.read(msg.offset, msg.length)
             return p.Data(rid, seq, data)
         if isinstance(msg, p.SetEpoch):

@@ -1,0 +1,291 @@
+"""The life of each replica of a volume: attach on (re)connection, choose and drive recovery,
+fail, fence. Split from `volume.py` (the I/O paths) because this is the other half of the HE:
+the part that decides from a snapshot (`recovery.choose_recovery`) and then acts.
+
+`ReplicaLife` is a mixin of `HostElementVolume`; it uses the volume's queue, epoch, signal and
+task set, and drives every replica state change through `se_session.next_state`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from ophiura.replication.quorum import AckTracker
+from ophiura.replication.recovery import (
+    PeerView,
+    RecoveryKind,
+    RecoveryPlan,
+    RecoveryView,
+    choose_recovery,
+)
+from ophiura.replication.se_session import (
+    READABLE,
+    ReplicaEvent,
+    ReplicaState,
+    SeSession,
+    next_state,
+)
+
+if TYPE_CHECKING:
+    pass
+
+log = logging.getLogger("ophiura.replication.volume")
+
+
+class Replica:
+    """One volume on one SE, as this HE tracks it."""
+
+    def __init__(self, session: SeSession) -> None:
+        self.session = session
+        self.state = ReplicaState.CONNECTING
+        self.incarnation = 0
+        self.client: Any = None
+        self.tracker = AckTracker(0)
+        self.target = 0  # seq at which the current recovery is complete
+        self.recovery_start = 0
+        self.plan: RecoveryPlan | None = None
+        self.progress: tuple[int, int] = (0, 0)
+        self.se_epoch = 0
+        self.se_applied = 0
+        self.last_error: str | None = None
+        self.last_recovery: str | None = None  # kind of the last recovery, for status/tests
+        self.recoveries: dict[str, int] = {}
+        self.failures: dict[str, int] = {}  # event -> count (lost, lagging), for status/tests
+
+    @property
+    def name(self) -> str:
+        return self.session.name
+
+
+class ReplicaLife:
+    """Replica state handling for `HostElementVolume` (see the module docstring)."""
+
+    # ---- replica life --------------------------------------------------------------------
+    def _transition(self, r: Replica, event: ReplicaEvent) -> None:
+        old = r.state
+        r.state = next_state(old, event)
+        if r.state is not old:
+            log.info("%s/%s: %s -> %s (%s)", self.name, r.name, old, r.state, event)
+        self._signal.notify()
+        if self.on_state_change is not None:
+            self.on_state_change(self)
+
+    def _fail(self, r: Replica, event: ReplicaEvent, why: str) -> None:
+        r.last_error = why
+        r.failures[event.value] = r.failures.get(event.value, 0) + 1
+        r.incarnation += 1
+        r.client = None
+        if r.state not in (ReplicaState.FAILED, ReplicaState.CLOSED, ReplicaState.FENCED):
+            self._transition(r, event)
+        elif r.state is ReplicaState.FAILED:
+            self._signal.notify()
+
+    def _replica_lost(self, r: Replica, inc: int, why: str) -> None:
+        """An I/O error on this replica: it is failed and its connection is re-made."""
+        if r.incarnation != inc or self.closed:
+            return
+        gen = r.session.generation
+        log.warning("%s/%s: failed: %s", self.name, r.name, why)
+        self._fail(r, ReplicaEvent.LOST, why)
+        r.session.lost(why, gen)
+
+    def _session_lost(self, session: SeSession) -> None:
+        r = self.replicas.get(session.name)
+        if r is None or self.closed or r.state in (ReplicaState.FAILED, ReplicaState.CLOSED):
+            return
+        self._fail(r, ReplicaEvent.LOST, session.last_error or "connection lost")
+
+    def _fence(self, why: str) -> None:
+        if self.fenced:
+            return
+        self.fenced = True
+        self.fence_reason = why
+        log.error("%s: FENCED, no more writes will be acknowledged: %s", self.name, why)
+        for waiter in list(self._pending.values()):
+            waiter.fence(why)
+        self._signal.notify()
+        if self.on_state_change is not None:
+            self.on_state_change(self)
+
+    async def _reattach_later(self, r: Replica, inc: int) -> None:
+        await asyncio.sleep(self.config.reattach_delay)
+        if r.incarnation == inc and r.state is ReplicaState.FAILED and r.session.connected:
+            await self._attach(r.session)
+
+    def _recovered(self, r: Replica) -> None:
+        self._transition(r, ReplicaEvent.RECOVERED)
+        r.progress = (r.progress[1], r.progress[1])
+        log.info(
+            "%s/%s: recovered (%s) at seq %d",
+            self.name,
+            r.name,
+            r.last_recovery,
+            r.tracker.contiguous,
+        )
+
+    async def _attach(self, session: SeSession) -> None:
+        """The SE (re)connected: learn where it stands, choose its recovery, start it."""
+        r = self.replicas.get(session.name)
+        if r is None or self.closed or r.state in (ReplicaState.CLOSED, ReplicaState.FENCED):
+            return
+        if r.state is not ReplicaState.FAILED and r.state is not ReplicaState.CONNECTING:
+            self._fail(r, ReplicaEvent.LOST, "reconnected")
+        if r.state is ReplicaState.FAILED:
+            self._transition(r, ReplicaEvent.RETRY)
+        r.incarnation += 1
+        inc = r.incarnation
+        client = session.client
+        gen = session.generation
+        for _ in range(10_000):  # bounded; each round waits, and stops on any state change
+            if self.closed or r.incarnation != inc or client is None:
+                return
+            try:
+                vs = await client.open_volume(self.name, self._size, self.config.block_size)
+                fresh = vs.epoch == 0 and vs.applied_seq == 0
+                if vs.epoch > self.epoch:
+                    self._fence(f"SE {r.name} holds epoch {vs.epoch} > ours {self.epoch}")
+                    self._transition(r, ReplicaEvent.FENCED)
+                    return
+                if vs.epoch < self.epoch:
+                    se_epoch = vs.epoch
+                    vs = await client.set_epoch(self.name, self.epoch)
+                else:
+                    se_epoch = vs.epoch
+            except self._stale as exc:
+                self._fence(f"SE {r.name}: {exc}")
+                if r.incarnation == inc:
+                    self._transition(r, ReplicaEvent.FENCED)
+                return
+            except self._transport as exc:
+                why = f"attach: {exc or type(exc).__name__}"
+                if r.incarnation == inc:
+                    self._fail(r, ReplicaEvent.LOST, why)
+                    session.lost(why, gen)
+                return
+            if self.closed or r.incarnation != inc:
+                return
+            # ---- decide from a snapshot, then act (no await until the plan is in place) ----
+            r.se_epoch, r.se_applied = se_epoch, vs.applied_seq
+            plan = choose_recovery(self._recovery_view(r, vs, se_epoch, fresh))
+            if plan.kind is RecoveryKind.BLOCKED:
+                r.last_error = plan.reason
+                await self._signal.wait(0.2)
+                continue
+            self._begin(r, plan, client, vs.applied_seq)
+            return
+
+    def _recovery_view(self, r: Replica, vs: Any, se_epoch: int, fresh: bool) -> RecoveryView:
+        peers = tuple(
+            PeerView(
+                p.name,
+                p.tracker.contiguous,
+                getattr(p, "log_first_seq", None),
+                p.session.rtt,
+            )
+            for p in self.replicas.values()
+            if p is not r and p.state in READABLE and p.client is not None
+        )
+        return RecoveryView(
+            se_applied=vs.applied_seq,
+            se_epoch=se_epoch,
+            current_epoch=self.epoch,
+            latest_seq=self.latest_seq,
+            queue_first_seq=self.queue.first_seq,
+            peers=peers,
+            epoch_base=self.epoch_base,
+            se_state=str(vs.state),
+            se_wiped=fresh and self.latest_seq > 0,
+        )
+
+    def _begin(self, r: Replica, plan: RecoveryPlan, client: Any, applied: int) -> None:
+        r.client = client
+        r.plan = plan
+        if plan.kind is RecoveryKind.NONE:
+            r.tracker = AckTracker(applied)
+            r.target = applied
+            self._transition(r, ReplicaEvent.CAUGHT_UP)
+            return
+        r.last_recovery = plan.kind.value
+        r.recoveries[plan.kind.value] = r.recoveries.get(plan.kind.value, 0) + 1
+        log.warning("%s/%s: %s recovery: %s", self.name, r.name, plan.kind, plan.reason)
+        inc = r.incarnation
+        if plan.kind is RecoveryKind.QUICK:
+            r.tracker = AckTracker(applied)
+            r.recovery_start = applied
+            r.target = self.latest_seq
+            r.progress = (0, r.target - applied)
+            self._transition(r, ReplicaEvent.BEHIND_QUICK)
+            for op in self.queue.since(applied):
+                self._send(r, op, None)
+            return
+        assert plan.peer is not None
+        r.tracker = AckTracker(plan.upto)
+        r.recovery_start = applied
+        r.target = plan.upto
+        r.progress = (0, 0)
+        event = (
+            ReplicaEvent.BEHIND_REPLAY
+            if plan.kind is RecoveryKind.REPLAY
+            else ReplicaEvent.BEHIND_FULL
+        )
+        self._transition(r, event)
+        # The recover command goes on the wire first, then the writes after `upto`.
+        pull = self._spawn(self._recover_cmd(client, plan), f"recover-{r.name}")
+        for op in self.queue.since(plan.upto):
+            self._send(r, op, None)
+        self._spawn(self._drive_recovery(r, inc, plan, client, pull), f"drive-{r.name}")
+
+    async def _recover_cmd(self, client: Any, plan: RecoveryPlan) -> None:
+        peer = self.replicas[plan.peer or ""].session.spec
+        await client.recover(
+            self.name, self.epoch, plan.kind.value, (peer.name, peer.host, peer.port), plan.upto
+        )
+
+    async def _drive_recovery(
+        self, r: Replica, inc: int, plan: RecoveryPlan, client: Any, pull: asyncio.Task[None]
+    ) -> None:
+        """Wait for the SE to finish pulling from its peer; poll its progress for status."""
+        try:
+            try:
+                await pull
+            except self._se_error as exc:
+                if plan.kind is not RecoveryKind.REPLAY or isinstance(exc, self._stale):
+                    raise
+                log.warning("%s/%s: replay refused (%s): full copy instead", self.name, r.name, exc)
+                if r.incarnation != inc:
+                    return
+                plan = RecoveryPlan(
+                    RecoveryKind.FULL,
+                    f"replay failed: {exc}",
+                    plan.resend_from,
+                    plan.peer,
+                    plan.upto,
+                )
+                r.plan = plan
+                r.last_recovery = "full"
+                r.recoveries["full"] = r.recoveries.get("full", 0) + 1
+                self._transition(r, ReplicaEvent.BEHIND_FULL)
+                await self._recover_cmd(client, plan)
+            last_progress, last_change = None, time.monotonic()
+            while r.incarnation == inc and not self.closed:
+                vs = await client.volume_state(self.name)
+                r.progress = (vs.recovery_done, vs.recovery_total)
+                r.se_applied = vs.applied_seq
+                if vs.state == "up" and vs.applied_seq >= r.target:
+                    r.tracker.raise_to(vs.applied_seq)
+                    self._recovered(r)
+                    return
+                now = time.monotonic()
+                if r.progress != last_progress:
+                    last_progress, last_change = r.progress, now
+                elif now - last_change > self.config.recovery_stall:
+                    raise TimeoutError(f"{plan.kind} recovery made no progress")
+                await asyncio.sleep(self.config.recovery_poll)
+        except self._stale as exc:
+            self._fence(f"SE {r.name} during recovery: {exc}")
+        except self._transport as exc:
+            why = f"{plan.kind} recovery: {exc or type(exc).__name__}"
+            self._replica_lost(r, inc, why)
