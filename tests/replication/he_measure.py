@@ -40,21 +40,19 @@ async def main() -> None:
     try:
         for near_ms in (0.0, 1.0):
             specs = (ses[0].spec(), ses[1].spec(near_ms), ses[2].spec(near_ms * 4))
-            cfg = replace(
-                he_config(ses, volumes=(("vol", size),), cache_bytes=32 << 20), ses=specs
-            )
+            cfg = replace(he_config(ses, volumes=(("vol", size),), cache_bytes=32 << 20), ses=specs)
             he = await start_he(cfg, tmp / f"he{near_ms}")
             await wait_all_up(he)
             vol = he.volumes["vol"].data
             offs = [rng.randrange(size // 8192) * 8192 for _ in range(2000)]
-            w = await _latency(lambda i: vol.write(offs[i], data), 2000)
+            w = await _latency(lambda i, vol=vol, offs=offs: vol.write(offs[i], data), 2000)
             vol.cache.clear()
             vol.cache.max_pages = 0
-            miss = await _latency(lambda i: vol.read(offs[i], 8192), 1000)
+            miss = await _latency(lambda i, vol=vol, offs=offs: vol.read(offs[i], 8192), 1000)
             vol.cache.max_pages = (32 << 20) // 4096
             for o in offs[:500]:
                 await vol.read(o, 8192)
-            hit = await _latency(lambda i: vol.read(offs[i % 500], 8192), 2000)
+            hit = await _latency(lambda i, vol=vol, offs=offs: vol.read(offs[i % 500], 8192), 2000)
             print(
                 f"N=3 Q=2 near one-way {near_ms:g} ms (far {near_ms * 4:g} ms): 8 KiB write "
                 f"{w:.3f} ms, read miss {miss:.3f} ms, read hit {hit:.3f} ms (medians)"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ophiura.replication.quorum import AckTracker
 from ophiura.replication.recovery import (
@@ -28,9 +28,6 @@ from ophiura.replication.se_session import (
     SeSession,
     next_state,
 )
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("ophiura.replication.volume")
 

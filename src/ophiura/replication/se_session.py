@@ -255,11 +255,13 @@ class SeSession:
 
     async def _run(self) -> None:
         """Connect, then ping until lost, then back off and connect again; until closed."""
+        from ophiura.replication.se_client import SeError
+
         delay = self.backoff[0]
         while self.state is not SessionState.CLOSED:
             try:
                 client = await asyncio.wait_for(self._connect(), self.connect_timeout + 1)
-            except (OSError, TimeoutError, Exception) as exc:  # typed SeError included
+            except (SeError, OSError, TimeoutError) as exc:
                 self.last_error = f"connect: {exc or type(exc).__name__}"
                 log.debug("SE %s: %s", self.name, self.last_error)
                 await asyncio.sleep(delay)
@@ -280,6 +282,8 @@ class SeSession:
             await self._ping_until_lost()
 
     async def _ping_until_lost(self) -> None:
+        from ophiura.replication.se_client import SeError
+
         gen = self.generation
         while self.state is SessionState.CONNECTED and gen == self.generation:
             self._wake.clear()
@@ -290,7 +294,7 @@ class SeSession:
             client = self.client
             try:
                 await asyncio.wait_for(client.ping(), max(2.0, self.ping_interval * 4))
-            except (OSError, TimeoutError, Exception) as exc:
+            except (SeError, OSError, TimeoutError) as exc:
                 self.lost(f"ping: {exc or type(exc).__name__}", gen)
                 return
 
@@ -298,5 +302,5 @@ class SeSession:
 async def _close_quietly(client: Any) -> None:
     try:
         await asyncio.wait_for(client.close(), 2.0)
-    except (OSError, TimeoutError, Exception) as exc:
+    except (OSError, TimeoutError) as exc:  # SeClient.close itself raises nothing typed
         log.debug("closing SE client: %s", exc)
