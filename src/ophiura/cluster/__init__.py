@@ -1,0 +1,1 @@
+"""The HA cluster harness: heartbeats, membership, hierarchies, agents, recovery, fencing."""
