@@ -9,7 +9,7 @@ script, systemd unit, plain command or a built-in), so one recovery policy serve
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from typing import Protocol
 
 
@@ -28,7 +28,7 @@ class OcfCode(IntEnum):
     DEGRADED_PROMOTED = 191
 
 
-class Action(str):
+class Action(StrEnum):
     """Action names as OCF spells them."""
 
     START = "start"
