@@ -12,6 +12,9 @@ than holes), one after the other on free 127.0.0.1 ports, and go through the sam
 and the table gives ophiura/tgtd per line against the goals of issue 2 (>= 0.5x IOPS,
 >= 0.8x MiB/s, <= 2x latency, RSS < 150 MB). `--quick` for a short run, `--json` for machines,
 `--markdown` for docs/benchmarks.md, `--check` to exit 1 when a goal is missed.
+
+`python -m bench replication` (or `--suite replication`) runs the StarFish suite instead:
+replicated volumes against the direct target, see `bench/replication.py`.
 """
 
 from __future__ import annotations
@@ -333,7 +336,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+SUITES = ("target", "replication")
+
+
+def split_suite(argv: list[str]) -> tuple[str, list[str]]:
+    """`python -m bench [target|replication] ...` or `--suite NAME`; the target suite by default."""
+    rest = list(argv)
+    if rest and rest[0] in SUITES:
+        return rest[0], rest[1:]
+    for i, arg in enumerate(rest):
+        if arg == "--suite" and i + 1 < len(rest):
+            return rest[i + 1], rest[:i] + rest[i + 2 :]
+        if arg.startswith("--suite="):
+            return arg.split("=", 1)[1], rest[:i] + rest[i + 1 :]
+    return "target", rest
+
+
 def main(argv: list[str] | None = None) -> int:
+    suite, argv = split_suite(sys.argv[1:] if argv is None else argv)
+    if suite not in SUITES:
+        say(f"unknown suite {suite!r} (one of: {', '.join(SUITES)})")
+        return 2
+    if suite == "replication":
+        from bench.replication import main as replication_main
+
+        return replication_main(argv)
     args = parse_args(argv)
     missing = [t for t in TOOLS if shutil.which(t) is None]
     if missing:
@@ -354,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     table = rows(runs)
     report = {
         "machine": machine(),
-        "command": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(["python -m bench", *argv]),
         "backing": {"path": str(backing), "size": args.size},
         "seconds_per_workload": args.seconds,
         "targets": {k: r.to_json() for k, r in runs.items()},

@@ -4,6 +4,7 @@ for kill -9), an HE in-process, and an acknowledged-writes ledger."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import random
@@ -246,3 +247,260 @@ async def assert_identical(he: HostElement, names: list[str], volume: str = "vol
     )
     digests = {n: await se_digest(he, n, volume, vol.size) for n in names}
     assert len(set(digests.values())) == 1, digests
+
+
+# ---- `ophiura he` as a subprocess, real clients (fio, qemu-io), what each SE serves -------------
+
+MiB = 1 << 20
+
+
+def require_tools(*tools: str) -> None:
+    """Skip with a printed reason when a Debian client is missing (CI installs them)."""
+    import shutil
+
+    import pytest
+
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        print(f"skipping: {', '.join(missing)} not installed")
+        pytest.skip(f"missing tool(s): {', '.join(missing)} (apt-get install fio qemu-utils)")
+
+
+async def wait_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            _, w = await asyncio.open_connection("127.0.0.1", port)
+            w.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {port}")
+
+
+@dataclass
+class HeProcess:
+    """`ophiura he --nbd --iscsi --control` as a subprocess on free ports, stopped by PID."""
+
+    ses: list[SeHandle]
+    tmp: Path
+    volumes: tuple[str, ...] = ("vol:32M",)
+    quorum: int = 2
+    queue: str = "64M"
+    cache: str = "0"
+    extra: tuple[str, ...] = ()
+    nbd: int = field(default_factory=free_port)
+    iscsi: int = field(default_factory=free_port)
+    control: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.tmp / f"he-{self.control}.log"
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "ophiura.cli", "he", "--quorum", str(self.quorum)]
+        for s in self.ses:
+            cmd += ["--se", f"{s.name}=127.0.0.1:{s.port}"]
+        for v in self.volumes:
+            cmd += ["--volume", v]
+        return [
+            *cmd,
+            "--nbd",
+            f"127.0.0.1:{self.nbd}",
+            "--iscsi",
+            f"127.0.0.1:{self.iscsi}",
+            "--control",
+            f"127.0.0.1:{self.control}",
+            "--secret-file",
+            str(secret_file(self.tmp)),
+            "--queue",
+            self.queue,
+            "--cache",
+            self.cache,
+            "--state-dir",
+            str(self.tmp / f"he-state-{self.control}"),
+            *self.extra,
+        ]
+
+    async def start(self, timeout: float = 20.0) -> None:
+        """Spawn and wait until the frontends listen (they start after activation)."""
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=log)
+        await wait_port(self.control, timeout)
+        await wait_port(self.nbd, timeout)
+        await wait_port(self.iscsi, timeout)
+
+    def terminate(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    os.kill(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait(5)
+            self.proc = None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    async def status(self, timeout: float = 10.0) -> dict[str, Any]:
+        """`ophiura status --control ... --json`, the real CLI in a subprocess."""
+        import json
+
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "ophiura.cli",
+            "status",
+            "--control",
+            f"127.0.0.1:{self.control}",
+            "--secret-file",
+            str(secret_file(self.tmp)),
+            "--json",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise
+        if proc.returncode != 0:
+            raise RuntimeError(f"ophiura status failed ({proc.returncode}): {err.decode()}")
+        result: dict[str, Any] = json.loads(out)
+        return result
+
+
+def volume_status(status: dict[str, Any], volume: str = "vol") -> dict[str, Any]:
+    return next(v for v in status["volumes"] if v["name"] == volume)
+
+
+def se_status(status: dict[str, Any], se: str, volume: str = "vol") -> dict[str, Any]:
+    return next(s for s in volume_status(status, volume)["ses"] if s["name"] == se)
+
+
+class StatusPoller:
+    """Polls `ophiura status --json` in the background; keeps every volume snapshot it saw."""
+
+    def __init__(self, he: HeProcess, volume: str = "vol", interval: float = 0.05) -> None:
+        self.he = he
+        self.volume = volume
+        self.interval = interval
+        self.history: list[dict[str, Any]] = []
+        self.errors: list[str] = []
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def last(self) -> dict[str, Any]:
+        assert self.history, "no status yet"
+        return self.history[-1]
+
+    def se(self, name: str) -> dict[str, Any]:
+        return next(s for s in self.last["ses"] if s["name"] == name)
+
+    def states_seen(self, name: str) -> list[str]:
+        """The SE's states in order, consecutive repeats collapsed."""
+        out: list[str] = []
+        for snap in self.history:
+            st = next(s["state"] for s in snap["ses"] if s["name"] == name)
+            if not out or out[-1] != st:
+                out.append(st)
+        return out
+
+    async def poll_once(self) -> dict[str, Any]:
+        snap = volume_status(await self.he.status(), self.volume)
+        self.history.append(snap)
+        return snap
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.poll_once()
+            except (RuntimeError, TimeoutError, OSError, StopIteration, ValueError) as exc:
+                self.errors.append(str(exc))
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def wait(self, pred: Any, timeout: float, what: str) -> dict[str, Any]:
+        """Until `pred(snapshot)` holds for a new snapshot; the snapshot."""
+        deadline = time.monotonic() + timeout
+        seen = len(self.history)
+        while time.monotonic() < deadline:
+            if len(self.history) > seen:
+                seen = len(self.history)
+                if pred(self.history[-1]):
+                    return self.history[-1]
+            await asyncio.sleep(0.01)
+        last = self.history[-1] if self.history else None
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}; last status {last}")
+
+
+def all_caught_up(snap: dict[str, Any]) -> bool:
+    """Every SE up and acknowledged the newest write."""
+    return all(s["state"] == "up" and s["acked_seq"] == snap["latest_seq"] for s in snap["ses"])
+
+
+async def se_served_digest(se: SeHandle, volume: str, size: int) -> tuple[str, set[int]]:
+    """sha256 of the whole volume as this SE serves it (its own READ path, over the wire, from a
+    client of our own), and the set of applied seqs its answers carried."""
+    from ophiura.replication.se_client import SeClient
+
+    client = await SeClient.connect(se.name, "127.0.0.1", se.port, SECRET, client_name="checker")
+    h = hashlib.sha256()
+    seqs: set[int] = set()
+    try:
+        for off in range(0, size, MiB):
+            seq, data = await client.read_with_seq(volume, off, min(MiB, size - off))
+            h.update(data)
+            seqs.add(seq)
+    finally:
+        await client.close()
+    return h.hexdigest(), seqs
+
+
+def se_file_digest(se: SeHandle, volume: str, size: int) -> str:
+    """sha256 of the SE's data file (after a clean stop, which syncs it), zero-padded to size."""
+    path = se.data_dir / "volumes" / volume / "data"
+    h = hashlib.sha256()
+    done = 0
+    with open(path, "rb") as f:
+        while done < size:
+            chunk = f.read(min(MiB, size - done))
+            if not chunk:
+                break
+            h.update(chunk)
+            done += len(chunk)
+    h.update(bytes(size - done))
+    return h.hexdigest()
+
+
+async def run_tool(*cmd: str, timeout: float, cwd: Path | None = None) -> tuple[int, str]:
+    """A real client (fio, qemu-io) bounded in time; killed by PID on timeout."""
+    proc = await asyncio.create_subprocess_exec(
+        *cmd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=cwd,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise AssertionError(f"{cmd[0]} still running after {timeout}s: killed") from None
+    return proc.returncode or 0, out.decode(errors="replace")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from pathlib import Path
@@ -156,6 +157,26 @@ async def test_unreachable_se_is_unavailable(tmp_path: Path) -> None:
         port = se.port
     with pytest.raises(SeUnavailable, match="SE x: connect"):
         await SeClient.connect("x", "127.0.0.1", port, SECRET, timeout=2)
+
+
+async def test_failed_connect_leaves_no_unretrieved_future(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refused connect must not make asyncio log "Future exception was never retrieved"
+    (the HE reconnects every fraction of a second while an SE is down: one line each)."""
+    async with running_se(tmp_path) as se:
+        port = se.port
+    caplog.set_level(logging.ERROR, logger="asyncio")
+    for _ in range(3):
+        try:
+            await SeClient.connect("x", "127.0.0.1", port, SECRET, timeout=2)
+        except SeUnavailable:
+            pass  # not pytest.raises: its traceback would keep the futures alive
+        else:
+            raise AssertionError("connect to a closed port succeeded")
+    gc.collect()
+    await asyncio.sleep(0)
+    assert "never retrieved" not in caplog.text
 
 
 async def test_connection_loss_fails_pending_requests(tmp_path: Path) -> None:

@@ -74,7 +74,7 @@ from ophiura.replication.protocol_messages import (  # noqa: F401 - re-exported
     unpack_log_records,
 )
 
-VERSION = 1
+VERSION = 2  # 2: VOLUME_STATE carries log_first_seq (a version 1 peer is refused at HELLO)
 MAGIC = b"OPHIURA1"
 NONCE_BYTES = 32
 MAC_BYTES = 16

@@ -216,7 +216,7 @@ class Pong(Message):
     note: str = ""
 
 
-@_msg(65, "QQQQIQQsss")
+@_msg(65, "QQQQIQQsssQ")
 @dataclass(slots=True)
 class VolumeStateMsg(Message):
     req_id: int
@@ -229,6 +229,9 @@ class VolumeStateMsg(Message):
     volume: str
     state: str
     detail: str = ""
+    # Oldest seq a peer can replay from this SE's log (LOG_READ from any s >= it works); lets
+    # the HE choose replay or full from facts. 0 = not reported. Added in protocol version 2.
+    log_first_seq: int = 0
 
 
 @_msg(66, "QQ")

@@ -198,10 +198,18 @@ class ReplayLog:
     # -- appending -----------------------------------------------------------------------------
 
     def oldest_seq(self) -> int:
-        return self.entries[0].seq if self.entries else 0
+        """0 when empty. Safe to call from the event loop while the volume thread appends:
+        indexing a deque is atomic, but "non-empty, then index" is not."""
+        try:
+            return self.entries[0].seq
+        except IndexError:
+            return 0
 
     def newest_seq(self) -> int:
-        return self.entries[-1].seq if self.entries else 0
+        try:
+            return self.entries[-1].seq
+        except IndexError:
+            return 0
 
     def would_evict_above(self, records: list[LogRecord]) -> int:
         """The highest seq that appending `records` would overwrite (0 if none)."""

@@ -48,6 +48,9 @@ class VolumeState:
     recovery_done: int = 0
     recovery_total: int = 0
     detail: str = ""  # why a volume is in "gap"/"failed" (e.g. the peer's log is gone)
+    # Oldest seq a peer can replay from this SE's log: a replay from s works iff s >= it
+    # (the next seq when the log is empty). None when the SE did not say.
+    log_first_seq: int | None = None
 
     @classmethod
     def from_msg(cls, m: p.VolumeStateMsg) -> VolumeState:
@@ -61,6 +64,7 @@ class VolumeState:
             m.recovery_done,
             m.recovery_total,
             m.detail,
+            m.log_first_seq or None,
         )
 
 
@@ -179,11 +183,15 @@ class SeClient:
         except OSError as exc:
             await self.close()
             raise SeUnavailable(name, "connect", f"{host}:{port}: {exc.strerror or exc}") from exc
-        except SeError:
+        except BaseException:  # SeError (wrong secret) or cancellation: never leak the socket
             await self.close()
             raise
         self._watchdog = asyncio.create_task(self._watch(), name=f"se-client-watchdog-{name}")
-        await self.ping()  # the first RTT sample, including the emulated link
+        try:
+            await self.ping()  # the first RTT sample, including the emulated link
+        except BaseException:
+            await self.close()
+            raise
         return self
 
     def _connection_made(self, transport: asyncio.Transport) -> None:
@@ -249,7 +257,12 @@ class SeClient:
         if self._closed_exc is None:
             self._closed_exc = err
         if not self._authed.done():
+            # Nobody awaits `_authed` when the TCP connect itself failed (or after connect()
+            # returned), so mark the exception retrieved: otherwise asyncio logs "Future
+            # exception was never retrieved" for every refused connection. A connect() that
+            # is awaiting it still gets the exception raised.
             self._authed.set_exception(err)
+            self._authed.exception()
         pending, self._pending = self._pending, {}
         for fut, _, what in pending.values():
             if not fut.done():

@@ -113,6 +113,13 @@ class RecoveryManager:
     # -- starting --------------------------------------------------------------------------
 
     async def start(self, vol: Volume, msg: p.Recover) -> None:
+        """Start (or resume) the recovery RECOVER asks for; returns once it is under way."""
+        # Two RECOVERs for one volume (an HE re-attaching) must not interleave across the
+        # awaits below: both would start a copy task on the same Recovery.
+        async with vol.recovery_lock:
+            await self._start(vol, msg)
+
+    async def _start(self, vol: Volume, msg: p.Recover) -> None:
         if msg.kind not in ("replay", "full"):
             raise VolumeError(
                 f"recovery kind {msg.kind!r} is not replay or full", p.ErrorCode.BAD_REQUEST
@@ -123,6 +130,7 @@ class RecoveryManager:
         peer = (msg.peer_name, msg.peer_host, msg.peer_port)
         rate = msg.rate or self.se.recovery_rate
         upto = msg.upto_seq
+        fresh = False
         rec = vol.recovery
         if rec is not None and rec.task is not None:
             if rec.kind == msg.kind and rec.peer == peer and upto <= rec.upto:
@@ -156,7 +164,7 @@ class RecoveryManager:
             vol.recovery = rec
             if msg.kind == "full":
                 vol.prefix_seq = 0  # nothing here is trustworthy until the copy completes
-            await vol.call(vol.reset_log_blocking)  # the log now holds only current writes
+            fresh = True
         rec.peer, rec.rate, rec.error = peer, rate, ""
         rec.upto = max(rec.upto, upto)
         if rec.kind == "full":
@@ -164,10 +172,22 @@ class RecoveryManager:
         vol.recovery = rec
         vol.recovery_meta = None
         vol.state, vol.detail = "up", ""
-        vol.jump_stream(rec.upto)
+        # Queue the disk steps *before* the jump lets the buffered writes after `upto` in, and
+        # do not await in between: the writes that raced ahead of this RECOVER are admitted at
+        # once instead of filling the reorder buffer (BUSY) during an fsync, and the volume
+        # thread still resets the log and records the recovery before it logs any of them.
+        # The log is reset whenever the stream jumps, so it stays seq-contiguous (a peer
+        # replaying from it after this recovery gets exactly the records it asks for).
+        steps: list[asyncio.Future[Any]] = []
+        if fresh or vol.will_jump(rec.upto):
+            steps.append(vol.call(vol.reset_log_blocking))  # the log: only current writes
         applied = vol.prefix_seq if rec.kind == "replay" else 0
         state = self._persisted(rec)
-        await vol.call(lambda: vol.write_meta_blocking(recovery=state, applied_seq=applied))
+        steps.append(vol.call(lambda: vol.write_meta_blocking(recovery=state, applied_seq=applied)))
+        vol.jump_stream(rec.upto)
+        for outcome in await asyncio.gather(*steps, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
         rec.task = asyncio.create_task(self._run(vol, rec), name=f"recover-{vol.name}")
         log.info(
             "SE %s: %s: %s recovery from %s up to seq %d started (cursor %d)",
@@ -343,9 +363,15 @@ class RecoveryManager:
         await self._checkpoint(vol, rec)
 
     async def _finish(self, vol: Volume, rec: Recovery) -> None:
-        """Everything <= upto is on disk and the current writes follow it without a gap."""
-        vol.recovery = None
-        vol.state, vol.detail = "up", ""
+        """Everything <= upto is on disk and the current writes follow it without a gap.
+
+        The volume stays `recovering` until the metadata saying so is durable, and only then
+        turns `up` with `applied_seq` = the newest admitted write. The other order (up first,
+        then `prefix_seq = top` after the await) had two races: a STATUS in between saw `up`
+        with the old prefix (0 after a full copy), and a write admitted during the await
+        raised `prefix_seq` past `top`, which the assignment then moved *backwards* (a test
+        saw applied_seq 2144 after seq 2145 was acknowledged).
+        """
         top = vol.next_seq - 1
 
         def work() -> None:
@@ -353,8 +379,12 @@ class RecoveryManager:
             vol.write_meta_blocking(recovery=None, applied_seq=top, data_synced_seq=top)
 
         await vol.call(work)
-        vol.prefix_seq = top
-        vol.advance_prefix(top)
+        # Writes admitted during the await (seq > top) went into `touched` and are in the log;
+        # from here on `_admit` advances the prefix itself, as on any up volume.
+        vol.durable_seq = max(vol.durable_seq, top)
+        vol.recovery = None
+        vol.state, vol.detail = "up", ""
+        vol.advance_prefix(vol.next_seq - 1)
         log.info(
             "SE %s: %s: %s recovery finished at seq %d (%d bytes)",
             self.se.name,

@@ -1,35 +1,44 @@
-"""One volume on a storage element: data file, metadata slots, replay log, in-order apply.
+"""One volume on a storage element: in-order apply, fencing, and the state it reports.
 
 Why it is built this way:
 - Writes are applied strictly in sequence order (StarFish §3): an out-of-order arrival waits in
   a bounded buffer; a full buffer is an error the HE answers with recovery, never unbounded growth.
 - Every disk action of a volume runs on one dedicated thread, in the order the event loop queued
-  it. That single order is what makes "recovered data never overwrites a newer current write"
-  checkable on the loop: whatever the loop queued first reaches the disk first.
-- Group commit: all writes that arrived while the previous batch was on disk go down together:
-  log records written, data file written (not synced), log fdatasync, metadata slot fdatasync,
-  then every write of the batch is acknowledged. The data file is synced once per log lap.
+  it (`se_disk`). That single order is what makes "recovered data never overwrites a newer
+  current write" checkable on the loop: whatever the loop queued first reaches the disk first.
+- Group commit: all writes that arrived while the previous batch was on disk go down together
+  (bounded in bytes, so a batch never laps the replay log it is written to), then every write of
+  the batch is acknowledged.
+- After a disk error nothing more is committed: a later batch could otherwise succeed and
+  acknowledge writes above a hole (an ack of seq s promises every write <= s).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
-import os
 import re
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ophiura.block.file import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, _fallocate
 from ophiura.block.io_threads import IoThreads
-from ophiura.replication.metadata import MetadataFile, VolumeMeta
-from ophiura.replication.protocol import KIND_WRITE, ErrorCode
-from ophiura.replication.replay_log import LogRecord, ReplayLog
+from ophiura.replication.protocol import ErrorCode
+from ophiura.replication.replay_log import LogRecord
+from ophiura.replication.se_disk import Op, VolumeDisk
+
+__all__ = [
+    "MAX_BUFFERED_BYTES",
+    "MAX_BUFFERED_OPS",
+    "VOLUME_NAME",
+    "Op",
+    "Recovery",
+    "StaleEpochError",
+    "Volume",
+    "VolumeError",
+]
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +60,6 @@ class StaleEpochError(VolumeError):
     def __init__(self, volume: str, presented: int, current: int) -> None:
         super().__init__(f"volume {volume}: epoch {presented} is older than {current}")
         self.current = current
-
-
-@dataclass(slots=True)
-class Op:
-    """A sequenced write, trim or write-zeroes from the HE (or replayed from the log)."""
-
-    kind: int
-    seq: int
-    epoch: int
-    offset: int
-    length: int
-    data: bytes
-    fut: asyncio.Future[int] | None = None
 
 
 @dataclass
@@ -90,16 +86,16 @@ class Volume:
         self.dir = vdir
         self._reads = reads
         self._thread = IoThreads(1, name=f"vol-{name}")
-        self._meta_pool = ThreadPoolExecutor(1, thread_name_prefix=f"meta-{name}")
-        self._log = ReplayLog(log_path, log_size)
-        self._meta_file: MetadataFile | None = None
-        self._fd = -1
+        self.disk = VolumeDisk(name, vdir, log_path, log_size)
+        # A batch never holds more log bytes than a quarter of the log: a larger one could
+        # overwrite its own first records before the data file holds them.
+        self._batch_bytes = max(1, self.disk.log.capacity // 4)
         self.size = 0
         self.block_size = 512
         self.epoch = 0
         self.next_seq = 1  # the next current write this volume can apply
         self.durable_seq = 0  # highest current write that is durable
-        self.prefix_seq = 0  # every write <= this is here (== next_seq - 1 when up)
+        self.prefix_seq = 0  # every write <= this is admitted here (== next_seq - 1 when up)
         self.state = "up"
         self.detail = ""
         self.recovery: Recovery | None = None
@@ -112,6 +108,7 @@ class Volume:
         self._committer: asyncio.Task[None] | None = None
         self._meta_dirty = False
         self.recovery_meta: dict[str, Any] | None = None
+        self.recovery_lock = asyncio.Lock()  # serialises RECOVER handling (se_recovery.start)
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -128,151 +125,24 @@ class Volume:
         """Load the volume in `vdir` or, with `create=(size, block_size)`, make a new one."""
         self = cls(name, vdir, log_path, log_size, reads)
         try:
-            await self._thread.run(self._open_blocking, create)
+            loaded = await self._thread.run(self.disk.open, create)
         except BaseException:
             self._thread.shutdown()
-            self._meta_pool.shutdown()
+            self.disk.shutdown()
             raise
-        self._committer = asyncio.create_task(self._commit_loop(), name=f"commit-{name}")
-        return self
-
-    def _open_blocking(self, create: tuple[int, int] | None) -> None:
-        meta_path = self.dir / "meta"
-        if create is not None:
-            size, bs = create
-            self.dir.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.dir / "data", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            os.ftruncate(self._fd, size)
-            self._meta_file = MetadataFile.create(meta_path, VolumeMeta(size, bs))
-            self._log.open()
-            self._log.reset()
-        else:
-            self._meta_file = MetadataFile.load(meta_path)
-            self._fd = os.open(self.dir / "data", os.O_RDWR | os.O_CLOEXEC)
-        meta = self._meta_file.current
+        meta = loaded.meta
         self.size, self.block_size, self.epoch = meta.size, meta.block_size, meta.epoch
-        applied = meta.applied_seq
-        if create is None:
-            applied = self._replay_local_log(meta)
+        applied = loaded.applied
         self.prefix_seq = applied
-        self.next_seq = self.durable_seq + 1 if self.durable_seq > applied else applied + 1
-        self.durable_seq = max(self.durable_seq, applied)
+        top = loaded.current_top
+        self.next_seq = top + 1 if top > applied else applied + 1
+        self.durable_seq = max(top, applied)
         if meta.recovery:
             self.state = "gap"
             self.recovery_meta = meta.recovery
             self.detail = f"{meta.recovery['kind']} recovery was interrupted by a restart"
-
-    def _replay_local_log(self, meta: VolumeMeta) -> int:
-        """Re-apply log records newer than the data file; returns the applied sequence.
-
-        The truth is the data file (durable up to data_synced_seq) plus the valid log chain
-        that continues it; metadata claiming more than that means records were lost (a
-        replaced log disk) and the SE reports the lower number so the HE recovers it.
-        """
-        records = self._log.open()
-        synced = meta.data_synced_seq
-        redo = [r for r in records if r.seq > synced]
-        if meta.recovery is None:
-            if redo and redo[0].seq != synced + 1:
-                log.error(
-                    "volume %s: the log starts at seq %d but the data file holds only %d; "
-                    "the writes between are lost here (log device replaced?)",
-                    self.name,
-                    redo[0].seq,
-                    synced,
-                )
-                redo = []
-            applied = redo[-1].seq if redo else synced
-            if meta.applied_seq > applied:
-                log.error(
-                    "volume %s: metadata says seq %d is applied but only %d can be found; "
-                    "reporting %d so the HE recovers the rest",
-                    self.name,
-                    meta.applied_seq,
-                    applied,
-                    applied,
-                )
-        else:
-            applied = meta.applied_seq  # the recovered prefix; the log holds current writes
-        for rec in redo:
-            self._apply_blocking(rec.kind, rec.offset, rec.length, rec.data)
-        if redo:
-            os.fdatasync(self._fd)
-            top = redo[-1].seq
-            self._written_seq = top
-            if meta.recovery is not None:
-                self.durable_seq = top  # current writes received during the recovery
-            log.info("volume %s: re-applied %d log records up to seq %d", self.name, len(redo), top)
-        if applied != meta.applied_seq or redo:
-            meta.applied_seq = applied
-            meta.data_synced_seq = max(synced, redo[-1].seq if redo else 0)
-            self._meta_file.write(meta)  # type: ignore[union-attr]
-        return applied
-
-    # -- disk actions (volume thread only) -----------------------------------------------------
-
-    def _apply_blocking(self, kind: int, offset: int, length: int, data: bytes) -> None:
-        if kind == KIND_WRITE:
-            view = memoryview(data)
-            done = 0
-            while done < len(view):
-                done += os.pwritev(self._fd, [view[done:]], offset + done)
-        else:
-            mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
-            try:
-                _fallocate(self._fd, mode, offset, length)
-            except OSError as exc:
-                if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                    raise
-                os.pwrite(self._fd, bytes(length), offset)
-
-    def _commit_blocking(self, items: list[Any], updates: dict[str, Any]) -> list[Any]:
-        """Run one batch in queue order; returns per-item results for the "call" items."""
-        meta = self._meta_file.current  # type: ignore[union-attr]
-        records = [
-            LogRecord(it.seq, it.epoch, it.offset, it.length, it.kind, it.data)
-            for it in items
-            if type(it) is Op
-        ]
-        if records:
-            victim = self._log.would_evict_above(records)
-            if victim > meta.data_synced_seq:
-                # The log is about to lose records the data file may not hold durably yet.
-                os.fdatasync(self._fd)
-                meta.data_synced_seq = self._written_seq
-                self._meta_dirty_thread = True
-            self._log.append(records)
-        results: list[Any] = []
-        for it in items:
-            if type(it) is Op:
-                self._apply_blocking(it.kind, it.offset, it.length, it.data)
-                self._written_seq = it.seq
-            elif it[0] == "rec":
-                self._apply_blocking(it[1], it[2], it[3], it[4])
-            else:  # ("call", fn, fut)
-                try:
-                    results.append((it[2], it[1](), None))
-                except Exception as exc:  # handed back to the awaiting coroutine
-                    results.append((it[2], None, exc))
-        changed = self._meta_dirty_thread
-        for key, value in updates.items():
-            if getattr(meta, key) != value:
-                setattr(meta, key, value)
-                changed = True
-        # The two fdatasyncs (log, metadata slot) run in parallel: both finish before any ack,
-        # and a metadata slot ahead of the log is harmless (the log chain is the truth).
-        meta_done = self._meta_pool.submit(self._meta_file.write, meta) if changed else None  # type: ignore[union-attr]
-        try:
-            if records:
-                self._log.sync()
-        finally:
-            if meta_done is not None:
-                meta_done.result()
-                self._meta_dirty_thread = False
-        return results
-
-    _written_seq = 0
-    _meta_dirty_thread = False
+        self._committer = asyncio.create_task(self._commit_loop(), name=f"commit-{name}")
+        return self
 
     # -- commit loop (event loop side) -------------------------------------------------------
 
@@ -282,16 +152,36 @@ class Volume:
             updates["applied_seq"] = self.next_seq - 1
         return updates
 
+    def _take_batch(self) -> list[Any]:
+        """The next batch: queued items in order, at most `_batch_bytes` of log records."""
+        queue = self._queue
+        total = count = 0
+        for it in queue:
+            size = len(it.data) if type(it) is Op else 0
+            if count and total + size > self._batch_bytes:
+                break
+            total += size
+            count += 1
+        if count == len(queue):
+            self._queue = []
+            return queue
+        batch = queue[:count]
+        del queue[:count]
+        return batch
+
     async def _commit_loop(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self._queue or self._meta_dirty:
-                batch, self._queue = self._queue, []
+                batch = self._take_batch()
                 self._meta_dirty = False
+                if self.state == "failed":
+                    self._fail(batch, VolumeError(self.detail, ErrorCode.VOLUME_FAILED))
+                    continue
                 updates = self._meta_updates()
                 try:
-                    results = await self._thread.run(self._commit_blocking, batch, updates)
+                    results = await self._thread.run(self.disk.commit, batch, updates)
                 except Exception as exc:
                     self._fail(batch, exc)
                     continue
@@ -325,15 +215,25 @@ class Volume:
         return keep
 
     def _fail(self, batch: list[Any], exc: Exception) -> None:
-        """A disk error: this SE can no longer vouch for the volume. Restart re-derives it."""
-        why = f"volume {self.name} failed on disk: {exc}"
-        log.error("%s", why)
-        self.state, self.detail = "failed", why
-        err = VolumeError(why, ErrorCode.VOLUME_FAILED)
-        waiters = [it.fut for it in batch if type(it) is Op]
-        waiters += [it[2] for it in batch if type(it) is not Op and it[0] == "call"]
+        """A disk error: this SE can no longer vouch for the volume. Restart re-derives it.
+
+        Everything still queued fails with the batch: committing it later would acknowledge
+        writes above the ones this batch lost.
+        """
+        if self.state != "failed":
+            why = f"volume {self.name} failed on disk: {exc}"
+            log.error("%s", why)
+            self.state, self.detail = "failed", why
+        err = VolumeError(self.detail, ErrorCode.VOLUME_FAILED)
+        queued, self._queue = self._queue, []
+        items = batch + queued
+        waiters = [it.fut for it in items if type(it) is Op]
+        waiters += [it[2] for it in items if type(it) is not Op and it[0] == "call"]
         waiters += [f for _, f in self._dup_waiters + self._prefix_waiters]
         waiters += [op.fut for op in self._buffer.values()]
+        self._dup_waiters, self._prefix_waiters = [], []
+        self._buffer.clear()
+        self._buffer_bytes = 0
         for fut in waiters:
             if fut is not None and not fut.done():
                 fut.set_exception(err)
@@ -440,7 +340,11 @@ class Volume:
                     op.fut.set_exception(StaleEpochError(self.name, op.epoch, self.epoch))
 
     def jump_stream(self, upto: int) -> None:
-        """Recovery will bring everything <= upto: current writes continue at upto + 1."""
+        """Recovery will bring everything <= upto: current writes continue at upto + 1.
+
+        The caller resets the log first when this moves `next_seq` (`will_jump`): the log's
+        records must stay seq-contiguous, or a peer replaying from it gets the wrong records.
+        """
         if self.next_seq <= upto:
             for seq in sorted(s for s in self._buffer if s <= upto):
                 op = self._buffer.pop(seq)
@@ -449,6 +353,9 @@ class Volume:
                     self._prefix_waiters.append((seq, op.fut))
             self.next_seq = upto + 1
             self._drain_buffer()
+
+    def will_jump(self, upto: int) -> bool:
+        return self.next_seq <= upto
 
     def advance_prefix(self, seq: int) -> None:
         """Recovered writes up to `seq` are durable here (after a data-file sync)."""
@@ -471,17 +378,8 @@ class Volume:
         self._check(offset, length)
         seq = self.durable_seq
         buf = bytearray(length)
-        await self._reads.run(self._read_blocking, buf, offset)
+        await self._reads.run(self.disk.read_into, buf, offset)
         return seq, buf
-
-    def _read_blocking(self, buf: bytearray, offset: int) -> None:
-        view = memoryview(buf)
-        done = 0
-        while done < len(buf):
-            n = os.preadv(self._fd, [view[done:]], offset + done)
-            if n == 0:
-                return
-            done += n
 
     async def chunk_read(self, offset: int, length: int) -> tuple[int, bytearray]:
         """Read ordered with the writes: the data holds exactly the writes <= the seq given."""
@@ -489,7 +387,7 @@ class Volume:
         self._check(offset, length)
         seq = self.next_seq - 1
         buf = bytearray(length)
-        await self.call(lambda: self._read_blocking(buf, offset))
+        await self.call(lambda: self.disk.read_into(buf, offset))
         return seq, buf
 
     async def log_read(self, from_seq: int, upto: int, max_bytes: int) -> Any:
@@ -498,19 +396,28 @@ class Volume:
         applied = self.next_seq - 1
         if from_seq > applied:
             return applied, 0, []
+        rlog = self.disk.log
 
         def work() -> Any:
-            records = self._log.read_from(from_seq, max_bytes)
+            records = rlog.read_from(from_seq, max_bytes)
             if records is None:
                 return None
             upto_ = upto or applied
-            remaining = self._log.bytes_between(from_seq, upto_)
+            remaining = rlog.bytes_between(from_seq, upto_)
             return applied, remaining, records
 
         return await self.call(work)
 
     def log_oldest(self) -> int:
-        return self._log.oldest_seq()
+        return self.disk.log.oldest_seq()
+
+    def log_first_seq(self) -> int:
+        """The oldest seq a peer can replay from this log: with s >= it, LOG_READ(s) works.
+
+        The log is seq-contiguous up to the newest admitted write (see `jump_stream`), so this
+        is its oldest record, or the next seq when it is empty (nothing older is replayable).
+        """
+        return self.disk.log.oldest_seq() or self.next_seq
 
     def _not_recovering(self, what: str) -> None:
         if self.recovery is not None or self.state in ("gap", "failed"):
@@ -530,6 +437,17 @@ class Volume:
             return "gap"
         return "up"
 
+    def applied_seq(self) -> int:
+        """Every write <= this is durable *and* in the data file here: what STATUS reports.
+
+        Not `prefix_seq` alone, which counts writes admitted but still queued for the disk: an
+        HE re-attaching after a dropped connection took that number as acknowledged, marked
+        the SE readable, and could read a block before its write reached the data file.
+        """
+        if self.recovery is not None:
+            return self.prefix_seq  # the recovered prefix, advanced only after a data sync
+        return min(self.prefix_seq, self.durable_seq)
+
     def status(self) -> dict[str, Any]:
         detail = self.detail
         if self._buffer and not detail:
@@ -540,13 +458,14 @@ class Volume:
         return {
             "volume": self.name,
             "epoch": self.epoch,
-            "applied_seq": self.prefix_seq,
+            "applied_seq": self.applied_seq(),
             "size": self.size,
             "block_size": self.block_size,
             "state": self.state_name(),
             "recovery_done": rec.done if rec else 0,
             "recovery_total": rec.total if rec else 0,
             "detail": detail,
+            "log_first_seq": self.log_first_seq(),
         }
 
     # -- admin ----------------------------------------------------------------------------
@@ -557,7 +476,7 @@ class Volume:
                 f"size {size} is not a positive multiple of {self.block_size}",
                 ErrorCode.BAD_REQUEST,
             )
-        await self.call(lambda: os.ftruncate(self._fd, size))
+        await self.call(lambda: self.disk.truncate(size))
         self.size = size
         await self.call(lambda: None)
 
@@ -565,26 +484,19 @@ class Volume:
         """For se_recovery: `fn` gets the data fd / log on the volume thread."""
         return self.call(fn)
 
+    # Blocking steps se_recovery queues with `call` (they run on the volume thread).
+
     def sync_data_blocking(self) -> None:
-        os.fdatasync(self._fd)
+        self.disk.sync_data()
 
     def reset_log_blocking(self) -> None:
-        os.fdatasync(self._fd)
-        meta = self._meta_file.current  # type: ignore[union-attr]
-        meta.data_synced_seq = self._written_seq
-        self._log.reset()
+        self.disk.reset_log()
 
     def write_meta_blocking(self, **changes: Any) -> None:
-        meta = self._meta_file.current  # type: ignore[union-attr]
-        for key, value in changes.items():
-            setattr(meta, key, value)
-        self._meta_file.write(meta)  # type: ignore[union-attr]
+        self.disk.write_meta(**changes)
 
     def log_records_blocking(self) -> list[LogRecord]:
-        """Everything in the local log (to rebuild the touched map after a restart)."""
-        if not self._log.entries:
-            return []
-        return self._log.read_from(self._log.oldest_seq(), 1 << 62) or []
+        return self.disk.log_records()
 
     async def close(self) -> None:
         if self.recovery is not None and self.recovery.task is not None:
@@ -598,24 +510,6 @@ class Volume:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._committer
             self._committer = None
-        await self._thread.run(self._close_blocking)
+        await self._thread.run(self.disk.close, self.state == "failed")
         self._thread.shutdown()
-        self._meta_pool.shutdown()
-
-    def _close_blocking(self) -> None:
-        if self._fd >= 0:
-            os.fdatasync(self._fd)
-            meta = self._meta_file.current if self._meta_file is not None else None
-            if (
-                meta is not None
-                and self.state != "failed"
-                and meta.data_synced_seq < self._written_seq
-            ):
-                # a clean stop leaves nothing for the log to re-apply
-                meta.data_synced_seq = self._written_seq
-                self._meta_file.write(meta)  # type: ignore[union-attr]
-            os.close(self._fd)
-            self._fd = -1
-        self._log.close()
-        if self._meta_file is not None:
-            self._meta_file.close()
+        self.disk.shutdown()

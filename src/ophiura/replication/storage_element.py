@@ -296,6 +296,7 @@ class StorageElement:
             s["volume"],
             s["state"],
             s["detail"],
+            s["log_first_seq"],
         )
 
     async def open_volume(self, name: str, size: int, block_size: int) -> Volume:

@@ -61,6 +61,9 @@ class Outcome:
     elapsed: float
     output: str = ""  # the tail of stdout/stderr, for the event log and notifications
     timed_out: bool = False
+    # One line saying why, for people: the OCF agent's `ocf-exit-reason`, or what a built-in
+    # found (e.g. "reservation preempted by key 0x..."). Empty when there is nothing to say.
+    reason: str = ""
 
     @property
     def ok(self) -> bool:

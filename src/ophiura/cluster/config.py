@@ -1,0 +1,541 @@
+"""The cluster configuration: one TOML file, identical on every node.
+
+Parsing (`load`, `parse`) turns TOML into frozen dataclasses and only fails on what makes the
+file unreadable (not TOML, wrong types). `validate()` then names *every* problem at once
+(unknown node, dependency cycle, unknown agent kind, bad timing, shared data without a fence),
+because an operator fixing a cluster file one error per run learns to hate the tool.
+See docs/cluster.md for the schema with an example.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ophiura.cluster.agents.base import Resource
+
+
+class ConfigError(Exception):
+    """The file cannot be read or parsed; `problems` lists what validate() found, if any."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+
+QUORUM_MODES = ("resource-driven", "quorate")
+FAILBACK_MODES = ("manual", "auto")
+NOTIFY_KINDS = ("command", "webhook", "email")
+DEFAULT_HEARTBEAT_PORT = 5405
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Defaults detect a dead node in under 1 s: 7 missed heartbeats at 0.1 s."""
+
+    interval: float = 0.1
+    deadline: float = 0.7
+    startup_grace: float | None = None  # None: one deadline
+    max_clock_skew: float = 30.0  # heartbeats stamped further off are refused (replay guard)
+
+    @property
+    def grace(self) -> float:
+        return self.deadline if self.startup_grace is None else self.startup_grace
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    votes: int = 1
+    admin: tuple[str, int] = ("127.0.0.1", 7400)
+
+
+@dataclass(frozen=True)
+class Link:
+    """One heartbeat network: each node's address on it (host:port; port defaults to `port`)."""
+
+    name: str
+    port: int
+    addresses: Mapping[str, tuple[str, int]]
+
+
+@dataclass(frozen=True)
+class ResourceSpec:
+    resource: Resource
+    depends_on: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    name: str
+    nodes: tuple[str, ...]  # priority order, best first
+    resources: Mapping[str, ResourceSpec]
+    ownable: str | None = (
+        None  # acquired first, released last; its acquisition fences the old owner
+    )
+    shared_data: bool = False
+    failback: str = "manual"
+    max_restarts: int = 3
+    restart_window: float = 300.0
+    failure_expiry: float = 600.0
+    fence_on_stop_failure: bool = True
+
+    def depends(self, name: str) -> tuple[str, ...]:
+        return self.resources[name].depends_on
+
+    def dependents(self, name: str) -> tuple[str, ...]:
+        return tuple(r for r, spec in self.resources.items() if name in spec.depends_on)
+
+    def priority(self, node: str) -> int:
+        """Lower is better; nodes outside the list sort last."""
+        return self.nodes.index(node) if node in self.nodes else len(self.nodes)
+
+
+@dataclass(frozen=True)
+class FenceDevice:
+    """A fence-agents program (key=value on stdin) or a built-in `exec` command."""
+
+    name: str
+    agent: str  # "fence_ipmilan", ... or "exec"
+    params: Mapping[str, str] = field(default_factory=dict)
+    plugs: Mapping[str, str] = field(default_factory=dict)  # node -> plug/port
+    command: tuple[str, ...] = ()  # for agent = "exec": argv, OPHIURA_FENCE_NODE in env
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class Notifier:
+    kind: str  # command | webhook | email
+    target: str  # argv[0] / URL / recipient list joined by ","
+    args: tuple[str, ...] = ()
+    smtp: tuple[str, int] = ("127.0.0.1", 25)
+    sender: str = "ophiura@localhost"
+    events: tuple[str, ...] = ()  # empty: every kind
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    name: str
+    secret: bytes
+    nodes: Mapping[str, Node]
+    links: tuple[Link, ...]
+    hierarchies: Mapping[str, Hierarchy]
+    timings: Timings = Timings()
+    quorum: str = "resource-driven"
+    tie_breaker: tuple[str, ...] = ()  # command: exit 0 = we hold the tie-breaker
+    allow_unfenced: bool = False
+    stop_on_shutdown: bool = False
+    state_dir: str = "/var/lib/ophiura/cluster/{node}"
+    test_hooks: bool = False
+    fence_devices: Mapping[str, FenceDevice] = field(default_factory=dict)
+    fence_levels: Mapping[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
+    notifiers: tuple[Notifier, ...] = ()
+    source: str = ""  # path, for messages
+
+    def key(self, purpose: str) -> bytes:
+        """A key per purpose so a heartbeat MAC can never be replayed as an admin MAC."""
+        return hmac.new(
+            self.secret, f"ophiura:{self.name}:{purpose}".encode(), hashlib.sha256
+        ).digest()
+
+    def state_path(self, node: str) -> Path:
+        return Path(self.state_dir.replace("{node}", node))
+
+    def fenceable(self, node: str) -> bool:
+        return bool(self.fence_levels.get(node))
+
+
+def _host_port(value: Any, default_port: int, where: str) -> tuple[str, int]:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: expected 'host' or 'host:port', got {value!r}")
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        return value, default_port
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{where}: bad port in {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def _get(
+    table: Mapping[str, Any],
+    key: str,
+    kind: type | tuple[type, ...],
+    where: str,
+    default: Any = None,
+) -> Any:
+    value = table.get(key, default)
+    if value is None:
+        return None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float)):
+        raise ConfigError(
+            f"{where}.{key}: expected {getattr(kind, '__name__', kind)}, got {value!r}"
+        )
+    return value
+
+
+def _strs(value: Any, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _resource(hier: str, t: Mapping[str, Any], where: str) -> ResourceSpec:
+    name = _get(t, "name", str, where) or ""
+    params = t.get("params", {})
+    if not isinstance(params, dict):
+        raise ConfigError(f"{where}.params: expected a table")
+    kw: dict[str, Any] = {}
+    for key in ("monitor_interval", "monitor_timeout", "start_timeout", "stop_timeout"):
+        if key in t:
+            kw[key] = _get(t, key, float, where)
+    if "monitor_depth" in t:
+        kw["monitor_depth"] = _get(t, "monitor_depth", int, where)
+    res = Resource(
+        name=name,
+        kind=_get(t, "kind", str, where) or "",
+        params={str(k): str(v) for k, v in params.items()},
+        hierarchy=hier,
+        **kw,
+    )
+    return ResourceSpec(res, _strs(t.get("depends_on"), f"{where}.depends_on"))
+
+
+def _hierarchy(t: Mapping[str, Any], i: int) -> Hierarchy:
+    where = f"hierarchies[{i}]"
+    name = _get(t, "name", str, where) or ""
+    resources: dict[str, ResourceSpec] = {}
+    for j, rt in enumerate(t.get("resources", [])):
+        if not isinstance(rt, dict):
+            raise ConfigError(f"{where}.resources[{j}]: expected a table")
+        spec = _resource(name, rt, f"{where}.resources[{j}]")
+        if spec.resource.name in resources:
+            raise ConfigError(f"{where}: resource {spec.resource.name!r} defined twice")
+        resources[spec.resource.name] = spec
+    kw: dict[str, Any] = {}
+    for key in ("restart_window", "failure_expiry"):
+        if key in t:
+            kw[key] = _get(t, key, float, where)
+    for key, kind in (("max_restarts", int), ("shared_data", bool), ("failback", str),
+                      ("fence_on_stop_failure", bool), ("ownable", str)):  # fmt: skip
+        if key in t:
+            kw[key] = _get(t, key, kind, where)
+    return Hierarchy(
+        name=name, nodes=_strs(t.get("nodes"), f"{where}.nodes"), resources=resources, **kw
+    )
+
+
+def parse(data: Mapping[str, Any], source: str = "", base: Path | None = None) -> ClusterConfig:
+    """Build a ClusterConfig from parsed TOML; raises ConfigError on type errors only."""
+    c = data.get("cluster", {})
+    if not isinstance(c, dict):
+        raise ConfigError("[cluster] must be a table")
+    secret = _get(c, "secret", str, "cluster")
+    secret_file = _get(c, "secret_file", str, "cluster")
+    if secret_file:
+        path = Path(secret_file)
+        if base is not None and not path.is_absolute():
+            path = base / path
+        from ophiura.replication.secret import SecretError, load_secret
+
+        try:
+            secret_bytes = load_secret(path)
+        except SecretError as exc:
+            raise ConfigError(f"cluster.secret_file: {exc}") from exc
+    else:
+        secret_bytes = (secret or "").encode()
+    tt = data.get("timings", {})
+    timings = Timings(
+        interval=_get(tt, "interval", float, "timings", 0.1),
+        deadline=_get(tt, "deadline", float, "timings", 0.7),
+        startup_grace=_get(tt, "startup_grace", float, "timings"),
+        max_clock_skew=_get(tt, "max_clock_skew", float, "timings", 30.0),
+    )
+    nodes: dict[str, Node] = {}
+    for i, nt in enumerate(data.get("nodes", [])):
+        where = f"nodes[{i}]"
+        name = _get(nt, "name", str, where) or ""
+        admin = _host_port(nt.get("admin", "127.0.0.1:7400"), 7400, f"{where}.admin")
+        if name in nodes:
+            raise ConfigError(f"{where}: node {name!r} defined twice")
+        nodes[name] = Node(name, votes=_get(nt, "votes", int, where, 1), admin=admin)
+    links: list[Link] = []
+    for i, lt in enumerate(data.get("links", [])):
+        where = f"links[{i}]"
+        port = _get(lt, "port", int, where, DEFAULT_HEARTBEAT_PORT)
+        addrs = lt.get("addresses", {})
+        if not isinstance(addrs, dict):
+            raise ConfigError(f"{where}.addresses: expected a table node = 'host[:port]'")
+        links.append(
+            Link(
+                name=_get(lt, "name", str, where) or f"link{i}",
+                port=port,
+                addresses={
+                    n: _host_port(a, port, f"{where}.addresses.{n}") for n, a in addrs.items()
+                },
+            )
+        )
+    hierarchies: dict[str, Hierarchy] = {}
+    for i, ht in enumerate(data.get("hierarchies", [])):
+        h = _hierarchy(ht, i)
+        if h.name in hierarchies:
+            raise ConfigError(f"hierarchies[{i}]: hierarchy {h.name!r} defined twice")
+        hierarchies[h.name] = h
+    ft = data.get("fencing", {})
+    devices: dict[str, FenceDevice] = {}
+    for i, dt in enumerate(ft.get("devices", [])):
+        where = f"fencing.devices[{i}]"
+        devices[dt.get("name", f"dev{i}")] = FenceDevice(
+            name=_get(dt, "name", str, where) or f"dev{i}",
+            agent=_get(dt, "agent", str, where) or "",
+            params={str(k): str(v) for k, v in dt.get("params", {}).items()},
+            plugs={str(k): str(v) for k, v in dt.get("plugs", {}).items()},
+            command=_strs(dt.get("command"), f"{where}.command"),
+            timeout=_get(dt, "timeout", float, where, 30.0),
+        )
+    levels: dict[str, list[tuple[int, tuple[str, ...]]]] = {}
+    for i, lt in enumerate(ft.get("levels", [])):
+        where = f"fencing.levels[{i}]"
+        node = _get(lt, "node", str, where) or ""
+        levels.setdefault(node, []).append(
+            (_get(lt, "level", int, where, 1), _strs(lt.get("devices"), f"{where}.devices"))
+        )
+    notifiers = []
+    for i, nt in enumerate(data.get("notify", [])):
+        where = f"notify[{i}]"
+        kind = _get(nt, "kind", str, where) or ""
+        target = nt.get("command") or nt.get("url") or nt.get("to") or ""
+        args: tuple[str, ...] = ()
+        if kind == "command":
+            argv = _strs(target, f"{where}.command")
+            target, args = (argv[0], argv[1:]) if argv else ("", ())
+        elif kind == "email":
+            target = ",".join(_strs(target, f"{where}.to"))
+        notifiers.append(
+            Notifier(
+                kind=kind,
+                target=str(target),
+                args=args,
+                smtp=_host_port(nt.get("smtp", "127.0.0.1:25"), 25, f"{where}.smtp"),
+                sender=_get(nt, "from", str, where, "ophiura@localhost"),
+                events=_strs(nt.get("events"), f"{where}.events"),
+                timeout=_get(nt, "timeout", float, where, 10.0),
+            )
+        )
+    return ClusterConfig(
+        name=_get(c, "name", str, "cluster") or "",
+        secret=secret_bytes,
+        nodes=nodes,
+        links=tuple(links),
+        hierarchies=hierarchies,
+        timings=timings,
+        quorum=_get(c, "quorum", str, "cluster", "resource-driven"),
+        tie_breaker=_strs(c.get("tie_breaker"), "cluster.tie_breaker"),
+        allow_unfenced=_get(c, "allow_unfenced", bool, "cluster", False),
+        stop_on_shutdown=_get(c, "stop_on_shutdown", bool, "cluster", False),
+        state_dir=_get(c, "state_dir", str, "cluster", "/var/lib/ophiura/cluster/{node}"),
+        test_hooks=_get(c, "test_hooks", bool, "cluster", False),
+        fence_devices=devices,
+        fence_levels={n: tuple(d for _, d in sorted(lv)) for n, lv in levels.items()},
+        notifiers=tuple(notifiers),
+        source=source,
+    )
+
+
+def load(path: str | Path) -> ClusterConfig:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return parse(data, source=str(path), base=path.parent)
+
+
+def find_cycle(graph: Mapping[str, tuple[str, ...]]) -> list[str] | None:
+    """One dependency cycle as a path (a -> b -> a), or None. Iterative DFS: bounded stack."""
+    white, grey, black = 0, 1, 2
+    colour = dict.fromkeys(graph, white)
+    for root in graph:
+        if colour[root] != white:
+            continue
+        stack: list[tuple[str, int]] = [(root, 0)]
+        path = [root]
+        colour[root] = grey
+        while stack:
+            node, i = stack[-1]
+            deps = [d for d in graph.get(node, ()) if d in graph]
+            if i < len(deps):
+                stack[-1] = (node, i + 1)
+                nxt = deps[i]
+                if colour[nxt] == grey:
+                    return [*path[path.index(nxt) :], nxt]
+                if colour[nxt] == white:
+                    colour[nxt] = grey
+                    stack.append((nxt, 0))
+                    path.append(nxt)
+            else:
+                colour[node] = black
+                stack.pop()
+                path.pop()
+    return None
+
+
+def _known_kind(kind: str) -> str | None:
+    """None if an agent exists for `kind`, else why not (the agents registry decides)."""
+    from ophiura.cluster import agentload
+
+    return agentload.check_kind(kind)
+
+
+def validate(
+    cfg: ClusterConfig, known_kind: Callable[[str], str | None] = _known_kind
+) -> list[str]:
+    """Every problem in the configuration, as sentences. Empty means valid."""
+    p: list[str] = []
+    if not cfg.name:
+        p.append("cluster.name is missing")
+    if len(cfg.secret) < 16:
+        p.append(
+            "cluster secret is missing or shorter than 16 bytes (cluster.secret or secret_file)"
+        )
+    if cfg.quorum not in QUORUM_MODES:
+        p.append(f"cluster.quorum {cfg.quorum!r} is not one of {', '.join(QUORUM_MODES)}")
+    t = cfg.timings
+    if not 0.005 <= t.interval <= 10:
+        p.append(f"timings.interval {t.interval} s is outside 0.005..10 s")
+    if t.deadline < 3 * t.interval:
+        p.append(
+            f"timings.deadline {t.deadline} s must be at least 3 intervals ({3 * t.interval:g} s)"
+        )
+    if t.deadline > 120:
+        p.append(f"timings.deadline {t.deadline} s is over 120 s")
+    if t.startup_grace is not None and t.startup_grace < 0:
+        p.append("timings.startup_grace must not be negative")
+    if not cfg.nodes:
+        p.append("no [[nodes]]")
+    for n in cfg.nodes.values():
+        if not n.name:
+            p.append("a node has no name")
+        if n.votes < 0:
+            p.append(f"node {n.name}: votes must not be negative")
+    if len(cfg.links) < 2:
+        p.append(
+            f"{len(cfg.links)} heartbeat link(s): at least 2 are needed, "
+            "so that one lost link is not a failover"
+        )
+    seen_addr: dict[tuple[str, int], str] = {}
+    for link in cfg.links:
+        for node, addr in link.addresses.items():
+            if node not in cfg.nodes:
+                p.append(f"link {link.name}: unknown node {node!r}")
+            if addr in seen_addr:
+                p.append(f"link {link.name}: {addr[0]}:{addr[1]} is also used by {seen_addr[addr]}")
+            seen_addr[addr] = f"{link.name}/{node}"
+        for node in cfg.nodes:
+            if node not in link.addresses:
+                p.append(f"link {link.name}: node {node} has no address on it")
+    admins: dict[tuple[str, int], str] = {}
+    for n in cfg.nodes.values():
+        if n.admin in admins:
+            p.append(
+                f"node {n.name}: admin address {n.admin[0]}:{n.admin[1]} "
+                f"is also node {admins[n.admin]}'s"
+            )
+        admins[n.admin] = n.name
+    for h in cfg.hierarchies.values():
+        p.extend(_validate_hierarchy(cfg, h, known_kind))
+    for name, dev in cfg.fence_devices.items():
+        if dev.agent == "exec" and not dev.command:
+            p.append(f"fence device {name}: agent 'exec' needs a command")
+        if not dev.agent:
+            p.append(f"fence device {name}: no agent")
+    for node, levels in cfg.fence_levels.items():
+        if node not in cfg.nodes:
+            p.append(f"fencing level for unknown node {node!r}")
+        for devs in levels:
+            p.extend(
+                f"fencing level for {node}: unknown device {d!r}"
+                for d in devs
+                if d not in cfg.fence_devices
+            )
+    for i, nf in enumerate(cfg.notifiers):
+        if nf.kind not in NOTIFY_KINDS:
+            p.append(f"notify[{i}]: kind {nf.kind!r} is not one of {', '.join(NOTIFY_KINDS)}")
+        elif not nf.target:
+            what = {"command": "command", "webhook": "url"}.get(nf.kind, "to")
+            p.append(f"notify[{i}]: no {what}")
+    if cfg.quorum == "quorate" and sum(n.votes for n in cfg.nodes.values()) == 0:
+        p.append("quorate mode with zero votes in total")
+    return p
+
+
+def _validate_hierarchy(
+    cfg: ClusterConfig, h: Hierarchy, known_kind: Callable[[str], str | None]
+) -> list[str]:
+    p: list[str] = []
+    w = f"hierarchy {h.name or '?'}"
+    if not h.name:
+        p.append("a hierarchy has no name")
+    if not h.nodes:
+        p.append(f"{w}: no nodes (priority list)")
+    for n in h.nodes:
+        if n not in cfg.nodes:
+            p.append(f"{w}: unknown node {n!r} in its priority list")
+    if len(set(h.nodes)) != len(h.nodes):
+        p.append(f"{w}: a node appears twice in its priority list")
+    if not h.resources:
+        p.append(f"{w}: no resources")
+    for name, spec in h.resources.items():
+        r = spec.resource
+        if not name:
+            p.append(f"{w}: a resource has no name")
+        if not r.kind:
+            p.append(f"{w}: resource {name}: no kind (agent)")
+        else:
+            why = known_kind(r.kind)
+            if why:
+                p.append(f"{w}: resource {name}: {why}")
+        for dep in spec.depends_on:
+            if dep not in h.resources:
+                p.append(f"{w}: resource {name} depends on unknown resource {dep!r}")
+        for key in ("monitor_interval", "monitor_timeout", "start_timeout", "stop_timeout"):
+            if getattr(r, key) <= 0:
+                p.append(f"{w}: resource {name}: {key} must be positive")
+    cycle = find_cycle({n: s.depends_on for n, s in h.resources.items()})
+    if cycle:
+        p.append(f"{w}: dependency cycle {' -> '.join(cycle)}")
+    if h.ownable is not None:
+        if h.ownable not in h.resources:
+            p.append(f"{w}: own-able resource {h.ownable!r} is not one of its resources")
+        elif h.resources[h.ownable].depends_on:
+            p.append(
+                f"{w}: own-able resource {h.ownable} must depend on nothing (it is acquired first)"
+            )
+    if h.failback not in FAILBACK_MODES:
+        p.append(f"{w}: failback {h.failback!r} is not one of {', '.join(FAILBACK_MODES)}")
+    if h.max_restarts < 0:
+        p.append(f"{w}: max_restarts must not be negative")
+    if h.restart_window <= 0 or h.failure_expiry <= 0:
+        p.append(f"{w}: restart_window and failure_expiry must be positive")
+    if h.shared_data and h.ownable is None and not cfg.allow_unfenced:
+        unfenced = [n for n in h.nodes if not cfg.fenceable(n)]
+        if unfenced:
+            p.append(
+                f"{w}: shared data with no own-able resource and no fencing for "
+                f"{', '.join(unfenced)}: split brain could corrupt it "
+                "(add ownable = ..., fencing levels, or cluster.allow_unfenced = true)"
+            )
+    return p

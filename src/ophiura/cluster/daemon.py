@@ -1,0 +1,333 @@
+"""`ophiura node`: one cluster node. Each cycle: snapshot -> decide() -> act.
+
+The cycle runs every half heartbeat interval on the main asyncio loop and does no I/O of its own:
+heartbeats live on their own thread (heartbeat_io), agents run as executor tasks, the event log
+and notifications on their own threads. So a cycle is a few hundred microseconds of pure work, and
+the worst a slow agent can do is make its own hierarchy wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from dataclasses import replace
+from typing import Any
+
+from ophiura.cluster import decide as decider
+from ophiura.cluster import fencing, membership
+from ophiura.cluster.admin import AdminError, AdminServer
+from ophiura.cluster.config import ClusterConfig
+from ophiura.cluster.events import EventLog, Notifications
+from ophiura.cluster.executor import Executor
+from ophiura.cluster.heartbeat import HierReport
+from ophiura.cluster.heartbeat_io import HeartbeatService
+from ophiura.cluster.model import (
+    Action,
+    AdminState,
+    Blocked,
+    ClearSwitchover,
+    ClusterView,
+    FenceNode,
+    NodeEvent,
+    PeerView,
+)
+from ophiura.cluster.state import ACTIVE, HierarchyState, NodeState, PeerState, transition
+
+log = logging.getLogger(__name__)
+
+
+class NodeDaemon:
+    def __init__(self, cfg: ClusterConfig, me: str) -> None:
+        if me not in cfg.nodes:
+            raise ValueError(f"node {me!r} is not in the cluster configuration ({', '.join(cfg.nodes)})")
+        self.cfg = cfg
+        self.me = me
+        self.state = NodeState.STARTING
+        self.admin = AdminState()
+        self.fenced: set[str] = set()
+        self.fencing: set[str] = set()
+        self.blocked: dict[str, str] = {}
+        self.tie_breaker = False
+        self.mem: membership.Membership | None = None
+        self.view: ClusterView | None = None
+        state_dir = cfg.state_path(me)
+        self.events = EventLog(state_dir / "events", me)
+        self.notify = Notifications(cfg.notifiers, cfg.name)
+        self.hb = HeartbeatService(cfg, me, on_event=self._from_thread)
+        self.executor = Executor(cfg, me, self.emit)
+        self.admin_server = AdminServer(cfg.key("admin"), me, self.handle)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = asyncio.Event()
+        self._started = 0.0
+        self._last_cycle = 0.0
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- events -------------------------------------------------------------------------------
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        event = {"time": round(time.time(), 3), "node": self.me, "kind": kind, **fields}
+        event = {k: (str(v) if hasattr(v, "value") else v) for k, v in event.items()}
+        log.info("%s", " ".join(f"{k}={v}" for k, v in event.items() if k not in ("time", "output")))
+        self.events.record(event)
+        self.notify.submit(event)
+
+    def _from_thread(self, event: dict[str, Any]) -> None:
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(lambda: self.emit(**event))
+
+    # -- the cycle ----------------------------------------------------------------------------
+
+    def build_view(self, now: float) -> ClusterView:
+        t = self.cfg.timings
+        snap = self.hb.snapshot()
+        peers = [n for n in self.cfg.nodes if n != self.me]
+        mem = membership.evaluate(
+            snap.last_heard, peers, [ln.name for ln in self.cfg.links], now, t.deadline, snap.resumed_at
+        )
+        for ev in membership.changes(self.mem, mem):
+            if ev.kind == "node-up":
+                self.fenced.discard(ev.node)
+            self.emit(
+                "node" if ev.kind.startswith("node") else "link",
+                peer=ev.node, link=ev.link, task=ev.kind,
+                desc="every link silent past the deadline" if ev.kind == "node-dead"
+                else "one link lost: not a failover while another link is up" if ev.kind == "link-down"
+                else "",
+            )  # fmt: skip
+        self.mem = mem
+        pviews = {}
+        for p in peers:
+            rep = snap.reports.get(p)
+            if rep is not None and rep.admin:
+                try:
+                    gossip = AdminState.from_wire(rep.admin)
+                except ValueError as exc:
+                    log.debug("ignoring admin state from %s: %s", p, exc)
+                else:
+                    if gossip.newer_than(self.admin):
+                        self._adopt_admin(gossip, f"from {p}")
+            pviews[p] = PeerView(
+                p,
+                mem.peers[p],
+                rep.state if rep else None,
+                dict(rep.hierarchies) if rep else {},
+                fenced=p in self.fenced,
+            )
+        return ClusterView(
+            me=self.me,
+            config=self.cfg,
+            now=now,
+            node_state=self.state,
+            settled=now - self._started >= t.grace,
+            peers=pviews,
+            local=self.executor.local_view(),
+            admin=self.admin,
+            tie_breaker=self.tie_breaker,
+            fencing=frozenset(self.fencing),
+        )
+
+    def cycle(self) -> None:
+        now = time.monotonic()
+        if self._last_cycle and now - self._last_cycle > self.cfg.timings.deadline / 2:
+            log.warning("decision loop stalled %.2f s; peers get a fresh deadline", now - self._last_cycle)
+            self.hb.note_stall(now)
+        self._last_cycle = now
+        view = self.build_view(now)
+        self.view = view
+        actions = decider.decide(view)
+        blocked_now: dict[str, str] = {}
+        for action in actions:
+            self.apply(action, blocked_now)
+        for h, why in blocked_now.items():
+            if self.blocked.get(h) != why:
+                self.emit("hierarchy", hierarchy=h, task="blocked", desc=why)
+        self.blocked = blocked_now
+        self.publish()
+
+    def apply(self, action: Action, blocked: dict[str, str]) -> None:
+        match action:
+            case NodeEvent():
+                old = self.state
+                self.state = transition("node", self.state, action.event)
+                if old != self.state:
+                    self.emit("node", task=action.event, state=self.state, previous=old, desc=action.reason)
+            case Blocked():
+                blocked[action.hierarchy] = action.reason
+            case ClearSwitchover():
+                sw = {k: v for k, v in self.admin.switchover.items() if k != action.hierarchy}
+                self._update_admin(switchover=sw)
+            case FenceNode():
+                self.fencing.add(action.node)
+                self._spawn(self._fence(action))
+            case _:
+                if self.executor.submit(action):
+                    log.debug("submitted %s", action)
+
+    def publish(self) -> None:
+        local = self.executor.local_view()
+        reports = {h: HierReport(str(lh.state), lh.gen, len(lh.failures)) for h, lh in local.items()}
+        self.hb.set_payload(str(self.state), reports, self.admin.to_wire())
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _fence(self, action: FenceNode) -> None:
+        self.emit("fencing", peer=action.node, hierarchy=action.hierarchy, task="fence", desc=action.reason)
+        try:
+            result = await fencing.fence(self.cfg, action.node)
+        finally:
+            self.fencing.discard(action.node)
+        if result.ok:
+            self.fenced.add(action.node)
+        self.emit(
+            "fencing", peer=action.node, task="fenced" if result.ok else "fence-failed",
+            rc=0 if result.ok else 1, desc=result.detail, elapsed=round(result.elapsed, 3),
+        )  # fmt: skip
+
+    # -- admin state --------------------------------------------------------------------------
+
+    def _adopt_admin(self, new: AdminState, why: str) -> None:
+        self.admin = new
+        self.emit("admin", task="admin-state", desc=f"version {new.version} by {new.origin} {why}")
+
+    def _update_admin(self, **changes: Any) -> None:
+        new = replace(self.admin, version=self.admin.version + 1, origin=self.me, **changes)
+        self._adopt_admin(new, "(local)")
+        self.publish()
+
+    async def handle(self, req: dict[str, Any]) -> Any:
+        op = req.get("op")
+        cfg = self.cfg
+
+        def need(key: str, choices: Any) -> str:
+            value = req.get(key)
+            if value not in choices:
+                raise AdminError(f"{op}: unknown {key} {value!r} (known: {', '.join(sorted(choices))})")
+            return str(value)
+
+        if op == "status":
+            return self.status()
+        if op in ("standby", "online"):
+            node = need("node", cfg.nodes)
+            sb = self.admin.standby | {node} if op == "standby" else self.admin.standby - {node}
+            self._update_admin(standby=frozenset(sb))
+        elif op in ("freeze", "unfreeze"):
+            h = need("hierarchy", cfg.hierarchies)
+            fr = self.admin.frozen | {h} if op == "freeze" else self.admin.frozen - {h}
+            self._update_admin(frozen=frozenset(fr))
+        elif op == "maintenance":
+            self._update_admin(maintenance=bool(req.get("on")))
+        elif op == "switchover":
+            h = need("hierarchy", cfg.hierarchies)
+            to = need("to", cfg.hierarchies[h].nodes)
+            if h in self.admin.frozen:
+                raise AdminError(f"switchover: {h} is frozen (unfreeze it first)")
+            self._update_admin(switchover={**self.admin.switchover, h: to})
+        elif op == "block-link" and cfg.test_hooks:
+            self.hb.block_link(int(req.get("link", 0)), bool(req.get("blocked", True)))
+            self.emit("test", task="block-link", link=req.get("link"), desc=str(req.get("blocked")))
+        else:
+            raise AdminError(f"unknown request {op!r}")
+        return {"admin": self.admin.to_wire()}
+
+    def status(self) -> dict[str, Any]:
+        view = self.view
+        snap = self.hb.snapshot()
+        nodes: dict[str, Any] = {self.me: {"state": "self", "node_state": str(self.state), "links": {}}}
+        if view is not None and self.mem is not None:
+            for p, pv in view.peers.items():
+                nodes[p] = {
+                    "state": str(pv.state),
+                    "node_state": pv.node_state,
+                    "fenced": pv.fenced,
+                    "links": {ln.name: str(self.mem.links[(p, ln.name)]) for ln in self.cfg.links},
+                }
+        local = self.executor.status()
+        counts = self.executor.fail_counts()
+        hiers: dict[str, Any] = {}
+        for h in self.cfg.hierarchies:
+            states = {self.me: local[h]["state"]}
+            gens = {self.me: local[h]["gen"]}
+            failures = {self.me: counts.get(h, {})}
+            if view is not None:
+                for p, pv in view.peers.items():
+                    rep = pv.hierarchies.get(h)
+                    if rep is not None and pv.state == PeerState.UP:
+                        states[p], gens[p] = rep.state, rep.gen
+                        failures[p] = {"total": rep.failures} if rep.failures else {}
+            owners = [n for n, s in states.items() if s in {str(x) for x in ACTIVE}]
+            owner = max(owners, key=lambda n: gens[n]) if owners else None
+            hiers[h] = {
+                "owner": owner,
+                "running_on": sorted(n for n, s in states.items() if s == HierarchyState.RUNNING),
+                "states": states,
+                "gen": max(gens.values()),
+                "local": local[h],
+                "fail_counts": {n: c for n, c in failures.items() if c},
+                "frozen": h in self.admin.frozen,
+                "switchover": self.admin.switchover.get(h),
+                "blocked": self.blocked.get(h),
+            }
+        return {
+            "cluster": self.cfg.name,
+            "node": self.me,
+            "state": str(self.state),
+            "quorum_mode": self.cfg.quorum,
+            "quorate": decider.quorate(view) if view else None,
+            "admin": self.admin.to_wire(),
+            "nodes": nodes,
+            "hierarchies": hiers,
+            "heartbeat": {"sent": snap.sent, "rejected": snap.rejected, "blocked_links": sorted(snap.blocked_links)},
+            "dropped": {"events": self.events.dropped, "notifications": self.notify.dropped},
+            "events": self.events.last(20),
+        }
+
+    # -- life ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until stop(); then optionally stop local resources and leave."""
+        self._loop = asyncio.get_running_loop()
+        os.environ.setdefault("OPHIURA_NODE", self.me)
+        self.events.start()
+        self.notify.start()
+        self.hb.start()
+        host, port = self.cfg.nodes[self.me].admin
+        try:
+            await self.admin_server.start(host, port)
+        except OSError as exc:
+            self.hb.stop()
+            raise OSError(exc.errno, f"cannot listen for admin requests on {host}:{port}: {exc.strerror}") from exc
+        self._started = time.monotonic()
+        self.emit("node", task="start", state=self.state, desc=f"incarnation {self.hb.incarnation:x}")
+        tick = max(0.01, self.cfg.timings.interval / 2)
+        try:
+            while not self._stop.is_set():
+                self.cycle()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), tick)
+        finally:
+            await self._leave()
+
+    async def _leave(self) -> None:
+        self.state = transition("node", self.state, "shutdown")
+        self.publish()
+        self.emit("node", task="shutdown", desc="stopping local resources" if self.cfg.stop_on_shutdown else "")
+        try:
+            await self.executor.shutdown(self.cfg.stop_on_shutdown)
+        except TimeoutError:
+            log.error("shutdown: stopping local resources timed out")
+        for task in list(self._tasks):
+            task.cancel()
+        await self.admin_server.stop()
+        self.hb.stop()
+        self.notify.stop()
+        self.events.stop()
+
+    def stop(self) -> None:
+        self._stop.set()

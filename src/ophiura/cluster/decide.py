@@ -1,0 +1,251 @@
+"""The decision function: `decide(ClusterView) -> list[Action]`, pure.
+
+Resource-driven recovery (Bottomley §2.2): no global leader, no cluster-wide transaction. Every
+node asks, per hierarchy, "am I now the highest-priority live node eligible to run it?" and, if
+so, acquires the own-able resource first and only then starts it. All nodes see (nearly) the same
+heartbeats and apply the same rule, so they agree; where they briefly disagree (a partition), the
+own-able resource decides, and the ownership generation in every heartbeat lets the older owner
+find out and stop. Hierarchies are decided independently, so they recover in parallel.
+"""
+
+from __future__ import annotations
+
+from ophiura.cluster.config import Hierarchy
+from ophiura.cluster.membership import has_quorum
+from ophiura.cluster.model import (
+    Action,
+    Blocked,
+    ClearFailures,
+    ClearSwitchover,
+    ClusterView,
+    FenceNode,
+    LocalHier,
+    NodeEvent,
+    RestartResource,
+    StartHierarchy,
+    StopHierarchy,
+)
+from ophiura.cluster.state import ACTIVE, HOLDING, HierarchyState, NodeState, PeerState, transition
+
+H = HierarchyState
+INELIGIBLE_NODE_STATES = frozenset({NodeState.LEAVING, NodeState.NO_QUORUM, NodeState.STANDBY})
+
+
+def recent(failures: tuple[float, ...], now: float, window: float) -> int:
+    return sum(1 for t in failures if now - t <= window)
+
+
+def restart_allowed(failures: tuple[float, ...], now: float, h: Hierarchy) -> bool:
+    """Restart locally while failures in the window (this one included) stay <= max_restarts."""
+    return recent(failures, now, h.restart_window) <= h.max_restarts
+
+
+def quorate(view: ClusterView) -> bool:
+    cfg = view.config
+    if cfg.quorum != "quorate":
+        return True
+    present = {p for p, v in view.peers.items() if v.state == PeerState.UP} | {view.me}
+    votes = {n: node.votes for n, node in cfg.nodes.items()}
+    return has_quorum(votes, present, view.tie_breaker)
+
+
+def node_events(view: ClusterView) -> tuple[NodeState, list[Action]]:
+    """Our node's state after this cycle, and the events that take it there."""
+    state = view.node_state
+    events: list[Action] = []
+
+    def feed(event: str, reason: str) -> None:
+        nonlocal state
+        state = transition("node", state, event)
+        events.append(NodeEvent(reason=reason, event=event))
+
+    if state == NodeState.LEAVING:
+        return state, events
+    if state == NodeState.STARTING and view.settled:
+        feed("settled", "startup grace over")
+    has_q = quorate(view)
+    if not has_q and state != NodeState.NO_QUORUM and state != NodeState.STARTING:
+        feed("quorum_lost", "fewer than half the votes present")
+    elif has_q and state == NodeState.NO_QUORUM:
+        feed("quorum_regained", "more than half the votes present")
+    standby = view.me in view.admin.standby
+    if standby and state == NodeState.ONLINE:
+        feed("standby", "admin: standby")
+    elif not standby and state == NodeState.STANDBY:
+        feed("online", "admin: online")
+    return state, events
+
+
+def _report_state(view: ClusterView, node: str, h: str) -> tuple[H | None, int]:
+    if node == view.me:
+        local = view.local.get(h, LocalHier())
+        return local.state, local.gen
+    rep = view.peers[node].hierarchies.get(h) if node in view.peers else None
+    if rep is None:
+        return None, 0
+    try:
+        return H(rep.state), rep.gen
+    except ValueError:
+        return None, rep.gen  # a newer peer's state we do not know: not a claim we can use
+
+
+def _alive(view: ClusterView, node: str) -> bool:
+    return node == view.me or (node in view.peers and view.peers[node].state == PeerState.UP)
+
+
+def eligible(view: ClusterView, h: Hierarchy, node: str, my_state: NodeState) -> bool:
+    """May `node` run `h` now? Live, listed, not standby/leaving/quorumless, not failed there."""
+    if node not in h.nodes or node in view.admin.standby or not _alive(view, node):
+        return False
+    if node == view.me:
+        nstate: str | None = my_state
+    else:
+        nstate = view.peers[node].node_state
+    if nstate in INELIGIBLE_NODE_STATES:
+        return False
+    state, _ = _report_state(view, node, h.name)
+    return state not in (H.FAILED, H.STOP_FAILED)
+
+
+def desired_owner(view: ClusterView, h: Hierarchy, my_state: NodeState) -> str | None:
+    """The node that should run `h`, as every node computes it from the same heartbeats."""
+    candidates = [n for n in h.nodes if eligible(view, h, n, my_state)]
+    if not candidates:
+        return None
+    target = view.admin.switchover.get(h.name)
+    if target in candidates:
+        return target
+    active = []
+    for n in candidates:
+        state, gen = _report_state(view, n, h.name)
+        if state in ACTIVE:
+            active.append((gen, -h.priority(n), n))
+    if active:
+        current = max(active)[2]
+        top = candidates[0]
+        if h.failback == "auto" and top != current:
+            top_state = my_state if top == view.me else view.peers[top].node_state
+            if top_state == NodeState.ONLINE:
+                return top
+        return current
+    return candidates[0]
+
+
+def _next_gen(view: ClusterView, h: str) -> int:
+    gens = [view.local.get(h, LocalHier()).gen]
+    gens += [p.hierarchies[h].gen for p in view.peers.values() if h in p.hierarchies]
+    return max(gens) + 1
+
+
+def _first_failed(h: Hierarchy, failed: tuple[str, ...]) -> str:
+    """The failed resource none of whose dependencies failed: restarting it restarts the rest."""
+    fs = set(failed)
+    for r in failed:
+        if not _depends_on_any(h, r, fs - {r}):
+            return r
+    return failed[0]
+
+
+def _depends_on_any(h: Hierarchy, r: str, others: set[str]) -> bool:
+    seen: set[str] = set()
+    todo = list(h.depends(r))
+    while todo:
+        d = todo.pop()
+        if d in others:
+            return True
+        if d not in seen and d in h.resources:
+            seen.add(d)
+            todo.extend(h.depends(d))
+    return False
+
+
+def decide_hierarchy(
+    view: ClusterView, h: Hierarchy, my_state: NodeState, has_q: bool
+) -> list[Action]:
+    name = h.name
+    local = view.local.get(name, LocalHier())
+    if local.busy or view.admin.maintenance or name in view.admin.frozen:
+        return []
+    if local.state == H.STOP_FAILED:
+        return [Blocked(name, "a stop failed here: waiting to be fenced or cleaned up")]
+    if local.state == H.FAILED:
+        if not local.failures:
+            return [ClearFailures(name, "every failure here expired")]
+        return []
+    if not has_q:
+        if local.state in HOLDING:
+            return [StopHierarchy(name, "no quorum: stopping (self-fence)")]
+        return [Blocked(name, "no quorum")]
+    if local.state == H.RUNNING and local.failed_resources:
+        res = _first_failed(h, local.failed_resources)
+        if restart_allowed(local.failures, view.now, h) and eligible(view, h, view.me, my_state):
+            n = recent(local.failures, view.now, h.restart_window)
+            return [
+                RestartResource(
+                    name, f"{res} failed ({n}/{h.max_restarts} in window)", resource=res
+                )
+            ]
+        return [
+            StopHierarchy(
+                name, f"{res} failed more than {h.max_restarts} times: failing over", failover=True
+            )
+        ]
+    desired = desired_owner(view, h, my_state)
+    actions: list[Action] = []
+    switch_target = view.admin.switchover.get(name)
+    if switch_target is not None and (
+        (switch_target == view.me and local.state == H.RUNNING)
+        or (switch_target != desired and view.me == desired and local.state == H.RUNNING)
+    ):
+        actions.append(ClearSwitchover(name, f"switchover to {switch_target} done or impossible"))
+    if local.state in ACTIVE:
+        if desired != view.me:
+            why = (
+                f"switchover to {switch_target}" if switch_target == desired
+                else f"{desired} should run it" if desired else "not eligible here"
+            )  # fmt: skip
+            actions.append(StopHierarchy(name, why))
+        return actions
+    if desired != view.me:
+        if desired is None and view.me in h.nodes and my_state == NodeState.ONLINE:
+            first_live = [n for n in h.nodes if _alive(view, n)]
+            if first_live and first_live[0] == view.me:
+                actions.append(Blocked(name, "no eligible node can run it"))
+        return actions
+    # We should run it and do not: make sure nobody else holds it, then acquire and start.
+    holders = []
+    for peer, pv in view.peers.items():
+        state, _ = _report_state(view, peer, name)
+        if state not in HOLDING:
+            continue
+        if pv.state == PeerState.UP:
+            holders.append(peer)
+        elif not pv.fenced and h.ownable is None and view.config.fenceable(peer):
+            holders.append(peer)  # dead, may still write: fence before we start
+    for peer in sorted(holders):
+        state, _ = _report_state(view, peer, name)
+        dead = view.peers[peer].state != PeerState.UP
+        if (dead or state == H.STOP_FAILED) and view.config.fenceable(peer):
+            if peer not in view.fencing and not view.peers[peer].fenced:
+                actions.append(
+                    FenceNode(name, f"{peer} may still hold {name} ({state})", node=peer)
+                )
+            else:
+                actions.append(Blocked(name, f"waiting for {peer} to be fenced"))
+        else:
+            actions.append(Blocked(name, f"waiting for {peer} to stop it ({state})"))
+    if holders:
+        return actions
+    gen = _next_gen(view, name)
+    return [*actions, StartHierarchy(name, f"highest-priority eligible node (gen {gen})", gen=gen)]
+
+
+def decide(view: ClusterView) -> list[Action]:
+    """Every action this node should take now, node events first."""
+    my_state, actions = node_events(view)
+    if my_state in (NodeState.STARTING, NodeState.LEAVING):
+        return actions
+    has_q = quorate(view)
+    for h in view.config.hierarchies.values():
+        actions.extend(decide_hierarchy(view, h, my_state, has_q))
+    return actions

@@ -1,0 +1,408 @@
+"""Performs the decision function's actions, off the decision loop.
+
+Each hierarchy has at most one operation in flight (start, stop, restart), run as its own asyncio
+task so that a slow `start` never delays the next decision cycle, and other hierarchies proceed in
+parallel. Inside an operation the dependency graph runs with independent branches in parallel:
+start bottom-up with the own-able resource acquired before anything else, stop top-down with the
+own-able resource released after everything else. Stop failures escalate: graceful stop, then a
+forced stop (the agent's `force_stop` if it has one, else a second stop), then STOP_FAILED, which
+the other nodes answer by fencing us (and the event says so, with the agent's output).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ophiura.cluster import agentload
+from ophiura.cluster.agents.base import Agent, OcfCode, Outcome, Resource
+from ophiura.cluster.config import ClusterConfig, Hierarchy
+from ophiura.cluster.decide import restart_allowed
+from ophiura.cluster.model import (
+    Action,
+    ClearFailures,
+    LocalHier,
+    RestartResource,
+    StartHierarchy,
+    StopHierarchy,
+)
+from ophiura.cluster.state import HierarchyState, ResourceState, transition
+
+log = logging.getLogger(__name__)
+H = HierarchyState
+R = ResourceState
+Emit = Callable[..., None]
+
+
+@dataclass
+class HierRuntime:
+    """A hierarchy's local truth; only the executor writes it."""
+
+    spec: Hierarchy
+    state: HierarchyState = H.STOPPED
+    gen: int = 0
+    resources: dict[str, ResourceState] = field(default_factory=dict)
+    failures: list[tuple[float, str]] = field(default_factory=list)  # (monotonic, resource)
+    failed: list[str] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+    monitors: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    last: dict[str, str] = field(default_factory=dict)  # resource -> last outcome text
+
+    def __post_init__(self) -> None:
+        self.resources = dict.fromkeys(self.spec.resources, R.STOPPED)
+
+    def busy(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+
+async def run_graph(
+    names: Iterable[str],
+    after: Callable[[str], Iterable[str]],
+    op: Callable[[str], Awaitable[bool]],
+    stop_on_failure: bool,
+) -> tuple[set[str], set[str]]:
+    """Run `op` on every name once all names it must come `after` succeeded; in parallel.
+
+    A name whose predecessor failed is skipped. With `stop_on_failure` nothing new begins after
+    the first failure (starting), else independent branches carry on (stopping).
+    Returns (succeeded, failed).
+    """
+    pending = set(names)
+    pred = {n: {d for d in after(n) if d in pending} for n in pending}
+    ok: set[str] = set()
+    bad: set[str] = set()
+    skipped: set[str] = set()
+    running: dict[asyncio.Task[bool], str] = {}
+    try:
+        while pending or running:
+            changed = True
+            while changed:  # a failed or skipped predecessor skips its successors
+                changed = False
+                for n in list(pending):
+                    if pred[n] & (bad | skipped):
+                        pending.discard(n)
+                        skipped.add(n)
+                        changed = True
+            if stop_on_failure and bad:
+                skipped |= pending
+                pending.clear()
+            for n in sorted(pending):
+                if pred[n] <= ok:
+                    running[asyncio.create_task(op(n))] = n
+                    pending.discard(n)
+            if not running:
+                break  # only a cycle could leave names pending here (validate() forbids them)
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                n = running.pop(t)
+                (ok if t.result() else bad).add(n)
+    finally:
+        for t in running:
+            t.cancel()
+    return ok, bad
+
+
+class Executor:
+    def __init__(
+        self,
+        cfg: ClusterConfig,
+        me: str,
+        emit: Emit,
+        agent_for: Callable[[str], Agent] = agentload.agent_for,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cfg = cfg
+        self.me = me
+        self.emit = emit
+        self.agent_for = agent_for
+        self.clock = clock
+        self.hier = {name: HierRuntime(h) for name, h in cfg.hierarchies.items()}
+
+    # -- the view the decision function reads -------------------------------------------------
+
+    def local_view(self) -> dict[str, LocalHier]:
+        now = self.clock()
+        out = {}
+        for name, rt in self.hier.items():
+            rt.failures = [(t, r) for t, r in rt.failures if now - t <= rt.spec.failure_expiry]
+            order = [r for r in rt.spec.resources if r in rt.failed]
+            out[name] = LocalHier(
+                rt.state, rt.gen, tuple(t for t, _ in rt.failures), tuple(order), rt.busy()
+            )
+        return out
+
+    def fail_counts(self) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {}
+        for name, rt in self.hier.items():
+            for _, r in rt.failures:
+                counts.setdefault(name, {}).setdefault(r, 0)
+                counts[name][r] += 1
+        return counts
+
+    def submit(self, action: Action) -> bool:
+        """Begin `action` in the background; False if that hierarchy is busy."""
+        rt = self.hier.get(action.hierarchy)
+        if rt is None or rt.busy():
+            return False
+        coro: Awaitable[None]
+        match action:
+            case StartHierarchy():
+                coro = self._start(rt, action.gen, action.reason)
+            case StopHierarchy():
+                coro = self._stop(rt, action.reason, action.failover)
+            case RestartResource():
+                coro = self._restart(rt, action.resource, action.reason)
+            case ClearFailures():
+                self._set(rt, "expire")
+                rt.failures.clear()
+                return True
+            case _:
+                raise TypeError(f"executor cannot perform {type(action).__name__}")
+        rt.task = asyncio.create_task(self._guard(rt, coro), name=f"{action.hierarchy}")
+        return True
+
+    async def _guard(self, rt: HierRuntime, coro: Awaitable[None]) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug here must not kill the daemon; it is logged with a traceback
+            log.exception("hierarchy %s: operation crashed", rt.spec.name)
+            self.emit("hierarchy", hierarchy=rt.spec.name, task="internal-error", rc=1)
+
+    def _set(self, rt: HierRuntime, event: str) -> None:
+        old = rt.state
+        rt.state = transition("hierarchy", rt.state, event)
+        if rt.state != old:
+            self.emit("hierarchy", hierarchy=rt.spec.name, task=event, state=rt.state, previous=old)
+
+    def _rset(self, rt: HierRuntime, res: str, event: str) -> None:
+        rt.resources[res] = transition("resource", rt.resources[res], event)
+
+    # -- agent calls --------------------------------------------------------------------------
+
+    async def _call(self, method: str, res: Resource, timeout: float) -> Outcome:
+        t0 = self.clock()
+        try:
+            agent = self.agent_for(res.kind)
+            fn = getattr(agent, method)
+            # The agent bounds itself; this bound catches an agent that does not.
+            return await asyncio.wait_for(fn(res, timeout), timeout + 5.0)
+        except TimeoutError:
+            return Outcome(
+                OcfCode.ERR_GENERIC, self.clock() - t0, "agent ignored its timeout", True
+            )
+        except agentload.AgentLookupError as exc:
+            return Outcome(OcfCode.ERR_INSTALLED, 0.0, str(exc))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # an agent's bug is the resource's failure, not the daemon's
+            log.exception("agent %s %s of %s raised", res.kind, method, res.name)
+            return Outcome(OcfCode.ERR_GENERIC, self.clock() - t0, f"agent raised {exc!r}")
+
+    def _note(self, rt: HierRuntime, res: str, task: str, out: Outcome) -> None:
+        text = "timed out" if out.timed_out else out.code.name
+        rt.last[res] = f"{task}: {text} ({out.elapsed:.2f} s)"
+        self.emit(
+            "resource", hierarchy=rt.spec.name, resource=res, task=task, rc=int(out.code),
+            desc=text, elapsed=round(out.elapsed, 3), output=out.output[-500:],
+        )  # fmt: skip
+
+    async def _start_one(self, rt: HierRuntime, name: str) -> bool:
+        res = rt.spec.resources[name].resource
+        self._rset(rt, name, "start")
+        out = await self._call("start", res, res.start_timeout)
+        self._note(rt, name, "start", out)
+        if out.ok:
+            self._rset(rt, name, "started")
+            return True
+        self._rset(rt, name, "start_failed")
+        return False
+
+    async def _stop_one(self, rt: HierRuntime, name: str) -> bool:
+        res = rt.spec.resources[name].resource
+        if rt.resources[name] == R.STOPPED:
+            return True
+        self._rset(rt, name, "stop")
+        out = await self._call("stop", res, res.stop_timeout)
+        self._note(rt, name, "stop", out)
+        if not out.ok:
+            agent = None
+            with contextlib.suppress(agentload.AgentLookupError):
+                agent = self.agent_for(res.kind)
+            method = "force_stop" if callable(getattr(agent, "force_stop", None)) else "stop"
+            out = await self._call(method, res, res.stop_timeout)
+            self._note(rt, name, "forced-stop", out)
+        if out.ok:
+            self._rset(rt, name, "stopped")
+            return True
+        self._rset(rt, name, "stop_failed")
+        return False
+
+    # -- operations ---------------------------------------------------------------------------
+
+    def _fail(self, rt: HierRuntime, res: str) -> None:
+        rt.failures.append((self.clock(), res))
+
+    async def _start(self, rt: HierRuntime, gen: int, reason: str) -> None:
+        spec = rt.spec
+        rt.gen = gen
+        rt.failed.clear()
+        self._set(rt, "start")
+        self.emit("hierarchy", hierarchy=spec.name, task="acquire-start", desc=reason, gen=gen)
+        names = list(spec.resources)
+        ok: set[str] = set()
+        bad: set[str] = set()
+        if spec.ownable:
+            # Acquire first, alone: nothing may touch the data before we own it.
+            (ok if await self._start_one(rt, spec.ownable) else bad).add(spec.ownable)
+            names.remove(spec.ownable)
+        if not bad:
+            ok2, bad = await run_graph(names, spec.depends, lambda n: self._start_one(rt, n), True)
+            ok |= ok2
+        if not bad:
+            self._set(rt, "started")
+            self._start_monitors(rt, spec.resources)
+            return
+        for r in bad:
+            self._fail(rt, r)
+        clean = await self._stop_set(rt, set(spec.resources))
+        if not clean:
+            self._set(rt, "stop_failed")
+        elif restart_allowed(tuple(t for t, _ in rt.failures), self.clock(), spec):
+            self._set(rt, "start_failed")
+        else:
+            self._set(rt, "exhausted")
+
+    async def _stop_set(self, rt: HierRuntime, names: set[str]) -> bool:
+        """Stop `names` top-down (own-able last); True if all stopped."""
+        spec = rt.spec
+
+        def after(n: str) -> list[str]:
+            deps = [d for d in spec.dependents(n) if d in names]
+            if n == spec.ownable:
+                deps = [d for d in names if d != n]
+            return deps
+
+        for n in names:
+            self._stop_monitor(rt, n)
+        _, bad = await run_graph(names, after, lambda n: self._stop_one(rt, n), False)
+        return not bad and all(rt.resources[n] == R.STOPPED for n in names)
+
+    async def _stop(self, rt: HierRuntime, reason: str, failover: bool) -> None:
+        spec = rt.spec
+        if rt.state in (H.STOPPED, H.FAILED):
+            return
+        self._set(rt, "failover" if failover and rt.state != H.STOP_FAILED else "stop")
+        self.emit("hierarchy", hierarchy=spec.name, task="stop", desc=reason)
+        if await self._stop_set(rt, set(spec.resources)):
+            rt.failed.clear()
+            self._set(rt, "exhausted" if failover else "stopped")
+        else:
+            self._set(rt, "stop_failed")
+            self.emit(
+                "hierarchy", hierarchy=spec.name, task="stop-failed",
+                desc="a stop failed even when forced: the other nodes must fence this node "
+                     f"before they start {spec.name} ({'; '.join(rt.last.values())})",
+            )  # fmt: skip
+
+    def _above(self, spec: Hierarchy, name: str) -> set[str]:
+        """`name` and everything that depends on it, transitively."""
+        out, todo = {name}, [name]
+        while todo:
+            for d in spec.dependents(todo.pop()):
+                if d not in out:
+                    out.add(d)
+                    todo.append(d)
+        return out
+
+    async def _restart(self, rt: HierRuntime, name: str, reason: str) -> None:
+        spec = rt.spec
+        self._set(rt, "restart")
+        self.emit("hierarchy", hierarchy=spec.name, task="restart", resource=name, desc=reason)
+        group = self._above(spec, name)
+        ok = await self._stop_set(rt, group)
+        if ok:
+            _, bad = await run_graph(group, lambda n: [d for d in spec.depends(n) if d in group],
+                                     lambda n: self._start_one(rt, n), True)  # fmt: skip
+            if not bad:
+                rt.failed = [f for f in rt.failed if f not in group]
+                self._set(rt, "restarted")
+                self._start_monitors(rt, group)
+                return
+            for r in bad:
+                self._fail(rt, r)
+        self._set(rt, "restart_failed")
+        if await self._stop_set(rt, set(spec.resources)):
+            rt.failed.clear()
+            self._set(rt, "exhausted")
+        else:
+            self._set(rt, "stop_failed")
+
+    # -- monitoring ---------------------------------------------------------------------------
+
+    def _start_monitors(self, rt: HierRuntime, names: Iterable[str]) -> None:
+        for n in names:
+            self._stop_monitor(rt, n)
+            rt.monitors[n] = asyncio.create_task(self._monitor(rt, n), name=f"monitor {n}")
+
+    def _stop_monitor(self, rt: HierRuntime, name: str) -> None:
+        task = rt.monitors.pop(name, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    async def _monitor(self, rt: HierRuntime, name: str) -> None:
+        """Poll until the first failure: that failure is the decision function's to act on."""
+        res = rt.spec.resources[name].resource
+        while rt.resources.get(name) == R.RUNNING:
+            await asyncio.sleep(res.monitor_interval)
+            if rt.resources.get(name) != R.RUNNING:
+                return
+            out = await self._call("monitor", res, res.monitor_timeout)
+            if rt.resources.get(name) != R.RUNNING:
+                return  # stopped while we asked
+            if out.code in (OcfCode.SUCCESS, OcfCode.DEGRADED) and not out.timed_out:
+                continue
+            self._note(rt, name, "monitor", out)
+            self._rset(rt, name, "monitor_failed")
+            self._fail(rt, name)
+            if name not in rt.failed:
+                rt.failed.append(name)
+            return
+
+    # -- shutdown -----------------------------------------------------------------------------
+
+    async def shutdown(self, stop_resources: bool, timeout: float = 120.0) -> None:
+        """Cancel monitors; wait for operations in flight; optionally stop what runs here."""
+        for rt in self.hier.values():
+            for n in list(rt.monitors):
+                self._stop_monitor(rt, n)
+        pending = [rt.task for rt in self.hier.values() if rt.task and not rt.task.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+        if stop_resources:
+            stops = [
+                self._stop(rt, "node shutting down", False)
+                for rt in self.hier.values()
+                if rt.state not in (H.STOPPED, H.FAILED)
+            ]
+            if stops:
+                await asyncio.wait_for(asyncio.gather(*stops), timeout)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            name: {
+                "state": str(rt.state),
+                "gen": rt.gen,
+                "busy": rt.busy(),
+                "resources": {r: str(s) for r, s in rt.resources.items()},
+                "failed": list(rt.failed),
+                "last": dict(rt.last),
+            }
+            for name, rt in self.hier.items()
+        }

@@ -1,0 +1,277 @@
+"""The disk side of one volume on a storage element: data file, metadata slots, replay log.
+
+Split from `se_store` (the in-order apply and the volume's state): everything here blocks and
+runs on the volume's one thread, in the order the event loop queued it, so this module is only
+about what reaches the disk and in which order it becomes durable:
+
+- A write is durable once its log record is fdatasync'd (the metadata slot is fdatasync'd in
+  parallel, both before any ack). The data file is written lazily.
+- Group commit: one batch = log records appended, data file written (not synced), log
+  fdatasync. Records are appended in queue order *relative to the other items*: a log reset
+  queued between two writes happens between them on disk too.
+- Anything that makes log records unreadable (overwriting them on a new lap, resetting the log
+  for a recovery) first syncs the data file and makes the metadata that says so
+  (`data_synced_seq`) durable. The other order left a kill -9 window in which a restart found
+  neither the records nor a metadata slot covering them, and reported a lower applied seq than
+  the writes it had acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ophiura.block.file import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, _fallocate
+from ophiura.replication.metadata import MetadataFile, VolumeMeta
+from ophiura.replication.protocol import KIND_WRITE
+from ophiura.replication.replay_log import LogRecord, ReplayLog
+
+log = logging.getLogger("ophiura.replication.se_store")
+
+
+@dataclass(slots=True)
+class Op:
+    """A sequenced write, trim or write-zeroes from the HE (or replayed from the log)."""
+
+    kind: int
+    seq: int
+    epoch: int
+    offset: int
+    length: int
+    data: bytes
+    fut: asyncio.Future[int] | None = None
+
+
+@dataclass(slots=True)
+class Loaded:
+    """What `VolumeDisk.open` found: the metadata and how far the volume really got."""
+
+    meta: VolumeMeta
+    applied: int  # every write <= this is here (the recovered prefix during a recovery)
+    current_top: int  # during a recovery: newest current write re-applied from the log, else 0
+
+
+class VolumeDisk:
+    """One volume's files. Every method blocks: call them on the volume thread only."""
+
+    def __init__(self, name: str, vdir: Path, log_path: Path, log_size: int) -> None:
+        self.name = name
+        self.dir = vdir
+        self.log = ReplayLog(log_path, log_size)
+        self.meta_file: MetadataFile | None = None
+        self._meta_pool = ThreadPoolExecutor(1, thread_name_prefix=f"meta-{name}")
+        self.fd = -1
+        self.written_seq = 0  # highest sequenced op written to the data file (maybe not synced)
+
+    @property
+    def meta(self) -> VolumeMeta:
+        assert self.meta_file is not None
+        return self.meta_file.current
+
+    # -- opening -------------------------------------------------------------------------------
+
+    def open(self, create: tuple[int, int] | None) -> Loaded:
+        """Load the volume or, with `create=(size, block_size)`, make a new empty one."""
+        meta_path = self.dir / "meta"
+        if create is not None:
+            size, bs = create
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.dir / "data", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            os.ftruncate(self.fd, size)
+            self.meta_file = MetadataFile.create(meta_path, VolumeMeta(size, bs))
+            self.log.open()
+            self.log.reset()
+            return Loaded(self.meta, 0, 0)
+        self.meta_file = MetadataFile.load(meta_path)
+        self.fd = os.open(self.dir / "data", os.O_RDWR | os.O_CLOEXEC)
+        self.written_seq = self.meta.data_synced_seq
+        return self._replay_local_log(self.meta)
+
+    def _replay_local_log(self, meta: VolumeMeta) -> Loaded:
+        """Re-apply log records newer than the data file.
+
+        The truth is the data file (durable up to data_synced_seq) plus the valid log chain
+        that continues it; metadata claiming more than that means records were lost (a
+        replaced log disk) and the SE reports the lower number so the HE recovers it.
+        """
+        records = self.log.open()
+        synced = meta.data_synced_seq
+        redo = [r for r in records if r.seq > synced]
+        if meta.recovery is None:
+            if redo and redo[0].seq != synced + 1:
+                log.error(
+                    "volume %s: the log starts at seq %d but the data file holds only %d; "
+                    "the writes between are lost here (log device replaced?)",
+                    self.name,
+                    redo[0].seq,
+                    synced,
+                )
+                redo = []
+            applied = redo[-1].seq if redo else synced
+            if meta.applied_seq > applied:
+                log.error(
+                    "volume %s: metadata says seq %d is applied but only %d can be found; "
+                    "reporting %d so the HE recovers the rest",
+                    self.name,
+                    meta.applied_seq,
+                    applied,
+                    applied,
+                )
+        else:
+            applied = meta.applied_seq  # the recovered prefix; the log holds current writes
+        current_top = 0
+        for rec in redo:
+            self.apply(rec.kind, rec.offset, rec.length, rec.data)
+        if redo:
+            os.fdatasync(self.fd)
+            top = redo[-1].seq
+            self.written_seq = top
+            if meta.recovery is not None:
+                current_top = top  # current writes received during the recovery
+            log.info("volume %s: re-applied %d log records up to seq %d", self.name, len(redo), top)
+        if applied != meta.applied_seq or redo:
+            meta.applied_seq = applied
+            meta.data_synced_seq = max(synced, redo[-1].seq if redo else 0)
+            self.meta_file.write(meta)  # type: ignore[union-attr]
+        return Loaded(meta, applied, current_top)
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def apply(self, kind: int, offset: int, length: int, data: bytes) -> None:
+        """Write (or punch / zero) one range of the data file; not synced."""
+        if kind == KIND_WRITE:
+            view = memoryview(data)
+            done = 0
+            while done < len(view):
+                done += os.pwritev(self.fd, [view[done:]], offset + done)
+        else:
+            mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+            try:
+                _fallocate(self.fd, mode, offset, length)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    raise
+                os.pwrite(self.fd, bytes(length), offset)
+
+    def _log_and_apply(self, ops: list[Op]) -> None:
+        """Append a run of ops to the log, then write them to the data file."""
+        records = [LogRecord(o.seq, o.epoch, o.offset, o.length, o.kind, o.data) for o in ops]
+        victim = self.log.would_evict_above(records)
+        if victim > self.meta.data_synced_seq:
+            # The log is about to lose records the data file may not hold durably yet.
+            self._mark_data_synced()
+        self.log.append(records)
+        for o in ops:
+            self.apply(o.kind, o.offset, o.length, o.data)
+            self.written_seq = o.seq
+
+    def _mark_data_synced(self) -> None:
+        """Sync the data file and make that durable *before* any log record is dropped."""
+        os.fdatasync(self.fd)
+        meta = self.meta
+        meta.data_synced_seq = max(meta.data_synced_seq, self.written_seq)
+        self.meta_file.write(meta)  # type: ignore[union-attr]
+
+    def commit(self, items: list[Any], updates: dict[str, Any]) -> list[Any]:
+        """Run one batch in queue order; returns (future, result, exception) per "call" item.
+
+        Items: `Op` (logged and applied), ("rec", kind, offset, length, data) (recovered data:
+        data file only), ("call", fn, future) (`fn()` on this thread, in order).
+        """
+        meta = self.meta
+        results: list[Any] = []
+        run: list[Op] = []
+        logged = False
+        for it in items:
+            if type(it) is Op:
+                run.append(it)
+                continue
+            if run:
+                self._log_and_apply(run)
+                run, logged = [], True
+            if it[0] == "rec":
+                self.apply(it[1], it[2], it[3], it[4])
+            else:  # ("call", fn, fut)
+                try:
+                    results.append((it[2], it[1](), None))
+                except Exception as exc:  # handed back to the awaiting coroutine
+                    results.append((it[2], None, exc))
+        if run:
+            self._log_and_apply(run)
+            logged = True
+        changed = False
+        for key, value in updates.items():
+            if getattr(meta, key) != value:
+                setattr(meta, key, value)
+                changed = True
+        # The two fdatasyncs (log, metadata slot) run in parallel: both finish before any ack,
+        # and a metadata slot ahead of the log is harmless (the log chain is the truth).
+        meta_done = self._meta_pool.submit(self.meta_file.write, meta) if changed else None  # type: ignore[union-attr]
+        try:
+            if logged:
+                self.log.sync()
+        finally:
+            if meta_done is not None:
+                meta_done.result()
+        return results
+
+    # -- recovery support ------------------------------------------------------------------------
+
+    def sync_data(self) -> None:
+        os.fdatasync(self.fd)
+
+    def reset_log(self) -> None:
+        """Forget the log (a recovery starts); what it held is made durable in the data file."""
+        self._mark_data_synced()
+        self.log.reset()
+
+    def write_meta(self, **changes: Any) -> None:
+        meta = self.meta
+        for key, value in changes.items():
+            setattr(meta, key, value)
+        self.meta_file.write(meta)  # type: ignore[union-attr]
+
+    def log_records(self) -> list[LogRecord]:
+        """Everything in the local log (to rebuild the touched map after a restart)."""
+        if not self.log.entries:
+            return []
+        return self.log.read_from(self.log.oldest_seq(), 1 << 62) or []
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def read_into(self, buf: bytearray, offset: int) -> None:
+        view = memoryview(buf)
+        done = 0
+        while done < len(buf):
+            n = os.preadv(self.fd, [view[done:]], offset + done)
+            if n == 0:
+                return
+            done += n
+
+    def truncate(self, size: int) -> None:
+        os.ftruncate(self.fd, size)
+
+    # -- closing ---------------------------------------------------------------------------------
+
+    def close(self, failed: bool) -> None:
+        """Sync everything: a clean stop leaves nothing for the log to re-apply."""
+        if self.fd >= 0:
+            os.fdatasync(self.fd)
+            meta = self.meta_file.current if self.meta_file is not None else None
+            if meta is not None and not failed and meta.data_synced_seq < self.written_seq:
+                meta.data_synced_seq = self.written_seq
+                self.meta_file.write(meta)  # type: ignore[union-attr]
+            os.close(self.fd)
+            self.fd = -1
+        self.log.close()
+        if self.meta_file is not None:
+            self.meta_file.close()
+
+    def shutdown(self) -> None:
+        self._meta_pool.shutdown()

@@ -1,0 +1,402 @@
+"""Tables of views -> actions for the pure decision function."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ophiura.cluster import decide as d
+from ophiura.cluster.config import parse
+from ophiura.cluster.model import (
+    Action,
+    AdminState,
+    Blocked,
+    ClearFailures,
+    ClearSwitchover,
+    FenceNode,
+    LocalHier,
+    NodeEvent,
+    RestartResource,
+    StartHierarchy,
+    StopHierarchy,
+)
+from ophiura.cluster.state import HierarchyState as H
+from ophiura.cluster.state import NodeState
+
+from .kit import config, config_dict, peer, view
+
+AGENT = "python:tests.cluster.fake_agent:FakeAgent"
+
+
+def summary(actions: list[Action]) -> list[tuple[str, str]]:
+    out = []
+    for a in actions:
+        match a:
+            case NodeEvent():
+                out.append(("node", a.event))
+            case StartHierarchy():
+                out.append(("start", f"{a.hierarchy}@{a.gen}"))
+            case StopHierarchy(failover=True):
+                out.append(("failover", a.hierarchy))
+            case StopHierarchy():
+                out.append(("stop", a.hierarchy))
+            case RestartResource():
+                out.append(("restart", a.resource))
+            case FenceNode():
+                out.append(("fence", a.node))
+            case ClearFailures():
+                out.append(("clear", a.hierarchy))
+            case ClearSwitchover():
+                out.append(("clear-switchover", a.hierarchy))
+            case Blocked():
+                out.append(("blocked", a.hierarchy))
+    return out
+
+
+CFG = config()
+AUTO = parse(
+    config_dict(
+        hierarchies=[
+            {
+                "name": "web",
+                "nodes": ["n1", "n2", "n3"],
+                "failback": "auto",
+                "resources": [{"name": "app", "kind": AGENT}],
+            }
+        ]
+    )
+)
+TWO = parse(
+    config_dict(
+        hierarchies=[
+            {"name": "a", "nodes": ["n1", "n2"], "resources": [{"name": "x", "kind": AGENT}]},
+            {"name": "b", "nodes": ["n1", "n3", "n2"], "resources": [{"name": "y", "kind": AGENT}]},
+        ]
+    )
+)
+QUORATE = config(quorum="quorate")
+FENCED = parse(
+    {
+        **config_dict(
+            hierarchies=[
+                {
+                    "name": "web",
+                    "nodes": ["n1", "n2", "n3"],
+                    "shared_data": True,
+                    "resources": [{"name": "app", "kind": AGENT}],
+                }
+            ]
+        ),
+        "fencing": {
+            "devices": [{"name": "pdu", "agent": "exec", "command": ["true"]}],
+            "levels": [{"node": n, "devices": ["pdu"]} for n in ("n1", "n2", "n3")],
+        },
+    }
+)
+OWNABLE = parse(
+    config_dict(
+        hierarchies=[
+            {
+                "name": "web",
+                "nodes": ["n1", "n2", "n3"],
+                "shared_data": True,
+                "ownable": "vol",
+                "resources": [
+                    {"name": "vol", "kind": AGENT},
+                    {"name": "app", "kind": AGENT, "depends_on": ["vol"]},
+                ],
+            }
+        ]
+    )
+)
+
+
+def failing(n: int, now: float = 1000.0) -> LocalHier:
+    return LocalHier(H.RUNNING, 1, tuple(now - i for i in range(n)), ("app",))
+
+
+CASES: list[tuple[str, dict[str, Any], list[tuple[str, str]]]] = [
+    ("top priority starts", dict(cfg=CFG), [("start", "web@1")]),
+    ("second waits for first", dict(cfg=CFG, me="n2"), []),
+    (
+        "second takes over from dead first",
+        dict(cfg=CFG, me="n2", peers=[peer("n1", alive=False, web="running"), peer("n3")]),
+        [("start", "web@2")],
+    ),
+    ("third waits for second", dict(cfg=CFG, me="n3", peers=[peer("n1", False), peer("n2")]), []),
+    (
+        "third takes over when both dead",
+        dict(cfg=CFG, me="n3", peers=[peer("n1", False), peer("n2", False, web=("running", 4))]),
+        [("start", "web@5")],
+    ),
+    (
+        "nothing while another runs it",
+        dict(cfg=CFG, me="n2", peers=[peer("n1", web="running"), peer("n3")]),
+        [],
+    ),
+    (
+        "manual failback: returning first stays put",
+        dict(cfg=CFG, peers=[peer("n2", web=("running", 2)), peer("n3")]),
+        [],
+    ),
+    (
+        "auto failback: owner stops for the top node",
+        dict(cfg=AUTO, me="n2", peers=[peer("n1"), peer("n3")], local={"web": "running"}),
+        [("stop", "web")],
+    ),
+    (
+        "auto failback: top node waits until it stopped",
+        dict(cfg=AUTO, peers=[peer("n2", web=("stopping", 2)), peer("n3")]),
+        [("blocked", "web")],
+    ),
+    (
+        "auto failback waits while top node is starting",
+        dict(
+            cfg=AUTO,
+            me="n2",
+            peers=[peer("n1", node_state="starting"), peer("n3")],
+            local={"web": "running"},
+        ),
+        [],
+    ),
+    (
+        "healed split brain: older generation stops",
+        dict(
+            cfg=CFG,
+            peers=[peer("n2", web=("running", 2)), peer("n3")],
+            local={"web": LocalHier(H.RUNNING, 1)},
+        ),
+        [("stop", "web")],
+    ),
+    (
+        "healed split brain: newer generation stays",
+        dict(
+            cfg=CFG,
+            me="n2",
+            peers=[peer("n1", web=("running", 1)), peer("n3")],
+            local={"web": LocalHier(H.RUNNING, 2)},
+        ),
+        [],
+    ),
+    (
+        "switchover: owner stops",
+        dict(
+            cfg=CFG, local={"web": "running"}, admin=AdminState(1, "n1", switchover={"web": "n3"})
+        ),
+        [("stop", "web")],
+    ),
+    (
+        "switchover: target waits for owner",
+        dict(
+            cfg=CFG,
+            me="n3",
+            peers=[peer("n1", web="stopping"), peer("n2")],
+            admin=AdminState(1, "n1", switchover={"web": "n3"}),
+        ),
+        [("blocked", "web")],
+    ),
+    (
+        "switchover: target starts",
+        dict(
+            cfg=CFG,
+            me="n3",
+            peers=[peer("n1", web="stopped"), peer("n2")],
+            admin=AdminState(1, "n1", switchover={"web": "n3"}),
+        ),
+        [("start", "web@2")],
+    ),
+    (
+        "switchover: target running clears request",
+        dict(
+            cfg=CFG,
+            me="n3",
+            local={"web": "running"},
+            admin=AdminState(1, "n1", switchover={"web": "n3"}),
+        ),
+        [("clear-switchover", "web")],
+    ),
+    (
+        "switchover to a dead node is moot",
+        dict(
+            cfg=CFG,
+            peers=[peer("n2"), peer("n3", False)],
+            local={"web": "running"},
+            admin=AdminState(1, "n1", switchover={"web": "n3"}),
+        ),
+        [("clear-switchover", "web")],
+    ),
+    (
+        "standby: node stops its hierarchies",
+        dict(
+            cfg=CFG, local={"web": "running"}, admin=AdminState(1, "x", standby=frozenset({"n1"}))
+        ),
+        [("node", "standby"), ("stop", "web")],
+    ),
+    (
+        "standby peer is not eligible",
+        dict(cfg=CFG, me="n2", peers=[peer("n1", node_state="standby"), peer("n3")]),
+        [("start", "web@1")],
+    ),
+    (
+        "frozen: nothing moves",
+        dict(
+            cfg=CFG,
+            local={"web": "running"},
+            admin=AdminState(1, "x", standby=frozenset({"n1"}), frozen=frozenset({"web"})),
+        ),
+        [("node", "standby")],
+    ),
+    ("maintenance: nothing at all", dict(cfg=CFG, admin=AdminState(1, "x", maintenance=True)), []),
+    ("local restart", dict(cfg=CFG, local={"web": failing(1)}), [("restart", "app")]),
+    ("local restart, third time", dict(cfg=CFG, local={"web": failing(3)}), [("restart", "app")]),
+    (
+        "restarts exhausted: fail over",
+        dict(cfg=CFG, local={"web": failing(4)}),
+        [("failover", "web")],
+    ),
+    (
+        "old failures outside the window do not count",
+        dict(
+            cfg=CFG, local={"web": LocalHier(H.RUNNING, 1, (1000.0, 500.0, 499.0, 498.0), ("app",))}
+        ),
+        [("restart", "app")],
+    ),
+    (
+        "failed here, failures expired",
+        dict(cfg=CFG, local={"web": LocalHier(H.FAILED)}),
+        [("clear", "web")],
+    ),
+    (
+        "failed here, failures live",
+        dict(cfg=CFG, local={"web": LocalHier(H.FAILED, 1, (999.0,))}),
+        [],
+    ),
+    (
+        "next node takes over from a failed one",
+        dict(cfg=CFG, me="n2", peers=[peer("n1", web="failed"), peer("n3")]),
+        [("start", "web@2")],
+    ),
+    ("busy: wait for the operation", dict(cfg=CFG, local={"web": LocalHier(busy=True)}), []),
+    (
+        "starting node decides nothing but settling",
+        dict(cfg=CFG, node_state=NodeState.STARTING),
+        [("node", "settled"), ("start", "web@1")],
+    ),
+    ("leaving node decides nothing", dict(cfg=CFG, node_state=NodeState.LEAVING), []),
+    (
+        "quorate: alone, lose quorum and stop",
+        dict(cfg=QUORATE, peers=[peer("n2", False), peer("n3", False)], local={"web": "running"}),
+        [("node", "quorum_lost"), ("stop", "web")],
+    ),
+    (
+        "quorate: two of three run",
+        dict(cfg=QUORATE, me="n2", peers=[peer("n1", False, web="running"), peer("n3")]),
+        [("start", "web@2")],
+    ),
+    (
+        "quorate: quorum regained",
+        dict(cfg=QUORATE, node_state=NodeState.NO_QUORUM),
+        [("node", "quorum_regained"), ("start", "web@1")],
+    ),
+    (
+        "fencing: fence the dead owner first",
+        dict(cfg=FENCED, me="n2", peers=[peer("n1", False, web="running"), peer("n3")]),
+        [("fence", "n1")],
+    ),
+    (
+        "fencing: wait while fencing",
+        dict(
+            cfg=FENCED,
+            me="n2",
+            peers=[peer("n1", False, web="running"), peer("n3")],
+            fencing=frozenset({"n1"}),
+        ),
+        [("blocked", "web")],
+    ),
+    (
+        "fencing: start once fenced",
+        dict(
+            cfg=FENCED, me="n2", peers=[peer("n1", False, fenced=True, web="running"), peer("n3")]
+        ),
+        [("start", "web@2")],
+    ),
+    (
+        "fencing: a dead node that held nothing needs none",
+        dict(cfg=FENCED, me="n2", peers=[peer("n1", False, web="stopped"), peer("n3")]),
+        [("start", "web@2")],
+    ),
+    (
+        "fencing: live node whose stop failed",
+        dict(cfg=FENCED, me="n2", peers=[peer("n1", web="stop-failed"), peer("n3")]),
+        [("fence", "n1")],
+    ),
+    (
+        "no fencing: live stop-failed node blocks",
+        dict(cfg=CFG, me="n2", peers=[peer("n1", web="stop-failed"), peer("n3")]),
+        [("blocked", "web")],
+    ),
+    (
+        "own-able resource fences: no STONITH needed",
+        dict(cfg=OWNABLE, me="n2", peers=[peer("n1", False, web="running"), peer("n3")]),
+        [("start", "web@2")],
+    ),
+    (
+        "stop failed here: blocked",
+        dict(cfg=CFG, local={"web": "stop-failed"}),
+        [("blocked", "web")],
+    ),
+    (
+        "independent hierarchies recover in parallel (n2)",
+        dict(cfg=TWO, me="n2", peers=[peer("n1", False, a="running", b="running"), peer("n3")]),
+        [("start", "a@2")],
+    ),
+    (
+        "independent hierarchies recover in parallel (n3)",
+        dict(cfg=TWO, me="n3", peers=[peer("n1", False, a="running", b="running"), peer("n2")]),
+        [("start", "b@2")],
+    ),
+    (
+        "no eligible node: the first live node says so",
+        dict(
+            cfg=CFG,
+            peers=[peer("n2", web="failed"), peer("n3", web="failed")],
+            local={"web": LocalHier(H.FAILED, 1, (999.0,))},
+        ),
+        [],
+    ),
+    (
+        "unknown state from a newer peer is not a claim",
+        dict(cfg=CFG, me="n2", peers=[peer("n1", False, web="weird"), peer("n3")]),
+        [("start", "web@2")],
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "kw", "expected"), CASES, ids=[c[0] for c in CASES])
+def test_decide_table(case: str, kw: dict[str, Any], expected: list[tuple[str, str]]) -> None:
+    assert summary(d.decide(view(**kw))) == expected
+
+
+def test_not_settled_does_nothing() -> None:
+    v = view(CFG, node_state=NodeState.STARTING)
+    v = type(v)(**{**v.__dict__, "settled": False})
+    assert d.decide(v) == []
+
+
+def test_every_node_agrees_on_the_owner() -> None:
+    """Same heartbeats, same answer, whoever computes it."""
+    peers = {"n1": peer("n1", False, web="running"), "n2": peer("n2"), "n3": peer("n3")}
+    owners = set()
+    for me in ("n2", "n3"):
+        v = view(CFG, me=me, peers=[p for n, p in peers.items() if n != me])
+        owners.add(d.desired_owner(v, CFG.hierarchies["web"], NodeState.ONLINE))
+    assert owners == {"n2"}
+
+
+def test_restart_policy_counts_the_window() -> None:
+    h = CFG.hierarchies["web"]
+    assert d.restart_allowed((), 0, h)
+    assert d.restart_allowed((1.0, 2.0, 3.0), 3.0, h)
+    assert not d.restart_allowed((1.0, 2.0, 3.0, 4.0), 4.0, h)
+    assert d.restart_allowed((1.0, 2.0, 3.0, 400.0), 400.0, h)
