@@ -3,11 +3,13 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 DEBIAN_TOOLS := libiscsi-bin qemu-utils qemu-block-extra tgt fio libnbd-bin nbdkit iproute2
+# PostMark through nbdfuse + fuse2fs (`python -m bench replication`; mkfs.ext4 is e2fsprogs)
+DEBIAN_TOOLS += postmark fuse2fs e2fsprogs
 # nbdfuse (tests/nbd): its own package in newer Debian; in Debian 12 only a name that
 # libnbd-bin provides (dpkg -s would never see it installed), so list it only where it is real.
 DEBIAN_TOOLS += $(shell apt-cache show nbdfuse 2>/dev/null | grep -q '^Package: nbdfuse' && echo nbdfuse)
 
-.PHONY: demo test bench lint venv tools clean
+.PHONY: demo test bench bench-quick bench-venv lint venv tools clean
 
 $(BIN)/ophiura: pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "need $(PY)"; exit 1; }
@@ -38,8 +40,18 @@ test: venv tools
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest tests
 
-bench: venv tools
+# Both suites: the SCSI target against tgtd, then StarFish replicated volumes against the direct
+# target (plots need matplotlib: the `bench` extra). `make bench-quick` is the short pass.
+bench-venv: venv
+	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install -q -e '.[dev,fast,bench]'
+
+bench: bench-venv tools
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench replication --plots docs/img
+
+bench-quick: bench-venv tools
+	$(BIN)/python -m bench --quick
+	$(BIN)/python -m bench replication --quick
 
 lint: venv
 	$(BIN)/ruff check src tests bench

@@ -241,5 +241,10 @@ main.add_command(takeover)
 main.add_command(status)
 main.add_command(volume)
 
+from ophiura.cluster.cli import cluster, node  # noqa: E402
+
+main.add_command(cluster)
+main.add_command(node)
+
 if __name__ == "__main__":
     main()

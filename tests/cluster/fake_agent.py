@@ -2,7 +2,8 @@
 
 It "runs" a resource by creating a marker file `<dir>/<resource>.<node>` (params `dir`, `node`
 come from the resource; `node` defaults to $OPHIURA_NODE), so a test sees exactly where each
-resource runs and that a stop leaves no residue. `fail_start`/`slow_start` params inject faults.
+resource runs and that a stop leaves no residue. `fail_start`/`slow_start` params inject faults;
+a file `<dir>/stuck.<node>` makes stop fail.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ class FakeAgent:
 
     async def stop(self, resource: Resource, timeout: float) -> Outcome:
         t0 = time.monotonic()
+        stuck = _marker(resource).with_name(f"stuck.{_marker(resource).name.rsplit('.', 1)[1]}")
+        if stuck.exists():  # a test made this node's stop fail (graceful and forced alike)
+            return Outcome(OcfCode.ERR_GENERIC, time.monotonic() - t0, f"{stuck} exists")
         _marker(resource).unlink(missing_ok=True)
         return Outcome(OcfCode.SUCCESS, time.monotonic() - t0)
 

@@ -342,6 +342,11 @@ CASES: list[tuple[str, dict[str, Any], list[tuple[str, str]]]] = [
         [("start", "web@2")],
     ),
     (
+        "lost own-able resource: self-fence, never restart",
+        dict(cfg=OWNABLE, local={"web": LocalHier(H.RUNNING, 1, (999.0,), ("vol", "app"))}),
+        [("failover", "web")],
+    ),
+    (
         "stop failed here: blocked",
         dict(cfg=CFG, local={"web": "stop-failed"}),
         [("blocked", "web")],

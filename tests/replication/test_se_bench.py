@@ -2,8 +2,9 @@
 
     .venv/bin/pytest tests/replication/test_se_bench.py -s -q
 
-The assertion is only a floor that catches a lost group commit; the printed figures are the
-measurement (fdatasync of the log and of the metadata slot per batch, on this machine's disk).
+The assertion checks group commit itself (log fdatasyncs per write at QD32), not a speed: a
+throughput ratio failed on a loaded 2-core machine where QD1 and QD32 are both CPU-bound. The
+printed figures are the measurement (fdatasync of the log and of the metadata slot per batch).
 """
 
 from __future__ import annotations
@@ -28,7 +29,17 @@ async def test_write_throughput_and_latency_4k(tmp_path: Path) -> None:
             t = time.perf_counter()
             await c.write("v", 1, seq, (seq % 16384) * 4096, data)
             lat.append(time.perf_counter() - t)
-        results = {}
+        rlog = se.volumes["v"].disk.log
+        real_sync = rlog.sync
+        syncs = [0]
+
+        def counting_sync() -> None:
+            syncs[0] += 1
+            real_sync()
+
+        rlog.sync = counting_sync  # type: ignore[method-assign]
+        results: dict[int, float] = {}
+        syncs_per_write: dict[int, float] = {}
         for qd in (1, 8, 32, 128):
             n = 300 if qd == 1 else 4000
             window = asyncio.Semaphore(qd)
@@ -37,10 +48,12 @@ async def test_write_throughput_and_latency_4k(tmp_path: Path) -> None:
                 async with window:
                     await c.write("v", 1, s, (s % 16384) * 4096, data)
 
+            syncs[0] = 0
             t = time.perf_counter()
             await asyncio.gather(*[one(seq + i + 1) for i in range(n)])
             seq += n
             results[qd] = n / (time.perf_counter() - t)
+            syncs_per_write[qd] = syncs[0] / n
         lat.sort()
         print(
             f"\nSE 4KiB writes: QD1 latency median {statistics.median(lat) * 1e6:.0f} us, "
@@ -49,4 +62,6 @@ async def test_write_throughput_and_latency_4k(tmp_path: Path) -> None:
                 f"QD{qd} {r:,.0f} IOPS ({r * 4096 / MiB:.1f} MiB/s)" for qd, r in results.items()
             )
         )
-        assert results[32] > 2 * results[1] or results[32] > 5000
+        print(f"log fdatasyncs per write: {syncs_per_write}")
+        assert syncs_per_write[1] > 0.9  # QD1: one batch per write (the counter works)
+        assert syncs_per_write[32] < 0.25  # QD32: writes that arrive together share a commit

@@ -38,7 +38,9 @@ def _canonical(request: dict[str, Any]) -> bytes:
 
 
 def sign(key: bytes, challenge: str, request: dict[str, Any]) -> str:
-    return hmac.new(key, challenge.encode() + b"|" + _canonical(request), hashlib.sha256).hexdigest()
+    return hmac.new(
+        key, challenge.encode() + b"|" + _canonical(request), hashlib.sha256
+    ).hexdigest()
 
 
 class AdminServer:
@@ -91,12 +93,18 @@ class AdminServer:
         await asyncio.wait_for(writer.drain(), IO_TIMEOUT)
 
 
-async def call(host: str, port: int, key: bytes, request: dict[str, Any], timeout: float = 10.0) -> Any:
+async def call(
+    host: str, port: int, key: bytes, request: dict[str, Any], timeout: float = 10.0
+) -> Any:
     """Send one request; the result, or AdminError (also for connection problems)."""
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=MAX_LINE), timeout)
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, limit=MAX_LINE), timeout
+        )
     except (OSError, TimeoutError) as exc:
-        raise AdminError(f"cannot reach node admin API at {host}:{port}: {exc or 'timeout'}") from exc
+        raise AdminError(
+            f"cannot reach node admin API at {host}:{port}: {exc or 'timeout'}"
+        ) from exc
     try:
         hello = json.loads(await asyncio.wait_for(reader.readline(), timeout))
         challenge = hello["challenge"]

@@ -40,12 +40,15 @@ class Timings:
 
     interval: float = 0.1
     deadline: float = 0.7
-    startup_grace: float | None = None  # None: one deadline
+    # A starting node decides nothing until it has heard every peer or this long has passed
+    # (None: 5 s or one deadline, whichever is longer): a cold start where daemons come up a
+    # second apart must not hand hierarchies to whoever was quickest.
+    startup_grace: float | None = None
     max_clock_skew: float = 30.0  # heartbeats stamped further off are refused (replay guard)
 
     @property
     def grace(self) -> float:
-        return self.deadline if self.startup_grace is None else self.startup_grace
+        return max(5.0, self.deadline) if self.startup_grace is None else self.startup_grace
 
 
 @dataclass(frozen=True)
@@ -227,8 +230,13 @@ def _hierarchy(t: Mapping[str, Any], i: int) -> Hierarchy:
     for key in ("restart_window", "failure_expiry"):
         if key in t:
             kw[key] = _get(t, key, float, where)
-    for key, kind in (("max_restarts", int), ("shared_data", bool), ("failback", str),
-                      ("fence_on_stop_failure", bool), ("ownable", str)):  # fmt: skip
+    for key, kind in (
+        ("max_restarts", int),
+        ("shared_data", bool),
+        ("failback", str),
+        ("fence_on_stop_failure", bool),
+        ("ownable", str),
+    ):
         if key in t:
             kw[key] = _get(t, key, kind, where)
     return Hierarchy(

@@ -42,7 +42,9 @@ log = logging.getLogger(__name__)
 class NodeDaemon:
     def __init__(self, cfg: ClusterConfig, me: str) -> None:
         if me not in cfg.nodes:
-            raise ValueError(f"node {me!r} is not in the cluster configuration ({', '.join(cfg.nodes)})")
+            raise ValueError(
+                f"node {me!r} is not in the cluster configuration ({', '.join(cfg.nodes)})"
+            )
         self.cfg = cfg
         self.me = me
         self.state = NodeState.STARTING
@@ -64,13 +66,19 @@ class NodeDaemon:
         self._started = 0.0
         self._last_cycle = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._probed = False
+        self._cleanups_done: dict[str, int] = {}
+        self._tie_task: asyncio.Task[None] | None = None
+        self._tie_checked = -1e18
 
     # -- events -------------------------------------------------------------------------------
 
     def emit(self, kind: str, **fields: Any) -> None:
         event = {"time": round(time.time(), 3), "node": self.me, "kind": kind, **fields}
         event = {k: (str(v) if hasattr(v, "value") else v) for k, v in event.items()}
-        log.info("%s", " ".join(f"{k}={v}" for k, v in event.items() if k not in ("time", "output")))
+        log.info(
+            "%s", " ".join(f"{k}={v}" for k, v in event.items() if k not in ("time", "output"))
+        )
         self.events.record(event)
         self.notify.submit(event)
 
@@ -86,18 +94,22 @@ class NodeDaemon:
         snap = self.hb.snapshot()
         peers = [n for n in self.cfg.nodes if n != self.me]
         mem = membership.evaluate(
-            snap.last_heard, peers, [ln.name for ln in self.cfg.links], now, t.deadline, snap.resumed_at
+            snap.last_heard,
+            peers,
+            [ln.name for ln in self.cfg.links],
+            now,
+            t.deadline,
+            snap.resumed_at,
         )
         for ev in membership.changes(self.mem, mem):
             if ev.kind == "node-up":
                 self.fenced.discard(ev.node)
-            self.emit(
-                "node" if ev.kind.startswith("node") else "link",
-                peer=ev.node, link=ev.link, task=ev.kind,
-                desc="every link silent past the deadline" if ev.kind == "node-dead"
-                else "one link lost: not a failover while another link is up" if ev.kind == "link-down"
-                else "",
-            )  # fmt: skip
+            desc = {
+                "node-dead": "every link silent past the deadline",
+                "link-down": "one link lost: not a failover while another link is up",
+            }.get(ev.kind, "")
+            kind = "node" if ev.kind.startswith("node") else "link"
+            self.emit(kind, peer=ev.node, link=ev.link, task=ev.kind, desc=desc)
         self.mem = mem
         pviews = {}
         for p in peers:
@@ -122,7 +134,11 @@ class NodeDaemon:
             config=self.cfg,
             now=now,
             node_state=self.state,
-            settled=now - self._started >= t.grace,
+            settled=self._probed
+            and (
+                now - self._started >= t.grace
+                or (bool(peers) and all(s == PeerState.UP for s in mem.peers.values()))
+            ),
             peers=pviews,
             local=self.executor.local_view(),
             admin=self.admin,
@@ -133,10 +149,14 @@ class NodeDaemon:
     def cycle(self) -> None:
         now = time.monotonic()
         if self._last_cycle and now - self._last_cycle > self.cfg.timings.deadline / 2:
-            log.warning("decision loop stalled %.2f s; peers get a fresh deadline", now - self._last_cycle)
+            log.warning(
+                "decision loop stalled %.2f s; peers get a fresh deadline", now - self._last_cycle
+            )
             self.hb.note_stall(now)
         self._last_cycle = now
+        self._apply_cleanups()
         view = self.build_view(now)
+        self._check_tie_breaker(now)
         self.view = view
         actions = decider.decide(view)
         blocked_now: dict[str, str] = {}
@@ -148,13 +168,25 @@ class NodeDaemon:
         self.blocked = blocked_now
         self.publish()
 
+    def _apply_cleanups(self) -> None:
+        for h, n in self.admin.cleanup.items():
+            fresh = h in self.executor.hier and n > self._cleanups_done.get(h, 0)
+            if fresh and self.executor.cleanup(h):
+                self._cleanups_done[h] = n
+
     def apply(self, action: Action, blocked: dict[str, str]) -> None:
         match action:
             case NodeEvent():
                 old = self.state
                 self.state = transition("node", self.state, action.event)
                 if old != self.state:
-                    self.emit("node", task=action.event, state=self.state, previous=old, desc=action.reason)
+                    self.emit(
+                        "node",
+                        task=action.event,
+                        state=self.state,
+                        previous=old,
+                        desc=action.reason,
+                    )
             case Blocked():
                 blocked[action.hierarchy] = action.reason
             case ClearSwitchover():
@@ -169,8 +201,39 @@ class NodeDaemon:
 
     def publish(self) -> None:
         local = self.executor.local_view()
-        reports = {h: HierReport(str(lh.state), lh.gen, len(lh.failures)) for h, lh in local.items()}
+        reports = {
+            h: HierReport(str(lh.state), lh.gen, len(lh.failures)) for h, lh in local.items()
+        }
         self.hb.set_payload(str(self.state), reports, self.admin.to_wire())
+
+    async def _probe(self) -> None:
+        try:
+            await self.executor.probe()
+        finally:
+            self._probed = True
+
+    def _check_tie_breaker(self, now: float) -> None:
+        """Quorate mode with exactly half the votes: ask the tie-breaker (at most once a second)."""
+        cfg = self.cfg
+        if cfg.quorum != "quorate" or not cfg.tie_breaker or self.mem is None:
+            return
+        present = self.mem.alive | {self.me}
+        have = sum(cfg.nodes[n].votes for n in present)
+        if 2 * have != sum(n.votes for n in cfg.nodes.values()):
+            self.tie_breaker = False
+            return
+        if now - self._tie_checked < 1.0 or (self._tie_task and not self._tie_task.done()):
+            return
+        self._tie_checked = now
+        self._tie_task = asyncio.create_task(self._run_tie_breaker())
+
+    async def _run_tie_breaker(self) -> None:
+        rc, out = await fencing.run_command(list(self.cfg.tie_breaker), self.cfg.timings.deadline)
+        held = rc == 0
+        if held != self.tie_breaker:
+            state = "held" if held else "not held"
+            self.emit("quorum", task="tie-breaker", rc=rc, desc=f"{state} {out}".strip())
+        self.tie_breaker = held
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -178,7 +241,13 @@ class NodeDaemon:
         task.add_done_callback(self._tasks.discard)
 
     async def _fence(self, action: FenceNode) -> None:
-        self.emit("fencing", peer=action.node, hierarchy=action.hierarchy, task="fence", desc=action.reason)
+        self.emit(
+            "fencing",
+            peer=action.node,
+            hierarchy=action.hierarchy,
+            task="fence",
+            desc=action.reason,
+        )
         try:
             result = await fencing.fence(self.cfg, action.node)
         finally:
@@ -186,9 +255,13 @@ class NodeDaemon:
         if result.ok:
             self.fenced.add(action.node)
         self.emit(
-            "fencing", peer=action.node, task="fenced" if result.ok else "fence-failed",
-            rc=0 if result.ok else 1, desc=result.detail, elapsed=round(result.elapsed, 3),
-        )  # fmt: skip
+            "fencing",
+            peer=action.node,
+            task="fenced" if result.ok else "fence-failed",
+            rc=0 if result.ok else 1,
+            desc=result.detail,
+            elapsed=round(result.elapsed, 3),
+        )
 
     # -- admin state --------------------------------------------------------------------------
 
@@ -208,7 +281,9 @@ class NodeDaemon:
         def need(key: str, choices: Any) -> str:
             value = req.get(key)
             if value not in choices:
-                raise AdminError(f"{op}: unknown {key} {value!r} (known: {', '.join(sorted(choices))})")
+                raise AdminError(
+                    f"{op}: unknown {key} {value!r} (known: {', '.join(sorted(choices))})"
+                )
             return str(value)
 
         if op == "status":
@@ -221,6 +296,9 @@ class NodeDaemon:
             h = need("hierarchy", cfg.hierarchies)
             fr = self.admin.frozen | {h} if op == "freeze" else self.admin.frozen - {h}
             self._update_admin(frozen=frozenset(fr))
+        elif op == "cleanup":
+            h = need("hierarchy", cfg.hierarchies)
+            self._update_admin(cleanup={**self.admin.cleanup, h: self.admin.cleanup.get(h, 0) + 1})
         elif op == "maintenance":
             self._update_admin(maintenance=bool(req.get("on")))
         elif op == "switchover":
@@ -239,7 +317,9 @@ class NodeDaemon:
     def status(self) -> dict[str, Any]:
         view = self.view
         snap = self.hb.snapshot()
-        nodes: dict[str, Any] = {self.me: {"state": "self", "node_state": str(self.state), "links": {}}}
+        nodes: dict[str, Any] = {
+            self.me: {"state": "self", "node_state": str(self.state), "links": {}}
+        }
         if view is not None and self.mem is not None:
             for p, pv in view.peers.items():
                 nodes[p] = {
@@ -283,7 +363,11 @@ class NodeDaemon:
             "admin": self.admin.to_wire(),
             "nodes": nodes,
             "hierarchies": hiers,
-            "heartbeat": {"sent": snap.sent, "rejected": snap.rejected, "blocked_links": sorted(snap.blocked_links)},
+            "heartbeat": {
+                "sent": snap.sent,
+                "rejected": snap.rejected,
+                "blocked_links": sorted(snap.blocked_links),
+            },
             "dropped": {"events": self.events.dropped, "notifications": self.notify.dropped},
             "events": self.events.last(20),
         }
@@ -302,9 +386,14 @@ class NodeDaemon:
             await self.admin_server.start(host, port)
         except OSError as exc:
             self.hb.stop()
-            raise OSError(exc.errno, f"cannot listen for admin requests on {host}:{port}: {exc.strerror}") from exc
+            raise OSError(
+                exc.errno, f"cannot listen for admin requests on {host}:{port}: {exc.strerror}"
+            ) from exc
         self._started = time.monotonic()
-        self.emit("node", task="start", state=self.state, desc=f"incarnation {self.hb.incarnation:x}")
+        self.emit(
+            "node", task="start", state=self.state, desc=f"incarnation {self.hb.incarnation:x}"
+        )
+        self._spawn(self._probe())
         tick = max(0.01, self.cfg.timings.interval / 2)
         try:
             while not self._stop.is_set():
@@ -317,7 +406,11 @@ class NodeDaemon:
     async def _leave(self) -> None:
         self.state = transition("node", self.state, "shutdown")
         self.publish()
-        self.emit("node", task="shutdown", desc="stopping local resources" if self.cfg.stop_on_shutdown else "")
+        self.emit(
+            "node",
+            task="shutdown",
+            desc="stopping local resources" if self.cfg.stop_on_shutdown else "",
+        )
         try:
             await self.executor.shutdown(self.cfg.stop_on_shutdown)
         except TimeoutError:

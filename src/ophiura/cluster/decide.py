@@ -178,6 +178,14 @@ def decide_hierarchy(
         return [Blocked(name, "no quorum")]
     if local.state == H.RUNNING and local.failed_resources:
         res = _first_failed(h, local.failed_resources)
+        if h.ownable in local.failed_resources:
+            # Lost the reservation or the epoch: someone else owns the data now. Restarting would
+            # preempt them back (a ping-pong split brain): stop at once and stay off (self-fence).
+            return [
+                StopHierarchy(
+                    name, f"lost own-able resource {h.ownable}: self-fencing", failover=True
+                )
+            ]
         if restart_allowed(local.failures, view.now, h) and eligible(view, h, view.me, my_state):
             n = recent(local.failures, view.now, h.restart_window)
             return [
@@ -201,9 +209,12 @@ def decide_hierarchy(
     if local.state in ACTIVE:
         if desired != view.me:
             why = (
-                f"switchover to {switch_target}" if switch_target == desired
-                else f"{desired} should run it" if desired else "not eligible here"
-            )  # fmt: skip
+                f"switchover to {switch_target}"
+                if switch_target == desired
+                else f"{desired} should run it"
+                if desired
+                else "not eligible here"
+            )
             actions.append(StopHierarchy(name, why))
         return actions
     if desired != view.me:

@@ -187,7 +187,12 @@ class Notifications:
                 try:
                     self._send(n, event)
                     self.sent += 1
-                except (OSError, subprocess.SubprocessError, smtplib.SMTPException, ValueError) as exc:
+                except (
+                    OSError,
+                    subprocess.SubprocessError,
+                    smtplib.SMTPException,
+                    ValueError,
+                ) as exc:
                     self.failed += 1
                     if self._limit.allow(f"{n.kind}:{n.target}"):
                         log.warning("notification via %s %s failed: %s", n.kind, n.target, exc)
@@ -199,13 +204,15 @@ class Notifications:
                 [n.target, *n.args], env=env, timeout=n.timeout, capture_output=True, check=False
             )
             if proc.returncode != 0:
-                raise OSError(f"exit {proc.returncode}: {proc.stderr[-300:].decode(errors='replace')}")
+                raise OSError(
+                    f"exit {proc.returncode}: {proc.stderr[-300:].decode(errors='replace')}"
+                )
         elif n.kind == "webhook":
             body = json.dumps({"cluster": self.cluster, **event}, default=str).encode()
             req = urllib.request.Request(
                 n.target, data=body, headers={"Content-Type": "application/json"}, method="POST"
             )
-            with urllib.request.urlopen(req, timeout=n.timeout) as resp:  # noqa: S310 (configured URL)
+            with urllib.request.urlopen(req, timeout=n.timeout) as resp:
                 resp.read(4096)
         elif n.kind == "email":
             msg = EmailMessage()

@@ -184,6 +184,25 @@ class Executor:
     def _rset(self, rt: HierRuntime, res: str, event: str) -> None:
         rt.resources[res] = transition("resource", rt.resources[res], event)
 
+    def cleanup(self, name: str) -> bool:
+        """Admin cleanup: forget failures here; a FAILED or STOP_FAILED hierarchy becomes STOPPED.
+
+        For STOP_FAILED the operator asserts that it is down (as Pacemaker's `crm_resource
+        --cleanup`); False if an operation is in flight (the caller retries next cycle).
+        """
+        rt = self.hier[name]
+        if rt.busy():
+            return False
+        rt.failures.clear()
+        rt.failed.clear()
+        for r, state in rt.resources.items():
+            if state == R.STOP_FAILED:
+                self._rset(rt, r, "cleanup")
+        if rt.state in (H.FAILED, H.STOP_FAILED):
+            self._set(rt, "cleanup")
+        self.emit("hierarchy", hierarchy=name, task="cleanup", desc="fail counts cleared by admin")
+        return True
+
     # -- agent calls --------------------------------------------------------------------------
 
     async def _call(self, method: str, res: Resource, timeout: float) -> Outcome:
@@ -209,9 +228,15 @@ class Executor:
         text = "timed out" if out.timed_out else out.code.name
         rt.last[res] = f"{task}: {text} ({out.elapsed:.2f} s)"
         self.emit(
-            "resource", hierarchy=rt.spec.name, resource=res, task=task, rc=int(out.code),
-            desc=text, elapsed=round(out.elapsed, 3), output=out.output[-500:],
-        )  # fmt: skip
+            "resource",
+            hierarchy=rt.spec.name,
+            resource=res,
+            task=task,
+            rc=int(out.code),
+            desc=text,
+            elapsed=round(out.elapsed, 3),
+            output=out.output[-500:],
+        )
 
     async def _start_one(self, rt: HierRuntime, name: str) -> bool:
         res = rt.spec.resources[name].resource
@@ -306,10 +331,12 @@ class Executor:
         else:
             self._set(rt, "stop_failed")
             self.emit(
-                "hierarchy", hierarchy=spec.name, task="stop-failed",
+                "hierarchy",
+                hierarchy=spec.name,
+                task="stop-failed",
                 desc="a stop failed even when forced: the other nodes must fence this node "
-                     f"before they start {spec.name} ({'; '.join(rt.last.values())})",
-            )  # fmt: skip
+                f"before they start {spec.name} ({'; '.join(rt.last.values())})",
+            )
 
     def _above(self, spec: Hierarchy, name: str) -> set[str]:
         """`name` and everything that depends on it, transitively."""
@@ -328,8 +355,12 @@ class Executor:
         group = self._above(spec, name)
         ok = await self._stop_set(rt, group)
         if ok:
-            _, bad = await run_graph(group, lambda n: [d for d in spec.depends(n) if d in group],
-                                     lambda n: self._start_one(rt, n), True)  # fmt: skip
+            _, bad = await run_graph(
+                group,
+                lambda n: [d for d in spec.depends(n) if d in group],
+                lambda n: self._start_one(rt, n),
+                True,
+            )
             if not bad:
                 rt.failed = [f for f in rt.failed if f not in group]
                 self._set(rt, "restarted")
@@ -374,6 +405,63 @@ class Executor:
             if name not in rt.failed:
                 rt.failed.append(name)
             return
+
+    # -- probing ------------------------------------------------------------------------------
+
+    async def probe(self) -> None:
+        """At daemon start: find out what already runs here (a restarted daemon's leftovers).
+
+        A hierarchy found wholly running is adopted as RUNNING with generation 0, so a peer that
+        took it over meanwhile (generation >= 1) wins and we stop ours; one found partly running
+        is stopped, so every hierarchy starts from a known state.
+        """
+        await asyncio.gather(*(self._probe(rt) for rt in self.hier.values()))
+
+    async def _probe(self, rt: HierRuntime) -> None:
+        names = list(rt.spec.resources)
+        outs = await asyncio.gather(
+            *(
+                self._call(
+                    "monitor",
+                    rt.spec.resources[n].resource,
+                    rt.spec.resources[n].resource.monitor_timeout,
+                )
+                for n in names
+            )
+        )
+        found = [
+            n
+            for n, o in zip(names, outs, strict=True)
+            if o.code == OcfCode.SUCCESS and not o.timed_out
+        ]
+        unclear = [
+            n
+            for n, o in zip(names, outs, strict=True)
+            if o.code not in (OcfCode.SUCCESS, OcfCode.NOT_RUNNING)
+        ]
+        if not found and not unclear:
+            return
+        for n in found:
+            self._rset(rt, n, "probe_running")
+        if len(found) == len(names):
+            rt.gen = 0
+            self._set(rt, "probed")
+            self.emit(
+                "hierarchy", hierarchy=rt.spec.name, task="probe", desc="found running: adopted"
+            )
+            self._start_monitors(rt, names)
+            return
+        self.emit(
+            "hierarchy",
+            hierarchy=rt.spec.name,
+            task="probe",
+            desc=f"found partly running (running: {', '.join(found) or 'none'}; "
+            f"failed: {', '.join(unclear) or 'none'}): stopping",
+        )
+        for n in unclear:
+            self._rset(rt, n, "probe_failed")  # in an unknown state: stop it to be sure
+        if not await self._stop_set(rt, set(found) | set(unclear)):
+            self._set(rt, "stop_failed")
 
     # -- shutdown -----------------------------------------------------------------------------
 

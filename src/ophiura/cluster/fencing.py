@@ -27,7 +27,9 @@ class FenceResult:
     elapsed: float
 
 
-async def _run(argv: list[str], stdin: bytes, env: dict[str, str], timeout: float) -> tuple[int, str]:
+async def _run(
+    argv: list[str], stdin: bytes, env: dict[str, str], timeout: float
+) -> tuple[int, str]:
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -50,9 +52,19 @@ async def _run(argv: list[str], stdin: bytes, env: dict[str, str], timeout: floa
     return proc.returncode or 0, out.decode(errors="replace")[-500:].strip()
 
 
+async def run_command(argv: list[str], timeout: float) -> tuple[int, str]:
+    """Run a helper (the tie-breaker) with no input: (exit code, output tail)."""
+    return await _run(argv, b"", dict(os.environ), timeout)
+
+
 async def fence_with(dev: FenceDevice, node: str, action: str = "off") -> tuple[bool, str]:
     plug = dev.plugs.get(node, node)
-    env = {**os.environ, "OPHIURA_FENCE_NODE": node, "OPHIURA_FENCE_ACTION": action, "OPHIURA_FENCE_PLUG": plug}
+    env = {
+        **os.environ,
+        "OPHIURA_FENCE_NODE": node,
+        "OPHIURA_FENCE_ACTION": action,
+        "OPHIURA_FENCE_PLUG": plug,
+    }
     if dev.agent == "exec":
         rc, out = await _run(list(dev.command), b"", env, dev.timeout)
     else:

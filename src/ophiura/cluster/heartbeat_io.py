@@ -111,7 +111,9 @@ class HeartbeatService:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def set_payload(self, state: str, hierarchies: dict[str, hb.HierReport], admin: dict[str, Any]) -> None:
+    def set_payload(
+        self, state: str, hierarchies: dict[str, hb.HierReport], admin: dict[str, Any]
+    ) -> None:
         with self._lock:
             self._payload = _Payload(state, dict(hierarchies), dict(admin))
 
@@ -155,18 +157,29 @@ class HeartbeatService:
         try:
             for i, link in enumerate(self.cfg.links):
                 addr = link.addresses[self.me]
-                sock = socket.socket(socket.AF_INET6 if ":" in addr[0] else socket.AF_INET, socket.SOCK_DGRAM)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock = socket.socket(
+                    socket.AF_INET6 if ":" in addr[0] else socket.AF_INET, socket.SOCK_DGRAM
+                )
                 with contextlib.suppress(OSError):  # best effort: ahead of bulk traffic in qdiscs
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_PRIORITY, 6)
-                sock.bind(addr)
+                # No SO_REUSEADDR: on UDP it would let a second daemon for this node bind the same
+                # port and silently take half the heartbeats.
+                try:
+                    sock.bind(addr)
+                except OSError as exc:
+                    sock.close()
+                    raise OSError(
+                        exc.errno, f"{link.name} {addr[0]}:{addr[1]}: {exc.strerror}"
+                    ) from exc
                 sock.setblocking(False)
-                transport, _ = await loop.create_datagram_endpoint(lambda i=i: _Protocol(self, i), sock=sock)
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda i=i: _Protocol(self, i), sock=sock
+                )
                 self._transports.append(transport)  # type: ignore[arg-type]
         except OSError as exc:
             for t in self._transports:
                 t.close()
-            raise OSError(exc.errno, f"cannot bind heartbeat link: {exc.strerror}") from exc
+            raise OSError(exc.errno, f"cannot bind heartbeat link {exc.strerror}") from exc
         self._ready.set()
         sender = asyncio.create_task(self._sender())
         await self._stop.wait()
@@ -187,7 +200,9 @@ class HeartbeatService:
             if now - last_tick > half_deadline:
                 with self._lock:
                     self._resumed_at = max(self._resumed_at, now)
-                log.warning("heartbeat thread stalled %.2f s; peers get a fresh deadline", now - last_tick)
+                log.warning(
+                    "heartbeat thread stalled %.2f s; peers get a fresh deadline", now - last_tick
+                )
             last_tick = now
             self._send_all()
             next_at += interval
@@ -203,10 +218,17 @@ class HeartbeatService:
             blocked = set(self._blocked)
         self.seq += 1
         packet = hb.Heartbeat(
-            cluster=self.cfg.name, node=self.me, link=0, boot=self.boot,
-            incarnation=self.incarnation, seq=self.seq, sent=time.time(),
-            state=payload.state, hierarchies=payload.hierarchies, admin=payload.admin,
-        )  # fmt: skip
+            cluster=self.cfg.name,
+            node=self.me,
+            link=0,
+            boot=self.boot,
+            incarnation=self.incarnation,
+            seq=self.seq,
+            sent=time.time(),
+            state=payload.state,
+            hierarchies=payload.hierarchies,
+            admin=payload.admin,
+        )
         for i, link in enumerate(self.cfg.links):
             if i in blocked or i >= len(self._transports):
                 continue
@@ -238,19 +260,33 @@ class HeartbeatService:
             if self._limit.allow(key):
                 suppressed = self._limit.suppressed.pop(key, 0)
                 log.warning(
-                    "rejected heartbeat from %s:%d on link %s: %s%s", addr[0], addr[1],
-                    self.cfg.links[link].name, exc,
+                    "rejected heartbeat from %s:%d on link %s: %s%s",
+                    addr[0],
+                    addr[1],
+                    self.cfg.links[link].name,
+                    exc,
                     f" ({suppressed} more since last report)" if suppressed else "",
-                )  # fmt: skip
+                )
                 if self.on_event is not None:
-                    self.on_event({"kind": "security", "task": "heartbeat-rejected", "desc": str(exc),
-                                   "peer": f"{addr[0]}:{addr[1]}", "link": self.cfg.links[link].name})  # fmt: skip
+                    self.on_event(
+                        {
+                            "kind": "security",
+                            "task": "heartbeat-rejected",
+                            "desc": str(exc),
+                            "peer": f"{addr[0]}:{addr[1]}",
+                            "link": self.cfg.links[link].name,
+                        }
+                    )
             return
         link_name = self.cfg.links[link].name
         with self._lock:
             self._last_heard[(packet.node, link_name)] = now
             old = self._reports.get(packet.node)
-            if old is None or (packet.boot, packet.incarnation, packet.seq) > (old.boot, old.incarnation, old.seq):
+            if old is None or (packet.boot, packet.incarnation, packet.seq) > (
+                old.boot,
+                old.incarnation,
+                old.seq,
+            ):
                 self._reports[packet.node] = packet
 
     def _io_error(self, link: int, exc: Exception) -> None:

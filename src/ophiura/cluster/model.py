@@ -29,6 +29,7 @@ class AdminState:
     frozen: frozenset[str] = frozenset()
     maintenance: bool = False
     switchover: Mapping[str, str] = field(default_factory=dict)
+    cleanup: Mapping[str, int] = field(default_factory=dict)  # hierarchy -> request counter
 
     def newer_than(self, other: AdminState) -> bool:
         return (self.version, self.origin) > (other.version, other.origin)
@@ -41,6 +42,7 @@ class AdminState:
             "f": sorted(self.frozen),
             "m": self.maintenance,
             "w": dict(self.switchover),
+            "c": dict(self.cleanup),
         }
 
     @classmethod
@@ -50,9 +52,9 @@ class AdminState:
             version, origin = d["v"], d["o"]
             if not isinstance(version, int) or not isinstance(origin, str):
                 raise ValueError("bad admin version/origin")
-            sw = d.get("w", {})
-            if not isinstance(sw, dict):
-                raise ValueError("bad switchover table")
+            sw, cl = d.get("w", {}), d.get("c", {})
+            if not isinstance(sw, dict) or not isinstance(cl, dict):
+                raise ValueError("bad switchover or cleanup table")
             return cls(
                 version=version,
                 origin=origin,
@@ -60,8 +62,9 @@ class AdminState:
                 frozen=frozenset(str(x) for x in d.get("f", [])),
                 maintenance=bool(d.get("m", False)),
                 switchover={str(k): str(v) for k, v in sw.items()},
+                cleanup={str(k): int(v) for k, v in cl.items()},
             )
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"bad admin state: {exc}") from exc
 
 

@@ -109,7 +109,13 @@ LINK_TRANSITIONS: Mapping[LinkState, Mapping[str, LinkState]] = {
 
 H = HierarchyState
 HIERARCHY_TRANSITIONS: Mapping[HierarchyState, Mapping[str, HierarchyState]] = {
-    H.STOPPED: {"start": H.STARTING, "stop": H.STOPPED, "fail": H.FAILED},
+    H.STOPPED: {
+        "start": H.STARTING,
+        "stop": H.STOPPED,
+        "fail": H.FAILED,
+        "probed": H.RUNNING,  # found wholly running at daemon start (the daemon was restarted)
+        "stop_failed": H.STOP_FAILED,  # cleaning up what a probe found failed
+    },
     H.STARTING: {
         "started": H.RUNNING,
         "start_failed": H.STOPPED,  # rolled back cleanly; may retry (restart policy)
@@ -137,7 +143,12 @@ HIERARCHY_TRANSITIONS: Mapping[HierarchyState, Mapping[str, HierarchyState]] = {
 
 R = ResourceState
 RESOURCE_TRANSITIONS: Mapping[ResourceState, Mapping[str, ResourceState]] = {
-    R.STOPPED: {"start": R.STARTING, "stop": R.STOPPING, "probe_running": R.RUNNING},
+    R.STOPPED: {
+        "start": R.STARTING,
+        "stop": R.STOPPING,
+        "probe_running": R.RUNNING,
+        "probe_failed": R.FAILED,
+    },
     R.STARTING: {"started": R.RUNNING, "start_failed": R.FAILED},
     R.RUNNING: {"monitor_failed": R.FAILED, "stop": R.STOPPING, "monitor_ok": R.RUNNING},
     R.FAILED: {"stop": R.STOPPING, "monitor_failed": R.FAILED},

@@ -104,7 +104,9 @@ class ControlServer:
         await _send(writer, {"ophiura": "he-control", "nonce": nonce})
         hello = await _recv(reader, self.idle_timeout)
         if hello is None:  # closed without a word: a port probe, not an authentication failure
-            log.debug("control client %s left before authenticating", writer.get_extra_info("peername"))
+            log.debug(
+                "control client %s left before authenticating", writer.get_extra_info("peername")
+            )
             return
         if not isinstance(hello, dict) or not hmac.compare_digest(
             str(hello.get("auth", "")), _proof(self.secret, nonce)

@@ -32,7 +32,7 @@ class PeerView:
 
     name: str
     watermark: int  # contiguous acknowledged seq
-    log_first_seq: int | None = None  # oldest seq in its replay log, None if unknown
+    log_first_seq: int | None = None  # replay from s works iff s >= this; None: unknown
     rtt: float = 0.0
 
 

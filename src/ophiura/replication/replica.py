@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from typing import Any
 
 from ophiura.replication.quorum import AckTracker
@@ -32,6 +33,9 @@ from ophiura.replication.se_session import (
 log = logging.getLogger("ophiura.replication.volume")
 
 
+HISTORY = 16  # state changes kept per replica for `status`
+
+
 class Replica:
     """One volume on one SE, as this HE tracks it."""
 
@@ -47,10 +51,16 @@ class Replica:
         self.progress: tuple[int, int] = (0, 0)
         self.se_epoch = 0
         self.se_applied = 0
+        # Where this SE's replay log starts (VolumeState.log_first_seq): a peer can replay
+        # seq s from it iff s >= this. Asked for when another SE may need a replay; None: unknown.
+        self.log_first_seq: int | None = None
         self.last_error: str | None = None
         self.last_recovery: str | None = None  # kind of the last recovery, for status/tests
         self.recoveries: dict[str, int] = {}
         self.failures: dict[str, int] = {}  # event -> count (lost, lagging), for status/tests
+        # the last state changes (wall time, state, event, HE latest seq): a status poll shows a
+        # recovery that began and ended between two polls (a quick one lasts ~0.1 s)
+        self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
 
     @property
     def name(self) -> str:
@@ -66,6 +76,14 @@ class ReplicaLife:
         r.state = next_state(old, event)
         if r.state is not old:
             log.info("%s/%s: %s -> %s (%s)", self.name, r.name, old, r.state, event)
+            r.history.append(
+                {
+                    "at": round(time.time(), 3),
+                    "state": r.state.value,
+                    "event": event.value,
+                    "seq": self.latest_seq,
+                }
+            )
         self._signal.notify()
         if self.on_state_change is not None:
             self.on_state_change(self)
@@ -162,6 +180,8 @@ class ReplicaLife:
                     self._fail(r, ReplicaEvent.LOST, why)
                     session.lost(why, gen)
                 return
+            if vs.applied_seq + 1 < self.queue.first_seq:
+                await self._learn_peer_logs(r)  # beyond the queue: replay or full decides
             if self.closed or r.incarnation != inc:
                 return
             # ---- decide from a snapshot, then act (no await until the plan is in place) ----
@@ -174,12 +194,33 @@ class ReplicaLife:
             self._begin(r, plan, client, vs.applied_seq)
             return
 
+    async def _learn_peer_logs(self, r: Replica) -> None:
+        """Ask every up peer where its replay log starts, so `choose_recovery` picks replay
+        only from a peer whose log still reaches back (else full at once, instead of a replay
+        the peer refuses). A peer that does not answer in time stays unknown (None); the
+        fallback to full on LOG_GONE covers it and a log that moved on meanwhile."""
+        peers = [
+            p
+            for p in self.replicas.values()
+            if p is not r and p.state in READABLE and p.client is not None
+        ]
+
+        async def ask(p: Replica) -> None:
+            try:
+                vs = await asyncio.wait_for(p.client.volume_state(self.name), 2.0)
+            except self._transport:
+                p.log_first_seq = None
+                return
+            p.log_first_seq = vs.log_first_seq
+
+        await asyncio.gather(*(ask(p) for p in peers))
+
     def _recovery_view(self, r: Replica, vs: Any, se_epoch: int, fresh: bool) -> RecoveryView:
         peers = tuple(
             PeerView(
                 p.name,
                 p.tracker.contiguous,
-                getattr(p, "log_first_seq", None),
+                p.log_first_seq,
                 p.session.rtt,
             )
             for p in self.replicas.values()

@@ -510,6 +510,7 @@ class HostElementVolume(ReplicaLife):
                     "progress": [done, total],
                     "recoveries": dict(r.recoveries),
                     "failures": dict(r.failures),
+                    "history": list(r.history),
                     "rtt_ms": None if r.session.rtt == float("inf") else r.session.rtt * 1e3,
                     "last_error": r.last_error,
                 }

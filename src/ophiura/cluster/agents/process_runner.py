@@ -86,17 +86,46 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+async def wait_exit(proc: asyncio.subprocess.Process) -> int:
+    """Wait for the process itself to exit.
+
+    Not `proc.wait()`: in Python 3.11 that also waits for every pipe to close, so a daemon the
+    action left holding stdout would make a finished action look hung. A pidfd becomes readable
+    when the process exits; the child watcher then reaps it and sets `returncode`.
+    """
+    if proc.returncode is not None:
+        return proc.returncode
+    loop = asyncio.get_running_loop()
+    try:
+        fd: int | None = os.pidfd_open(proc.pid)
+    except OSError:  # already reaped (returncode is on its way), or no pidfd support
+        fd = None
+    if fd is not None:
+        exited = loop.create_future()
+        loop.add_reader(fd, lambda: exited.done() or exited.set_result(None))
+        try:
+            await exited
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
+    delay = 0.001
+    while proc.returncode is None:
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+    return proc.returncode
+
+
 async def _kill_group(proc: asyncio.subprocess.Process, grace: float) -> None:
     """SIGTERM the action's process group, wait `grace`, then SIGKILL what is left."""
     pgid = proc.pid  # start_new_session: the action leads its own group
     _signal_group(pgid, signal.SIGTERM)
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(proc.wait(), grace)
+        await asyncio.wait_for(wait_exit(proc), grace)
     # The leader may be gone while children linger in the group: kill them too.
     if proc.returncode is None or _group_alive(pgid):
         _signal_group(pgid, signal.SIGKILL)
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(proc.wait(), grace)
+        await asyncio.wait_for(wait_exit(proc), grace)
 
 
 async def _pump(stream: asyncio.StreamReader, tail: TailBuffer) -> None:
@@ -164,7 +193,7 @@ async def run_process(
                 await proc.stdin.drain()
             proc.stdin.close()
         try:
-            await asyncio.wait_for(proc.wait(), max(0.0, timeout - (time.monotonic() - t0)))
+            await asyncio.wait_for(wait_exit(proc), max(0.0, timeout - (time.monotonic() - t0)))
         except TimeoutError:
             timed_out = True
             log.warning("%s: timed out after %.1fs, killing its process group", argv[0], timeout)

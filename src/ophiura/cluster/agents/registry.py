@@ -46,7 +46,7 @@ class UnknownAgent(LookupError):
         self.kind = kind
 
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # replicated-volume makes the process agent inside
 _agents: dict[str, Agent] = {}
 
 

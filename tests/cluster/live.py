@@ -1,0 +1,147 @@
+"""A live cluster of `ophiura node` processes on 127.0.0.1 for tests (namespaces come later).
+
+Every node gets two heartbeat ports (two links) and an admin port, all picked free at start;
+every wait is bounded; stop() kills only the processes this harness started, by PID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ophiura.cluster.admin import call
+from ophiura.cluster.config import ClusterConfig, load
+
+REPO = Path(__file__).resolve().parents[2]
+OPHIURA = [sys.executable, "-m", "ophiura.cli"]
+SECRET = "live-test-secret-0123456789abcdef"
+
+
+def free_ports(n: int, kind: int = socket.SOCK_DGRAM) -> list[int]:
+    socks, ports = [], []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, kind)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+def cluster_toml(tmp: Path, nodes: list[str], hierarchies: str, extra_cluster: str = "") -> str:
+    hb = free_ports(2 * len(nodes))
+    admin = free_ports(len(nodes), socket.SOCK_STREAM)
+    lines = [
+        "[cluster]",
+        'name = "live"',
+        f'secret = "{SECRET}"',
+        f'state_dir = "{tmp}/state/{{node}}"',
+        "test_hooks = true",
+        extra_cluster,
+        "",
+    ]
+    for i, n in enumerate(nodes):
+        lines += ["[[nodes]]", f'name = "{n}"', f'admin = "127.0.0.1:{admin[i]}"', ""]
+    for link in range(2):
+        addrs = ", ".join(f'{n} = "127.0.0.1:{hb[2 * i + link]}"' for i, n in enumerate(nodes))
+        lines += ["[[links]]", f'name = "ring{link}"', f"addresses = {{ {addrs} }}", ""]
+    return "\n".join(lines) + "\n" + hierarchies
+
+
+class LiveCluster:
+    def __init__(self, tmp: Path, toml: str) -> None:
+        self.tmp = tmp
+        self.path = tmp / "cluster.toml"
+        self.path.write_text(toml)
+        self.cfg: ClusterConfig = load(self.path)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs: dict[str, Path] = {}
+
+    def env(self, name: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = f"{REPO}:{REPO / 'src'}:" + env.get("PYTHONPATH", "")
+        env["OPHIURA_RSCTMP"] = str(self.tmp / "rsc" / name)
+        env["OPHIURA_NODE"] = name
+        return env
+
+    def start(self, name: str) -> None:
+        log = self.tmp / f"{name}.log"
+        self.logs[name] = log
+        with log.open("ab") as f:
+            self.procs[name] = subprocess.Popen(
+                [*OPHIURA, "-v", "node", "--config", str(self.path), "--name", name],
+                stdout=f, stderr=subprocess.STDOUT, env=self.env(name), cwd=REPO,
+            )  # fmt: skip
+
+    def start_all(self) -> None:
+        for n in self.cfg.nodes:
+            self.start(n)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, sig)
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in self.procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+
+    def admin(self, name: str, req: dict[str, Any], timeout: float = 3.0) -> Any:
+        host, port = self.cfg.nodes[name].admin
+        return asyncio.run(call(host, port, self.cfg.key("admin"), req, timeout))
+
+    def status(self, name: str) -> dict[str, Any]:
+        return self.admin(name, {"op": "status"})
+
+    def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*OPHIURA, "cluster", *args], capture_output=True, text=True, timeout=timeout,
+            env={**self.env("cli"), "OPHIURA_CLUSTER_CONFIG": str(self.path)}, cwd=REPO,
+        )  # fmt: skip
+
+    def wait_for(self, what: str, pred: Callable[[], bool], timeout: float = 10.0) -> float:
+        """Poll `pred` every 20 ms; the seconds it took, or AssertionError with the logs' tails."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            with contextlib.suppress(Exception):
+                if pred():
+                    return time.monotonic() - t0
+            time.sleep(0.02)
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{self.tails()}")
+
+    def tails(self, lines: int = 25) -> str:
+        out = []
+        for n, p in self.logs.items():
+            text = p.read_text(errors="replace").splitlines()[-lines:] if p.exists() else []
+            out.append(f"--- {n} ---\n" + "\n".join(text))
+        return "\n".join(out)
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        out = []
+        for f in sorted((self.tmp / "state" / name / "events").glob("events-*.jsonl")):
+            out += [json.loads(line) for line in f.read_text().splitlines() if line]
+        return out
