@@ -2,7 +2,7 @@
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-DEBIAN_TOOLS := libiscsi-bin qemu-utils qemu-block-extra tgt fio libnbd-bin nbdkit iproute2
+DEBIAN_TOOLS := libiscsi-bin qemu-utils qemu-block-extra tgt fio libnbd-bin nbdkit iproute2 resource-agents arping
 # PostMark through nbdfuse + fuse2fs (`python -m bench replication`; mkfs.ext4 is e2fsprogs)
 DEBIAN_TOOLS += postmark fuse2fs e2fsprogs
 # nbdfuse (tests/nbd): its own package in newer Debian; in Debian 12 only a name that

@@ -68,8 +68,10 @@ meta-data) cat <<'XML'
 </resource-agent>
 XML
 exit 0;;
-monitor) [ -n "$OCF_RESKEY_hang" ] && sleep 300; echo "monitor says hi"; exit "${OCF_RESKEY_rc:-0}";;
-validate-all) [ "$OCF_RESKEY_needed" = bad ] && { echo "ocf-exit-reason:needed is bad" >&2; exit 6; }; exit 0;;
+monitor) [ -n "$OCF_RESKEY_hang" ] && sleep 300
+  echo "monitor says hi"; exit "${OCF_RESKEY_rc:-0}";;
+validate-all) [ "$OCF_RESKEY_needed" = bad ] && {
+  echo "ocf-exit-reason:needed is bad" >&2; exit 6; }; exit 0;;
 *) exit "${OCF_RESKEY_rc:-0}";;
 esac
 """

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -114,6 +116,22 @@ async def test_cancelling_the_caller_kills_the_group(tmp_path: Path) -> None:
         await task
     await asyncio.sleep(0.1)
     assert not _alive(pid)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.001, 0.005, 0.02])
+async def test_cancel_at_any_moment_leaves_no_orphan(delay: float) -> None:
+    marker = f"300.{os.getpid()}{int(delay * 1000)}"  # sleep takes fractions: a unique argv
+    task = asyncio.create_task(
+        run_process(["/bin/sh", "-c", f"sleep {marker} & sleep {marker}"], 60, kill_grace=0.5)
+    )
+    await asyncio.sleep(delay)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.2)
+    left = subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True, text=True)
+    pids = [int(p) for p in left.stdout.split()]
+    assert not [p for p in pids if _alive(p)], f"orphans after a cancel at {delay}s"
 
 
 async def test_environment_is_passed() -> None:

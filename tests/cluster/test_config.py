@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from ophiura.cluster.config import ConfigError, load, parse, validate
+from ophiura.cluster.config import ConfigError, load, parse
+from ophiura.cluster.validation import validate
 
 from .kit import config_dict
 
@@ -91,6 +92,14 @@ CASES = [
 def test_problems(case: str, data: dict[str, Any], needle: str) -> None:
     found = problems(data)
     assert any(needle in p for p in found), found
+
+
+def test_unknown_keys_are_named() -> None:
+    d = mod("hierarchies.0.resources.0.depend_on", ["x"])
+    d["timings"] = {"intervall": 0.1}
+    found = problems(d)
+    assert "unknown key hierarchies[0].resources[0].depend_on (a typo?)" in found
+    assert "unknown key timings.intervall (a typo?)" in found
 
 
 def test_shared_data_allowed_unfenced() -> None:

@@ -76,6 +76,7 @@ TWO = parse(
     )
 )
 QUORATE = config(quorum="quorate")
+QUORATE2 = config(quorum="quorate", nodes=("n1", "n2"))
 FENCED = parse(
     {
         **config_dict(
@@ -298,6 +299,21 @@ CASES: list[tuple[str, dict[str, Any], list[tuple[str, str]]]] = [
         "quorate: quorum regained",
         dict(cfg=QUORATE, node_state=NodeState.NO_QUORUM),
         [("node", "quorum_regained"), ("start", "web@1")],
+    ),
+    (
+        "quorate: exactly half, tie-breaker held",
+        dict(cfg=QUORATE2, me="n2", peers=[peer("n1", False, web="running")], tie_breaker=True),
+        [("start", "web@2")],
+    ),
+    (
+        "quorate: exactly half, tie-breaker lost",
+        dict(cfg=QUORATE2, peers=[peer("n2", False)], local={"web": "running"}, tie_breaker=False),
+        [("node", "quorum_lost"), ("stop", "web")],
+    ),
+    (
+        "quorate: exactly half, tie-breaker not answered yet: hold still",
+        dict(cfg=QUORATE2, peers=[peer("n2", False)], local={"web": "running"}, tie_breaker=None),
+        [],
     ),
     (
         "fencing: fence the dead owner first",

@@ -224,3 +224,19 @@ async def test_run_graph_skips_successors_of_failures(stop_on_failure: bool) -> 
     ok, bad = await run_graph(deps, lambda n: deps[n], op, stop_on_failure)
     assert bad == {"a"} and "b" not in ok
     assert ok == ({"c"} if stop_on_failure else {"c", "d"})
+
+
+async def test_node_placeholder_in_params() -> None:
+    seen: list[dict[str, str]] = []
+
+    class Recorder(ScriptedAgent):
+        async def start(self, res: Resource, timeout: float) -> Outcome:
+            seen.append(dict(res.params))
+            return await super().start(res, timeout)
+
+    agent = Recorder()
+    cfg = make([{"name": "vol", "kind": "t", "params": {"key": "{node}-key", "x": "plain"}}])
+    ex = Executor(cfg, "n2", lambda *a, **k: None, lambda k: agent)
+    ex.submit(StartHierarchy("web", gen=1))
+    await settle(ex)
+    assert seen == [{"key": "n2-key", "x": "plain"}]

@@ -219,3 +219,16 @@ def test_restarted_daemon_probes_and_yields(live: tuple[LiveCluster, Path]) -> N
     c.start("n1")
     c.wait_for("n1 stops the copy it found", lambda: running(markers) == ["app.n2"], 15)
     assert any(e.get("task") == "probe" for e in c.events("n1"))
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_hands_over_cleanly(live: tuple[LiveCluster, Path]) -> None:
+    """stop_on_shutdown (default): the leaving node stops its copy, the next starts at once."""
+    c, markers = live
+    c.wait_for("web on n1", lambda: web(c, "n2")["running_on"] == ["n1"], 15)
+    assert web(c, "n2")["resources"]["n1"] == {"app": "running"}
+    c.kill("n1", signal.SIGTERM)
+    assert c.procs["n1"].returncode == 0
+    c.wait_for("n2 runs it", lambda: running(markers) == ["app.n2"], 5)
+    w = web(c, "n3")
+    assert w["resources"]["n2"] == {"app": "running"}

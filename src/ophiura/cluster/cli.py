@@ -11,7 +11,8 @@ from typing import Any
 
 import click
 
-from ophiura.cluster.config import ClusterConfig, ConfigError, load, validate
+from ophiura.cluster.config import ClusterConfig, ConfigError, load
+from ophiura.cluster.validation import validate
 
 DEFAULT_CONFIG = "/etc/ophiura/cluster.toml"
 
@@ -143,8 +144,11 @@ def _render(st: dict[str, Any]) -> str:
         lines.append(
             f"  {h:12} owner={info['owner'] or '-':8} gen={info['gen']} {states} {' '.join(extra)}"
         )
-        for r, s in info["local"]["resources"].items():
-            lines.append(f"      {r:16} {s} {info['local']['last'].get(r, '')}")
+        per_node = info.get("resources", {})
+        for r in info["local"]["resources"]:
+            where = " ".join(f"{n}={res.get(r, '?')}" for n, res in per_node.items())
+            last = info["local"]["last"].get(r, "")
+            lines.append(f"      {r:16} {where}" + (f"  (last here: {last})" if last else ""))
     rej = st["heartbeat"]["rejected"]
     if rej:
         lines.append(f"heartbeats rejected: {rej}")

@@ -22,7 +22,7 @@ from ophiura.cluster.admin import AdminError, AdminServer
 from ophiura.cluster.config import ClusterConfig
 from ophiura.cluster.events import EventLog, Notifications
 from ophiura.cluster.executor import Executor
-from ophiura.cluster.heartbeat import HierReport
+from ophiura.cluster.heartbeat import CODE_RESOURCES, RESOURCE_CODES, HierReport
 from ophiura.cluster.heartbeat_io import HeartbeatService
 from ophiura.cluster.model import (
     Action,
@@ -52,7 +52,7 @@ class NodeDaemon:
         self.fenced: set[str] = set()
         self.fencing: set[str] = set()
         self.blocked: dict[str, str] = {}
-        self.tie_breaker = False
+        self.tie_breaker: bool | None = None if cfg.tie_breaker else False
         self.mem: membership.Membership | None = None
         self.view: ClusterView | None = None
         state_dir = cfg.state_path(me)
@@ -201,9 +201,12 @@ class NodeDaemon:
 
     def publish(self) -> None:
         local = self.executor.local_view()
-        reports = {
-            h: HierReport(str(lh.state), lh.gen, len(lh.failures)) for h, lh in local.items()
-        }
+        reports = {}
+        for h, lh in local.items():
+            codes = "".join(
+                RESOURCE_CODES[str(s)] for s in self.executor.hier[h].resources.values()
+            )
+            reports[h] = HierReport(str(lh.state), lh.gen, len(lh.failures), codes)
         self.hb.set_payload(str(self.state), reports, self.admin.to_wire())
 
     async def _probe(self) -> None:
@@ -220,7 +223,8 @@ class NodeDaemon:
         present = self.mem.alive | {self.me}
         have = sum(cfg.nodes[n].votes for n in present)
         if 2 * have != sum(n.votes for n in cfg.nodes.values()):
-            self.tie_breaker = False
+            self.tie_breaker = None  # not needed now; ask afresh when it is
+            self._tie_checked = -1e18
             return
         if now - self._tie_checked < 1.0 or (self._tie_task and not self._tie_task.done()):
             return
@@ -333,6 +337,8 @@ class NodeDaemon:
         hiers: dict[str, Any] = {}
         for h in self.cfg.hierarchies:
             states = {self.me: local[h]["state"]}
+            names = list(self.cfg.hierarchies[h].resources)
+            resources = {self.me: local[h]["resources"]}
             gens = {self.me: local[h]["gen"]}
             failures = {self.me: counts.get(h, {})}
             if view is not None:
@@ -340,6 +346,10 @@ class NodeDaemon:
                     rep = pv.hierarchies.get(h)
                     if rep is not None and pv.state == PeerState.UP:
                         states[p], gens[p] = rep.state, rep.gen
+                        resources[p] = {
+                            r: CODE_RESOURCES.get(c, "?")
+                            for r, c in zip(names, rep.resources, strict=False)
+                        }
                         failures[p] = {"total": rep.failures} if rep.failures else {}
             owners = [n for n, s in states.items() if s in {str(x) for x in ACTIVE}]
             owner = max(owners, key=lambda n: gens[n]) if owners else None
@@ -349,6 +359,7 @@ class NodeDaemon:
                 "states": states,
                 "gen": max(gens.values()),
                 "local": local[h],
+                "resources": resources,
                 "fail_counts": {n: c for n, c in failures.items() if c},
                 "frozen": h in self.admin.frozen,
                 "switchover": self.admin.switchover.get(h),
@@ -411,16 +422,28 @@ class NodeDaemon:
             task="shutdown",
             desc="stopping local resources" if self.cfg.stop_on_shutdown else "",
         )
+        publisher = asyncio.create_task(self._publish_while_leaving())
         try:
             await self.executor.shutdown(self.cfg.stop_on_shutdown)
         except TimeoutError:
             log.error("shutdown: stopping local resources timed out")
+        finally:
+            publisher.cancel()
+        self.publish()
+        # Let peers hear "stopped" before we fall silent, so they start at once, not a deadline
+        # later.
+        await asyncio.sleep(3 * self.cfg.timings.interval)
         for task in list(self._tasks):
             task.cancel()
         await self.admin_server.stop()
         self.hb.stop()
         self.notify.stop()
         self.events.stop()
+
+    async def _publish_while_leaving(self) -> None:
+        while True:
+            self.publish()
+            await asyncio.sleep(self.cfg.timings.interval / 2)
 
     def stop(self) -> None:
         self._stop.set()

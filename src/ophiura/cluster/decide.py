@@ -40,13 +40,20 @@ def restart_allowed(failures: tuple[float, ...], now: float, h: Hierarchy) -> bo
     return recent(failures, now, h.restart_window) <= h.max_restarts
 
 
-def quorate(view: ClusterView) -> bool:
+def quorate(view: ClusterView) -> bool | None:
+    """True/False; None while exactly half the votes are present and the tie-breaker has not
+    answered yet (then nothing changes: a survivor must not stop its hierarchies for the few
+    milliseconds it takes to ask)."""
     cfg = view.config
     if cfg.quorum != "quorate":
         return True
     present = {p for p, v in view.peers.items() if v.state == PeerState.UP} | {view.me}
     votes = {n: node.votes for n, node in cfg.nodes.items()}
-    return has_quorum(votes, present, view.tie_breaker)
+    total = sum(votes.values())
+    have = sum(votes.get(n, 0) for n in present)
+    if total and 2 * have == total and view.tie_breaker is None:
+        return None
+    return has_quorum(votes, present, bool(view.tie_breaker))
 
 
 def node_events(view: ClusterView) -> tuple[NodeState, list[Action]]:
@@ -64,7 +71,7 @@ def node_events(view: ClusterView) -> tuple[NodeState, list[Action]]:
     if state == NodeState.STARTING and view.settled:
         feed("settled", "startup grace over")
     has_q = quorate(view)
-    if not has_q and state != NodeState.NO_QUORUM and state != NodeState.STARTING:
+    if has_q is False and state != NodeState.NO_QUORUM and state != NodeState.STARTING:
         feed("quorum_lost", "fewer than half the votes present")
     elif has_q and state == NodeState.NO_QUORUM:
         feed("quorum_regained", "more than half the votes present")
@@ -257,6 +264,8 @@ def decide(view: ClusterView) -> list[Action]:
     if my_state in (NodeState.STARTING, NodeState.LEAVING):
         return actions
     has_q = quorate(view)
+    if has_q is None:
+        return actions  # asking the tie-breaker: hold still
     for h in view.config.hierarchies.values():
         actions.extend(decide_hierarchy(view, h, my_state, has_q))
     return actions

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ophiura.cluster import agentload
@@ -205,8 +205,16 @@ class Executor:
 
     # -- agent calls --------------------------------------------------------------------------
 
+    def _resolve(self, res: Resource) -> Resource:
+        """`{node}` in a param becomes this node's name: one file, per-node values (keys, names)."""
+        if any("{node}" in v for v in res.params.values()):
+            params = {k: v.replace("{node}", self.me) for k, v in res.params.items()}
+            return replace(res, params=params)
+        return res
+
     async def _call(self, method: str, res: Resource, timeout: float) -> Outcome:
         t0 = self.clock()
+        res = self._resolve(res)
         try:
             agent = self.agent_for(res.kind)
             fn = getattr(agent, method)

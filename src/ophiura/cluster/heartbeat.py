@@ -42,6 +42,20 @@ class HierReport:
     state: str
     gen: int = 0
     failures: int = 0
+    resources: str = ""  # one RESOURCE_CODES letter per resource, in configuration order
+
+
+# Resource states in one letter each, so a heartbeat carries every resource's state (as HATS's
+# did) and stays within one datagram for dozens of hierarchies.
+RESOURCE_CODES = {
+    "stopped": "s",
+    "starting": "b",
+    "running": "r",
+    "failed": "f",
+    "stopping": "e",
+    "stop-failed": "x",
+}
+CODE_RESOURCES = {v: k for k, v in RESOURCE_CODES.items()}
 
 
 @dataclass(frozen=True)
@@ -67,7 +81,7 @@ def encode(hb: Heartbeat, key: bytes) -> bytes:
         "s": hb.seq,
         "t": hb.sent,
         "st": hb.state,
-        "h": {k: [v.state, v.gen, v.failures] for k, v in hb.hierarchies.items()},
+        "h": {k: [v.state, v.gen, v.failures, v.resources] for k, v in hb.hierarchies.items()},
         "a": dict(hb.admin),
     }
     payload = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
@@ -119,10 +133,13 @@ def decode(data: bytes, key: bytes) -> Heartbeat:
     if not isinstance(raw_h, dict):
         raise HeartbeatError("malformed", "hierarchies is not an object")
     for name, v in raw_h.items():
-        if not isinstance(v, list) or len(v) != 3:
+        if not isinstance(v, list) or len(v) not in (3, 4):
             raise HeartbeatError("malformed", f"hierarchy {name!r}")
         hiers[_str(name, "hierarchy")] = HierReport(
-            _str(v[0], "state"), _int(v[1], "gen"), _int(v[2], "failures")
+            _str(v[0], "state"),
+            _int(v[1], "gen"),
+            _int(v[2], "failures"),
+            _str(v[3], "resources") if len(v) == 4 else "",
         )
     admin = body.get("a", {})
     if not isinstance(admin, dict):

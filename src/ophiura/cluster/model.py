@@ -96,7 +96,7 @@ class ClusterView:
     peers: Mapping[str, PeerView]
     local: Mapping[str, LocalHier]
     admin: AdminState = AdminState()
-    tie_breaker: bool = False
+    tie_breaker: bool | None = False  # quorate mode: None = asked, no answer yet
     fencing: frozenset[str] = frozenset()  # fence operations in flight
 
 

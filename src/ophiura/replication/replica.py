@@ -276,6 +276,15 @@ class ReplicaLife:
             self._send(r, op, None)
         self._spawn(self._drive_recovery(r, inc, plan, client, pull), f"drive-{r.name}")
 
+    def _replay_to_full(self, r: Replica, plan: RecoveryPlan, why: str) -> RecoveryPlan:
+        """The replay cannot be served (the peer's log moved on): same peer, full copy."""
+        full = RecoveryPlan(RecoveryKind.FULL, why, plan.resend_from, plan.peer, plan.upto)
+        r.plan = full
+        r.last_recovery = "full"
+        r.recoveries["full"] = r.recoveries.get("full", 0) + 1
+        self._transition(r, ReplicaEvent.BEHIND_FULL)
+        return full
+
     async def _recover_cmd(self, client: Any, plan: RecoveryPlan) -> None:
         peer = self.replicas[plan.peer or ""].session.spec
         await client.recover(
@@ -295,17 +304,7 @@ class ReplicaLife:
                 log.warning("%s/%s: replay refused (%s): full copy instead", self.name, r.name, exc)
                 if r.incarnation != inc:
                     return
-                plan = RecoveryPlan(
-                    RecoveryKind.FULL,
-                    f"replay failed: {exc}",
-                    plan.resend_from,
-                    plan.peer,
-                    plan.upto,
-                )
-                r.plan = plan
-                r.last_recovery = "full"
-                r.recoveries["full"] = r.recoveries.get("full", 0) + 1
-                self._transition(r, ReplicaEvent.BEHIND_FULL)
+                plan = self._replay_to_full(r, plan, f"replay failed: {exc}")
                 await self._recover_cmd(client, plan)
             last_progress, last_change = None, time.monotonic()
             while r.incarnation == inc and not self.closed:
@@ -316,6 +315,19 @@ class ReplicaLife:
                     r.tracker.raise_to(vs.applied_seq)
                     self._recovered(r)
                     return
+                if (
+                    plan.kind is RecoveryKind.REPLAY
+                    and vs.state == "gap"
+                    and vs.detail.startswith("log-gone")
+                ):
+                    # The SE pulls after RECOVER answered OK, so a peer log that is gone shows
+                    # here, not as a refusal; waiting for the stall timeout retried the replay
+                    # forever (the peer's log only moves further on).
+                    log.warning("%s/%s: %s: full copy instead", self.name, r.name, vs.detail)
+                    plan = self._replay_to_full(r, plan, vs.detail)
+                    await self._recover_cmd(client, plan)
+                    last_progress, last_change = None, time.monotonic()
+                    continue
                 now = time.monotonic()
                 if r.progress != last_progress:
                     last_progress, last_change = r.progress, now

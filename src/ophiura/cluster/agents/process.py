@@ -172,15 +172,14 @@ class ProcessAgent:
         self._children[proc.pid] = proc
         self._reap(proc)
         st = proc_starttime(proc.pid)
-        if st is None:
-            await asyncio.sleep(0)
-            return done(OcfCode.ERR_GENERIC, t0, f"{argv[0]} exited at once", _tail(logfile))
-        rec = PidRecord(proc.pid, st)
-        write_pidfile(pidfile, rec)
-        wait = min(start_wait, max(0.0, timeout - (time.monotonic() - t0)))
+        if st is not None:
+            write_pidfile(pidfile, PidRecord(proc.pid, st))
+            wait = min(start_wait, max(0.0, timeout - (time.monotonic() - t0)))
+        else:  # already gone: wait (briefly) for its exit status
+            wait = min(1.0, max(0.0, timeout - (time.monotonic() - t0)))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.wait(), wait)
-        if proc.returncode is not None:
+        if proc.returncode is not None or st is None:
             pidfile.unlink(missing_ok=True)
             return done(
                 OcfCode.ERR_GENERIC,

@@ -162,8 +162,10 @@ async def run_process(
     """Run `argv` (no shell) for at most `timeout` seconds; see the module docstring."""
     t0 = time.monotonic()
     tail = TailBuffer(output_limit)
-    try:
-        proc = await asyncio.create_subprocess_exec(
+    # A cancel that lands while asyncio is still wiring the pipes would have asyncio SIGKILL only
+    # the leader, orphaning its children: shield the spawn, then kill the group ourselves.
+    spawn = asyncio.ensure_future(
+        asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
@@ -172,6 +174,15 @@ async def run_process(
             cwd=cwd,
             start_new_session=True,
         )
+    )
+    try:
+        try:
+            proc = await asyncio.shield(spawn)
+        except asyncio.CancelledError:
+            with contextlib.suppress(OSError):
+                spawned = await spawn
+                await _kill_group(spawned, kill_grace)
+            raise
     except FileNotFoundError as exc:
         return RunResult(
             None, "", time.monotonic() - t0, error=f"{argv[0]}: not found ({exc})", missing=True

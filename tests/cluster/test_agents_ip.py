@@ -1,0 +1,148 @@
+"""`ip`: a floating address inside a network namespace the test creates (198.51.100.0/24 only,
+nothing added to the root namespace), announced by a gratuitous ARP that start does not wait on."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from ophiura.cluster.agents.base import OcfCode, Resource
+from ophiura.cluster.agents.ip import IpAgent, drain_background
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[str, str]]:
+    """Two namespaces joined by a veth pair: ours (a0, 198.51.100.1) and a peer (b0, .2)."""
+    if os.geteuid() != 0:
+        print("SKIP: network namespaces need root")
+        pytest.skip("network namespaces need root")
+    if shutil.which("arping") is None:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "arping"],
+            env=env,
+            capture_output=True,
+            timeout=600,
+            check=False,
+        )
+    tag = f"{os.getpid()}-{secrets.token_hex(2)}"
+    a, b = f"oph-ipa-{tag}", f"oph-ipb-{tag}"
+    for ns in (a, b):
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        # created inside `a`, one end moved to `b`: nothing ever touches the root namespace
+        subprocess.run(
+            ["ip", "-n", a, "link", "add", "a0", "type", "veth", "peer", "name", "b0"], check=True
+        )
+        subprocess.run(["ip", "-n", a, "link", "set", "b0", "netns", b], check=True)
+        for ns, dev, addr in ((a, "a0", "198.51.100.1/24"), (b, "b0", "198.51.100.2/24")):
+            subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+            subprocess.run(["ip", "-n", ns, "addr", "add", addr, "dev", dev], check=True)
+            subprocess.run(["ip", "-n", ns, "link", "set", dev, "up"], check=True)
+        yield a, b
+    finally:
+        for ns in (a, b):
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def _has(ns: str, dev: str, addr: str) -> bool:
+    out = subprocess.run(
+        ["ip", "-n", ns, "-o", "addr", "show", "dev", dev],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return f" {addr}/" in out
+
+
+async def test_ip_start_monitor_stop_with_gratuitous_arp(pair: tuple[str, str]) -> None:
+    a, _ = pair
+    agent = IpAgent()
+    res = Resource(
+        "vip", "ip", {"ip": "198.51.100.50", "cidr_netmask": "24", "nic": "a0", "netns": a}
+    )
+    assert (await agent.validate(res, 5)).ok
+    assert (await agent.monitor(res, 5)).code == OcfCode.NOT_RUNNING
+    t0 = time.monotonic()
+    out = await agent.start(res, 5)
+    elapsed = time.monotonic() - t0
+    assert out.ok, out
+    assert elapsed < 0.8, f"start waited on arping ({elapsed:.2f}s)"
+    assert _has(a, "a0", "198.51.100.50")
+    res10 = Resource(res.name, "ip", res.params, monitor_depth=10)
+    assert (await agent.monitor(res, 5)).ok and (await agent.monitor(res10, 5)).ok
+    assert (await agent.start(res, 5)).ok  # already there: fine
+    await drain_background()
+    assert (await agent.stop(res, 5)).ok
+    assert not _has(a, "a0", "198.51.100.50")
+    assert (await agent.monitor(res, 5)).code == OcfCode.NOT_RUNNING
+    assert (await agent.stop(res, 5)).ok  # idempotent
+    subprocess.run(["ip", "-n", a, "link", "set", "a0", "down"], check=True)
+    assert (await agent.start(res, 5)).ok
+    assert (await agent.monitor(res10, 5)).code == OcfCode.ERR_GENERIC  # depth 10: link down
+    assert (await agent.stop(res, 5)).ok
+    await drain_background()
+
+
+async def test_ip_arp_announcement_is_sent(pair: tuple[str, str]) -> None:
+    """The peer's neighbour entry for the VIP moves to our MAC without any traffic from it."""
+    a, b = pair
+    agent = IpAgent()
+    res = Resource(
+        "vip",
+        "ip",
+        {"ip": "198.51.100.60", "cidr_netmask": "24", "nic": "a0", "netns": a, "arp_count": "1"},
+    )
+    # the peer believes the VIP is at some stale MAC (the old owner's)
+    subprocess.run(
+        [
+            "ip",
+            "-n",
+            b,
+            "neigh",
+            "replace",
+            "198.51.100.60",
+            "lladdr",
+            "02:00:00:00:00:99",
+            "dev",
+            "b0",
+            "nud",
+            "stale",
+        ],
+        check=True,
+    )
+    assert (await agent.start(res, 5)).ok
+    await drain_background()
+    mac = (
+        subprocess.run(
+            ["ip", "-n", a, "-o", "link", "show", "a0"], capture_output=True, text=True, check=True
+        )
+        .stdout.split("link/ether ")[1]
+        .split()[0]
+    )
+    neigh = subprocess.run(
+        ["ip", "-n", b, "neigh", "show", "198.51.100.60", "dev", "b0"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert mac in neigh, f"peer still has {neigh!r}, our MAC is {mac}"
+    assert (await agent.stop(res, 5)).ok
+
+
+async def test_ip_errors() -> None:
+    agent = IpAgent()
+    bad = Resource("v", "ip", {"ip": "not-an-ip", "nic": "x"})
+    assert (await agent.validate(bad, 5)).code == OcfCode.ERR_CONFIGURED
+    assert (await agent.start(bad, 5)).code == OcfCode.ERR_CONFIGURED
+    nonic = Resource("v", "ip", {"ip": "198.51.100.9"})
+    out = await agent.validate(nonic, 5)
+    assert out.code == OcfCode.ERR_CONFIGURED and "'nic'" in out.reason
+    wide = Resource("v", "ip", {"ip": "198.51.100.9", "nic": "x", "cidr_netmask": "33"})
+    assert (await agent.validate(wide, 5)).code == OcfCode.ERR_CONFIGURED
