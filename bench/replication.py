@@ -877,15 +877,24 @@ def plots(report: dict[str, Any], outdir: Path) -> list[Path]:
     made = []
     rows = report["rows"]
     base = report["direct_baseline"]
-    dark = [r for r in rows if r["quorum"] and not r["key"].endswith("inet")]
+    dark = [r for r in rows if r["quorum"] and r["key"].startswith("q") and "_near" in r["key"]]
+    dark = [r for r in dark if not r["key"].endswith(("inet", "again"))]
+    p50 = {c["config"]["key"]: {k: m["lat_p50_us"] / 1000 for k, m in c["results"].items()}
+           for c in report.get("configs", [])}  # fmt: skip
 
     # 1. latency vs near delay
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     ax = axes[0]
-    for q, style in ((1, "o-"), (2, "s-")):
+    for q, style, color in ((1, "o", "C0"), (2, "s", "C1")):
         pts = sorted((r["near_ms"], r["write"]) for r in dark if r["quorum"] == q and r["write"])
         if pts:
-            ax.plot(*zip(*pts, strict=True), style, label=f"N=3 Q={q} (measured)")
+            ax.plot(*zip(*pts, strict=True), style + "-", color=color,
+                    label=f"N=3 Q={q}, mean (measured)")  # fmt: skip
+        pts = sorted((r["near_ms"], p50[r["key"]]["write"]) for r in dark
+                     if r["quorum"] == q and "write" in p50.get(r["key"], {}))  # fmt: skip
+        if pts:
+            ax.plot(*zip(*pts, strict=True), style + "--", color=color, mfc="none",
+                    label=f"N=3 Q={q}, median (measured)")  # fmt: skip
     delays = sorted({r["near_ms"] for r in dark})
     if "write" in base and delays:
         ax.axhline(base["write"], color="k", lw=1, label="direct (measured)")
@@ -1083,7 +1092,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     args.workdir.mkdir(parents=True, exist_ok=True)
-    backing = prepare_backing(args.workdir / f"disk-{args.size // MIB}M.img", args.size)
+    backing = args.workdir / f"disk-{args.size // MIB}M.img"
+    if args.micro or args.postmark:  # the direct target's file of data
+        prepare_backing(backing, args.size)
     started = time.monotonic()
     cluster = Cluster(args.workdir, args.size // MIB)
     directs: list[ConfigRun] = []

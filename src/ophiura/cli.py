@@ -246,5 +246,9 @@ from ophiura.cluster.cli import cluster, node  # noqa: E402
 main.add_command(cluster)
 main.add_command(node)
 
+from ophiura.web.cli import web  # noqa: E402
+
+main.add_command(web)
+
 if __name__ == "__main__":
     main()

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -99,6 +100,9 @@ class SeProcess:
             m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
             if m:
                 self.port = int(m.group(1))
+                # Keep reading its output: a full pipe (64 KiB of log lines) would block the
+                # SE in a write() and hang the test.
+                threading.Thread(target=self.proc.stdout.read, daemon=True).start()
                 return self.port
         raise RuntimeError("ophiura se did not start in time")
 

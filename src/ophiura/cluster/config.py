@@ -56,6 +56,7 @@ class Node:
     name: str
     votes: int = 1
     admin: tuple[str, int] = ("127.0.0.1", 7400)
+    http: tuple[str, int] | None = None  # REST API and dashboard (ophiura.web); None: cluster.http
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,18 @@ class Notifier:
 
 
 @dataclass(frozen=True)
+class ApiUser:
+    """A REST API user (ophiura.web): only the SHA-256 of the token is in the (shared) file."""
+
+    name: str
+    token_sha256: str
+    role: str = "admin"  # "admin" (everything) or "read" (GET only)
+
+
+API_ROLES = ("admin", "read")
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     name: str
     secret: bytes
@@ -139,6 +152,8 @@ class ClusterConfig:
     fence_devices: Mapping[str, FenceDevice] = field(default_factory=dict)
     fence_levels: Mapping[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
     notifiers: tuple[Notifier, ...] = ()
+    http: tuple[str, int] | None = None  # REST API address of every node without its own; None: off
+    api_users: Mapping[str, ApiUser] = field(default_factory=dict)
     source: str = ""  # path, for messages
     unknown: tuple[str, ...] = ()  # keys parse() did not recognise (typos), for validate()
 
@@ -153,6 +168,10 @@ class ClusterConfig:
 
     def fenceable(self, node: str) -> bool:
         return bool(self.fence_levels.get(node))
+
+    def http_address(self, node: str) -> tuple[str, int] | None:
+        """Where `node` serves the REST API and dashboard; None when it serves none."""
+        return self.nodes[node].http or self.http
 
 
 def _host_port(value: Any, default_port: int, where: str) -> tuple[str, int]:
@@ -248,9 +267,10 @@ def _hierarchy(t: Mapping[str, Any], i: int) -> Hierarchy:
 KNOWN_KEYS: Mapping[str, frozenset[str]] = {
     "": frozenset({"cluster", "timings", "nodes", "links", "hierarchies", "fencing", "notify"}),
     "cluster": frozenset({"name", "secret", "secret_file", "quorum", "tie_breaker",
-                          "allow_unfenced", "stop_on_shutdown", "state_dir", "test_hooks"}),
+                          "allow_unfenced", "stop_on_shutdown", "state_dir", "test_hooks",
+                          "http", "api_users"}),
     "timings": frozenset({"interval", "deadline", "startup_grace", "max_clock_skew"}),
-    "nodes": frozenset({"name", "votes", "admin"}),
+    "nodes": frozenset({"name", "votes", "admin", "http"}),
     "links": frozenset({"name", "port", "addresses"}),
     "hierarchies": frozenset({"name", "nodes", "resources", "ownable", "shared_data", "failback",
                               "max_restarts", "restart_window", "failure_expiry",
@@ -324,7 +344,8 @@ def parse(data: Mapping[str, Any], source: str = "", base: Path | None = None) -
         admin = _host_port(nt.get("admin", "127.0.0.1:7400"), 7400, f"{where}.admin")
         if name in nodes:
             raise ConfigError(f"{where}: node {name!r} defined twice")
-        nodes[name] = Node(name, votes=_get(nt, "votes", int, where, 1), admin=admin)
+        http = _host_port(nt["http"], 8440, f"{where}.http") if "http" in nt else None
+        nodes[name] = Node(name, votes=_get(nt, "votes", int, where, 1), admin=admin, http=http)
     links: list[Link] = []
     for i, lt in enumerate(data.get("links", [])):
         where = f"links[{i}]"
@@ -404,9 +425,25 @@ def parse(data: Mapping[str, Any], source: str = "", base: Path | None = None) -
         fence_devices=devices,
         fence_levels={n: tuple(d for _, d in sorted(lv)) for n, lv in levels.items()},
         notifiers=tuple(notifiers),
+        http=_host_port(c["http"], 8440, "cluster.http") if "http" in c else None,
+        api_users=_api_users(c.get("api_users", {})),
         source=source,
         unknown=tuple(unknown_keys(data)),
     )
+
+
+def _api_users(table: Any) -> dict[str, ApiUser]:
+    """[cluster.api_users] NAME = { token_sha256 = HEX, role = "admin"|"read" } (ophiura.web)."""
+    if not isinstance(table, dict):
+        raise ConfigError("cluster.api_users: expected a table NAME = { token_sha256 = ... }")
+    users = {}
+    for name, t in table.items():
+        where = f"cluster.api_users.{name}"
+        if not isinstance(t, dict):
+            raise ConfigError(f"{where}: expected a table {{ token_sha256 = ..., role = ... }}")
+        digest = _get(t, "token_sha256", str, where, "")
+        users[name] = ApiUser(name, digest.lower(), _get(t, "role", str, where, "admin"))
+    return users
 
 
 def load(path: str | Path) -> ClusterConfig:

@@ -35,6 +35,7 @@ from ophiura.cluster.model import (
     PeerView,
 )
 from ophiura.cluster.state import ACTIVE, HierarchyState, NodeState, PeerState, transition
+from ophiura.web import hook as web_hook
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class NodeDaemon:
         self.hb = HeartbeatService(cfg, me, on_event=self._from_thread)
         self.executor = Executor(cfg, me, self.emit)
         self.admin_server = AdminServer(cfg.key("admin"), me, self.handle)
+        self.web: web_hook.Stoppable | None = None  # REST API + dashboard, if cluster/node http
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         self._started = 0.0
@@ -331,6 +333,11 @@ class NodeDaemon:
                     "node_state": pv.node_state,
                     "fenced": pv.fenced,
                     "links": {ln.name: str(self.mem.links[(p, ln.name)]) for ln in self.cfg.links},
+                    "last_heard": {  # seconds ago, per link (never heard: absent)
+                        ln: round(time.monotonic() - t, 3)
+                        for (peer, ln), t in snap.last_heard.items()
+                        if peer == p
+                    },
                 }
         local = self.executor.status()
         counts = self.executor.fail_counts()
@@ -400,6 +407,7 @@ class NodeDaemon:
             raise OSError(
                 exc.errno, f"cannot listen for admin requests on {host}:{port}: {exc.strerror}"
             ) from exc
+        self.web = await web_hook.start(self)
         self._started = time.monotonic()
         self.emit(
             "node", task="start", state=self.state, desc=f"incarnation {self.hb.incarnation:x}"
@@ -436,6 +444,8 @@ class NodeDaemon:
         for task in list(self._tasks):
             task.cancel()
         await self.admin_server.stop()
+        if self.web is not None:
+            await self.web.stop()
         self.hb.stop()
         self.notify.stop()
         self.events.stop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from ophiura.cluster.config import (
+    API_ROLES,
     FAILBACK_MODES,
     NOTIFY_KINDS,
     QUORUM_MODES,
@@ -110,6 +111,7 @@ def validate(
                 f"is also node {admins[n.admin]}'s"
             )
         admins[n.admin] = n.name
+    p.extend(_validate_api(cfg))
     for h in cfg.hierarchies.values():
         p.extend(_validate_hierarchy(cfg, h, known_kind))
     for name, dev in cfg.fence_devices.items():
@@ -134,6 +136,20 @@ def validate(
             p.append(f"notify[{i}]: no {what}")
     if cfg.quorum == "quorate" and sum(n.votes for n in cfg.nodes.values()) == 0:
         p.append("quorate mode with zero votes in total")
+    return p
+
+
+def _validate_api(cfg: ClusterConfig) -> list[str]:
+    """The REST API (ophiura.web): addresses apart from the admin API, well-formed user tokens."""
+    p: list[str] = []
+    for n in cfg.nodes.values():
+        if cfg.http_address(n.name) == n.admin:
+            p.append(f"node {n.name}: http address {n.admin[0]}:{n.admin[1]} is its admin address")
+    for u in cfg.api_users.values():
+        if len(u.token_sha256) != 64 or any(c not in "0123456789abcdef" for c in u.token_sha256):
+            p.append(f"api user {u.name}: token_sha256 must be 64 hex digits (a SHA-256)")
+        if u.role not in API_ROLES:
+            p.append(f"api user {u.name}: role {u.role!r} is not one of {', '.join(API_ROLES)}")
     return p
 
 
