@@ -173,9 +173,10 @@ async def act(request: web.Request, req: dict[str, Any], what: dict[str, Any]) -
         result = await backend.handle(req)
     except AdminError as exc:
         return problem(409, str(exc))
-    backend.emit(
-        "admin", task=f"api-{req['op']}", peer=request.remote or "", desc=f"by {who.name}", **what
-    )
+    # The event's own "node" is the node that logs it; the node acted upon goes in "peer".
+    audit = {("peer" if k == "node" else k): v for k, v in what.items()}
+    desc = f"by {who.name} from {request.remote or '?'}"
+    backend.emit("admin", task=f"api-{req['op']}", desc=desc, **audit)
     return dumps({"ok": True, "op": req["op"], "by": who.name, **what, **(result or {})})
 
 
