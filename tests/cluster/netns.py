@@ -341,6 +341,16 @@ class Lab:
         self.procs.append(proc)
         return proc
 
+    def kill_host(self, host: str) -> None:
+        """kill -9 every process inside `host`'s namespace, and reap the ones we started (a
+        zombie keeps its PID: keepalived would think its pidfile still names a live daemon)."""
+        ns = self.ns(host)
+        kill_netns_processes(ns)
+        for proc in self.procs:
+            if proc.ns == ns:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.popen.wait(2)
+
     def run(self, host: str, *argv: str, timeout: float = CMD_TIMEOUT) -> str:
         return sh("ip", "netns", "exec", self.ns(host), *argv, timeout=timeout)
 
@@ -379,7 +389,7 @@ async def probe(t0):
         r, w = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
         try:
             w.write(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
-            data = await asyncio.wait_for(r.read(4096), timeout)
+            data = await asyncio.wait_for(r.read(), timeout)
         finally:
             w.close()
         head, _, body = data.partition(b"\r\n\r\n")
@@ -516,17 +526,18 @@ def web_hierarchy(
     """[volume (or a `process`) -> ip (VIP on link A) -> http.server on the VIP (`process`)].
 
     Every node serves `www/<node>/index.html`, which says the node's name, so the client knows
-    who answered."""
+    who answered. The resources are `vol`, `vip` and `http` for `web`, else `<name>-vol`, ..."""
     for n in nodes:
         (www / n).mkdir(parents=True, exist_ok=True)
         (www / n / "index.html").write_text(f"{n}\n")
     node_list = ", ".join(f'"{n}"' for n in nodes)
+    p = "" if name == "web" else f"{name}-"
     if bottom == "volume":
-        own = f"""ownable = "vol"
+        own = f"""ownable = "{p}vol"
 shared_data = true
 {extra}
 [[hierarchies.resources]]
-name = "vol"
+name = "{p}vol"
 kind = "volume"
 params = {{ url = "{lun_url(target_port)}", node = "{{node}}" }}
 monitor_interval = {monitor}
@@ -534,7 +545,7 @@ monitor_interval = {monitor}
     else:  # a plain supervised process at the bottom (no own-able resource, no shared data)
         own = f"""{extra}
 [[hierarchies.resources]]
-name = "vol"
+name = "{p}vol"
 kind = "process"
 params = {{ command = "sleep 100000", start_wait = "0" }}
 monitor_interval = {monitor}
@@ -546,17 +557,17 @@ name = "{name}"
 nodes = [{node_list}]
 {own}
 [[hierarchies.resources]]
-name = "vip"
+name = "{p}vip"
 kind = "ip"
 params = {{ ip = "{vip}", cidr_netmask = "25", nic = "ethA" }}
-depends_on = ["vol"]
+depends_on = ["{p}vol"]
 monitor_interval = {monitor}
 
 [[hierarchies.resources]]
-name = "http"
+name = "{p}http"
 kind = "process"
 params = {{ command = "{http}", start_wait = "0.05", grace = "2" }}
-depends_on = ["vip"]
+depends_on = ["{p}vip"]
 monitor_interval = {monitor}
 """
 
@@ -589,6 +600,7 @@ class NsCluster:
         self.cfg = load(self.path)
         self.daemons: dict[str, Proc] = {}
         self.targets: dict[int, Proc] = {}
+        self.crashed_at = 0.0
 
     def env(self, node: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -667,7 +679,8 @@ class NsCluster:
         """kill -9 everything of `node` (daemon, services, arping) and take its bridge ports
         down, as a machine that lost power; the monotonic time just before."""
         t0 = time.monotonic()
-        kill_netns_processes(self.lab.ns(node))
+        self.crashed_at = time.time()
+        self.lab.kill_host(node)
         self.lab.ports(node, up=False)
         return t0
 
@@ -710,6 +723,17 @@ class NsCluster:
             out += [json.loads(line) for line in f.read_text().splitlines() if line]
         return out
 
+    def timeline(self, node: str, since: float, kinds: tuple[str, ...] = ("node", "hierarchy",
+                 "resource", "fencing")) -> str:  # fmt: skip
+        """`node`'s events since wall-clock `since`, one per line, in seconds after it."""
+        lines = []
+        for e in self.events(node):
+            if e["time"] >= since - 0.01 and e["kind"] in kinds:
+                what = " ".join(str(e[k]) for k in ("task", "peer", "hierarchy", "resource",
+                                "desc", "elapsed") if e.get(k) not in (None, ""))  # fmt: skip
+                lines.append(f"  {node} +{e['time'] - since:6.3f} {e['kind']}: {what[:110]}")
+        return "\n".join(lines)
+
     def serving(self, via: str, h: str = "web") -> list[str]:
         return list(self.hier(via, h)["running_on"])
 
@@ -722,3 +746,56 @@ def _connects(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+# --------------------------------------------------------------------------- the shared LUN
+
+
+def _volume_resource(node: str, port: int) -> Any:
+    from ophiura.cluster.agents.base import Resource
+
+    return Resource(f"vol-{node}", "volume", {"url": lun_url(port), "node": node})
+
+
+def pr_holder(lab: Lab, port: int = TARGET_PORT) -> str | None:
+    """Which node's key holds the LUN's reservation (asked on an observer's own nexus, from the
+    storage namespace, so no node's session is disturbed); None when nobody holds it."""
+    import asyncio
+
+    from ophiura.cluster.agents.volume import VolumeSpec, _Session, derive_key
+
+    async def ask() -> int | None:
+        async with _Session(VolumeSpec.of(_volume_resource("observer", port)), 5.0) as s:
+            return (await s.view()).holder_key
+
+    key = lab.call("target", lambda: asyncio.run(ask()))
+    if key is None:
+        return None
+    names = {derive_key(n): n for n in lab.nodes}
+    return names.get(key, f"key {key:016x}")
+
+
+def write_as(lab: Lab, node: str, port: int = TARGET_PORT) -> int:
+    """One WRITE(16) of a block through `node`'s own I_T nexus (its data path), from inside its
+    namespace; the SCSI status (0 GOOD, 0x18 RESERVATION CONFLICT). Use it only while `node`'s
+    daemon is not using its nexus (stopped, or after it stopped its copy): a second session on
+    the same nexus replaces the first."""
+    import asyncio
+
+    from ophiura.cluster.agents.volume import VolumeSpec
+    from ophiura.iscsi.initiator import IscsiInitiator
+    from ophiura.scsi.api import Status
+
+    async def write() -> int:
+        spec = VolumeSpec.of(_volume_resource(node, port))
+        ini, lun = await IscsiInitiator.from_url(spec.url, spec.initiator, isid=spec.isid)
+        try:
+            for _ in range(8):  # consume unit attentions (registrations preempted, ...)
+                if (await ini.test_unit_ready(lun)).status == Status.GOOD:
+                    break
+            cdb = bytes([0x8A, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0])
+            return int((await ini.scsi(lun, cdb, data_out=node.encode().ljust(512, b"."))).status)
+        finally:
+            await ini.logout()
+
+    return lab.call(node, lambda: asyncio.run(write()))

@@ -157,11 +157,6 @@ async def test_second_node_takes_the_epoch_and_fences_the_first(
         await agent.stop(b, 10)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an idle HE learns of a newer epoch only at its next write (SE pings carry no "
-    "epoch): the old owner's monitor stays SUCCESS until it writes",
-)
 async def test_idle_old_owner_is_reported_fenced_without_writing(
     tmp_path: Path, ses: tuple[Path, list[str]], agent: ReplicatedVolumeAgent
 ) -> None:

@@ -17,8 +17,10 @@ from ophiura.replication.se_client import (
     SeUnavailable,
     StaleEpoch,
 )
+from ophiura.replication.se_disk import VolumeDisk
+from ophiura.replication.storage_element import StorageElement
 
-from .test_se_support import SECRET, block, client_for, running_se
+from .test_se_support import SECRET, MiB, block, client_for, running_se
 
 KiB = 1024
 
@@ -216,3 +218,36 @@ async def test_link_emulation_adds_delay_and_caps_rate(tmp_path: Path) -> None:
             )  # 1 MiB
             elapsed = time.monotonic() - start
             assert 0.4 < elapsed < 1.5, elapsed
+
+
+async def test_requests_during_start_wait_for_the_volume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SE listens before its volumes are open: a request for one still opening waits for
+    it — it must never be told "no such volume" (an HE would create it afresh)."""
+    async with running_se(tmp_path) as se, client_for(se) as c:
+        await c.open_volume("v", MiB)
+        await c.write("v", 1, 1, 0, block(1))
+    real_open = VolumeDisk.open
+
+    def slow_open(self: VolumeDisk, create: object) -> object:
+        time.sleep(0.5)
+        return real_open(self, create)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(VolumeDisk, "open", slow_open)
+    se = StorageElement("se1", tmp_path / "se1", "127.0.0.1", 0, SECRET)
+    starting = asyncio.ensure_future(se.start())
+    while not se.port:
+        await asyncio.sleep(0.01)
+    try:
+        async with client_for(se.port) as c:
+            assert not starting.done()
+            ack, st, vols = await asyncio.gather(
+                c.write("v", 1, 2, 4096, block(2)), c.volume_state("v"), c.list_volumes()
+            )
+            assert ack == 2 and st.applied_seq >= 1 and [v.volume for v in vols] == ["v"]
+            await starting
+            assert await c.read("v", 4096, 4096) == block(2)
+    finally:
+        await starting
+        await se.stop()

@@ -56,10 +56,13 @@ def file_digest(path: Path) -> str:
 class SeProcess:
     """`ophiura se` as a subprocess (for kill -9). Stopped only through its own PID."""
 
-    def __init__(self, tmp: Path, name: str = "se1", extra: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, tmp: Path, name: str = "se1", extra: tuple[str, ...] = (), prelude: str = ""
+    ) -> None:
         self.tmp = tmp
         self.name = name
         self.extra = extra
+        self.prelude = prelude  # Python run before the CLI (e.g. to change a module constant)
         self.port = 0
         self.proc: subprocess.Popen[str] | None = None
         self.secret_file = tmp / "secret"
@@ -69,10 +72,13 @@ class SeProcess:
 
     def start(self, timeout: float = 20.0) -> int:
         listen = f"127.0.0.1:{self.port}"
+        if self.prelude:
+            code = f"{self.prelude}\nfrom ophiura.cli import main\nmain()"
+            launcher = [sys.executable, "-c", code]
+        else:
+            launcher = [sys.executable, "-m", "ophiura.cli"]
         cmd = [
-            sys.executable,
-            "-m",
-            "ophiura.cli",
+            *launcher,
             "se",
             "--name",
             self.name,

@@ -78,6 +78,45 @@ async def test_standby_takeover_fences_the_old_he(ses: list[SeHandle], tmp_path:
         await standby.stop()
 
 
+async def test_idle_old_he_is_fenced_without_writing(ses: list[SeHandle], tmp_path: Path) -> None:
+    """The old HE writes nothing after the takeover: its sessions' periodic volume poll sees
+    the newer epoch and fences it within about one ping interval (0.5 s), so its status (what
+    the cluster agent judges ownership by) says fenced before any write is refused."""
+    cfg = he_config(ses)
+    old = await start_he(cfg, tmp_path / "old")
+    standby = await start_he(replace(cfg, standby=True, state_dir=tmp_path / "new"), tmp_path)
+    try:
+        old_vol = old.volumes["vol"].data
+        await wait_all_up(old)
+        ledger = Ledger()
+        for i in range(8):
+            assert await ledger.write(old_vol, i, i)
+        writes, seq = old_vol.writes, old_vol.latest_seq
+        assert not old_vol.fenced and not old.status()["volumes"][0]["fenced"]
+        await control_call("127.0.0.1", standby.control.port, SECRET, "takeover")
+        t0 = time.monotonic()
+        await wait_for(lambda: old_vol.fenced, 3, "idle old HE fenced")
+        noticed = time.monotonic() - t0
+        assert noticed < 1.5, f"the idle old HE noticed the takeover after {noticed:.2f}s"
+        # nothing was written meanwhile: the poll, not a refused write, fenced it
+        assert (old_vol.writes, old_vol.latest_seq) == (writes, seq)
+        st = old.status()["volumes"][0]
+        new_epoch = standby.volumes["vol"].data.epoch
+        assert st["fenced"] and st["read_only"] and f"epoch {new_epoch}" in st["fence_reason"]
+        assert old.volumes["vol"].meta.fenced  # the SCSI-state companion too
+        assert await ledger.verify(old_vol) == []  # a fenced HE still reads
+        with pytest.raises(Fenced):
+            await old_vol.write(0, b"z" * 4096)
+        assert old_vol.latest_seq == seq  # refused before taking a sequence number
+        # the new owner is not disturbed by its own polls
+        new_vol = standby.volumes["vol"].data
+        await asyncio.sleep(0.6)
+        assert not new_vol.fenced and await ledger.write(new_vol, 9, 1)
+    finally:
+        await old.stop()
+        await standby.stop()
+
+
 def _he_cmd(ses: list[SeHandle], tmp: Path, nbd: int, control: int, *extra: str) -> list[str]:
     cmd = [sys.executable, "-m", "ophiura.cli", "he", "--quorum", "2", "--volume", "vol:8M"]
     for s in ses:

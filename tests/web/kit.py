@@ -7,7 +7,11 @@ client helping on the other side.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 import socket
+import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -95,3 +99,50 @@ def http(
         return status, json.loads(text), headers
     except ValueError:
         return status, text, headers
+
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def chromium_path() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def chromium(
+    url: str,
+    profile: Path,
+    *,
+    screenshot: Path | None = None,
+    budget_ms: int = 4000,
+    size: tuple[int, int] = (1280, 900),
+    timeout: float = 60.0,
+) -> str:
+    """Load `url` in headless Chromium for `budget_ms` of virtual time; the DOM (or a PNG).
+
+    Chromium runs in its own session so that a hang is ended by killing exactly its process
+    group, which this function started.
+    """
+    exe = chromium_path()
+    assert exe is not None
+    args = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+            f"--window-size={size[0]},{size[1]}", f"--virtual-time-budget={budget_ms}"]  # fmt: skip
+    args += [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
+    proc = subprocess.Popen(
+        [*args, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return out.decode(errors="replace")

@@ -13,6 +13,7 @@ orders them with the data-file writes.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import os
@@ -33,6 +34,8 @@ FILE_HEADER = 4096
 _FILE_MAGIC = b"OPHLOG01"
 _FHEAD = struct.Struct("<8sQQ")  # magic, salt, size
 _REC_MAGIC = 0x4C52504F  # "OPRL"
+_REC_MAGIC_BYTES = struct.pack("<I", _REC_MAGIC)
+_SCAN_CHUNK = 8 << 20
 _RHEAD = struct.Struct("<IIQQQQIB3x")  # magic, crc, salt, seq, epoch, offset, length, kind
 MIN_LOG_SIZE = 1 << 20
 
@@ -59,24 +62,6 @@ class _Entry:
     data_len: int
 
 
-class _Window:
-    """Sequential reads of a large file through an 8 MiB window (bytes, never mapped)."""
-
-    SIZE = 8 << 20
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._buf = b""
-        self._start = 0
-
-    def get(self, pos: int, n: int) -> memoryview:
-        rel = pos - self._start
-        if rel < 0 or rel + n > len(self._buf):
-            self._buf = os.pread(self._fd, max(self.SIZE, n), pos)
-            self._start, rel = pos, 0
-        return memoryview(self._buf)[rel : rel + n]
-
-
 def _span(data_len: int) -> int:
     n = _RHEAD.size + data_len
     return -(-n // ALIGN) * ALIGN
@@ -99,7 +84,8 @@ class ReplayLog:
     # -- opening -------------------------------------------------------------------------------
 
     def open(self) -> list[LogRecord]:
-        """Open or create the log; returns the valid contiguous chain found (oldest first)."""
+        """Open or create the log; returns the valid contiguous chain found (oldest first), as
+        headers: `data` is b"" (read it with `read_from`; a full log is not held in memory)."""
         exists = self.path.exists()
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         if exists:
@@ -132,28 +118,68 @@ class ReplayLog:
         self.entries.clear()
         self._head = FILE_HEADER
 
+    def _data_extents(self) -> list[tuple[int, int]]:
+        """[start, end) ranges of the file that may hold records (holes of a sparse log hold
+        none); the whole record area if the file system cannot tell."""
+        out: list[tuple[int, int]] = []
+        pos = FILE_HEADER
+        try:
+            while pos < self.size:
+                try:
+                    start = os.lseek(self._fd, pos, os.SEEK_DATA)
+                except OSError as exc:
+                    if exc.errno == errno.ENXIO:  # nothing but hole from here on
+                        break
+                    raise
+                if start >= self.size:
+                    break
+                end = min(os.lseek(self._fd, start, os.SEEK_HOLE), self.size)
+                start = max(FILE_HEADER, start - start % ALIGN)
+                out.append((start, end))
+                pos = end
+        except (OSError, AttributeError):
+            return [(FILE_HEADER, self.size)]
+        return out
+
     def _scan(self) -> list[LogRecord]:
+        """Every valid record: data extents only, read in large chunks, record magic found by
+        `bytes.find` (C speed through zeroes and stale data); data is checked, not kept."""
         st = os.fstat(self._fd)
         if st.st_size < self.size:
             os.ftruncate(self._fd, self.size)
         found: dict[int, tuple[_Entry, LogRecord]] = {}
-        window = _Window(self._fd)
-        pos = FILE_HEADER
-        while pos + _RHEAD.size <= self.size:
-            head = window.get(pos, _RHEAD.size)
-            kind = head[-4]
-            data_len = _RHEAD.unpack_from(head)[6] if kind == KIND_WRITE else 0
-            rec = None
-            if pos + _RHEAD.size + data_len <= self.size:
-                rec = self._parse(window.get(pos, _RHEAD.size + data_len), 0)
-            if rec is None:
-                pos += ALIGN
-                continue
-            span = _span(len(rec.data))
-            prev = found.get(rec.seq)
-            if prev is None or prev[0].pos < pos:
-                found[rec.seq] = (_Entry(rec.seq, pos, span, len(rec.data)), rec)
-            pos += span
+        for ext_start, ext_end in self._data_extents():
+            pos = ext_start
+            while pos + _RHEAD.size <= ext_end:
+                chunk = os.pread(self._fd, min(_SCAN_CHUNK, ext_end - pos), pos)
+                if len(chunk) < _RHEAD.size:
+                    break
+                i = 0
+                nxt = pos + len(chunk)
+                while True:
+                    i = chunk.find(_REC_MAGIC_BYTES, i)
+                    if i < 0:
+                        break
+                    if i + _RHEAD.size > len(chunk):  # a header cut by the chunk end
+                        nxt = pos + i - (pos + i) % ALIGN
+                        break
+                    at = pos + i
+                    if at % ALIGN:
+                        i += ALIGN - at % ALIGN
+                        continue
+                    rec = self._check(chunk, i, at)
+                    if rec is None:
+                        i += ALIGN
+                        continue
+                    entry, hdr = rec
+                    prev = found.get(hdr.seq)
+                    if prev is None or prev[0].pos < at:
+                        found[hdr.seq] = rec
+                    i += entry.span
+                    if i >= len(chunk):
+                        nxt = pos + i  # the record ran past the chunk: go on after it
+                        break
+                pos = nxt if nxt > pos else pos + ALIGN
         if not found:
             return []
         newest = max(found)
@@ -177,6 +203,34 @@ class ReplayLog:
             dropped,
         )
         return [r for _, r in chain]
+
+    def _check(self, chunk: bytes, i: int, at: int) -> tuple[_Entry, LogRecord] | None:
+        """The record whose header is at chunk[i] (file offset `at`), checked by CRC, without
+        its data (LogRecord.data is b""); None if there is none. Reads past the chunk if the
+        record runs beyond it."""
+        magic, crc, salt, seq, epoch, offset, length, kind = _RHEAD.unpack_from(chunk, i)
+        if (
+            magic != _REC_MAGIC
+            or salt != self._salt
+            or kind not in (KIND_WRITE, KIND_TRIM, KIND_ZERO)
+        ):
+            return None
+        data_len = length if kind == KIND_WRITE else 0
+        n = _RHEAD.size + data_len
+        if at + n > self.size:
+            return None
+        if i + n <= len(chunk):
+            covered = chunk[i + 8 : i + n]
+        else:
+            raw = os.pread(self._fd, n, at)
+            if len(raw) != n:
+                return None
+            covered = raw[8:]
+        if google_crc32c.value(covered) != crc:
+            return None
+        return _Entry(seq, at, _span(data_len), data_len), LogRecord(
+            seq, epoch, offset, length, kind, b""
+        )
 
     def _parse(self, view: memoryview, pos: int) -> LogRecord | None:
         magic, crc, salt, seq, epoch, offset, length, kind = _RHEAD.unpack_from(view, pos)

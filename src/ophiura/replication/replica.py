@@ -61,6 +61,10 @@ class Replica:
         # the last state changes (wall time, state, event, HE latest seq): a status poll shows a
         # recovery that began and ended between two polls (a quick one lasts ~0.1 s)
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
+        # sends not known to be finished, oldest first: (tick, task, incarnation, seq, waiter)
+        # (see HostElementVolume._send); finished ones are dropped from the left
+        self.inflight: deque[tuple[int, asyncio.Task[None], int, int, Any]] = deque()
+        self.send_task_name = f"send-{session.name}"
 
     @property
     def name(self) -> str:
@@ -124,6 +128,15 @@ class ReplicaLife:
         self._signal.notify()
         if self.on_state_change is not None:
             self.on_state_change(self)
+
+    def _epochs_polled(self, session: SeSession, epochs: dict[str, int]) -> None:
+        """The session's periodic poll: a newer epoch on ANY SE proves another HE claimed this
+        volume (`takeover.claim_volume` raises it before anything else), so fence at once; an
+        idle HE would otherwise learn it only when its next write is refused."""
+        epoch = epochs.get(self.name)
+        if epoch is None or epoch <= self.epoch or self.fenced or self.closed:
+            return
+        self._fence(f"SE {session.name} holds epoch {epoch} > ours {self.epoch}")
 
     async def _reattach_later(self, r: Replica, inc: int) -> None:
         await asyncio.sleep(self.config.reattach_delay)

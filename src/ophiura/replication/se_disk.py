@@ -4,8 +4,15 @@ Split from `se_store` (the in-order apply and the volume's state): everything he
 runs on the volume's one thread, in the order the event loop queued it, so this module is only
 about what reaches the disk and in which order it becomes durable:
 
-- A write is durable once its log record is fdatasync'd (the metadata slot is fdatasync'd in
-  parallel, both before any ack). The data file is written lazily.
+- A write is durable once its log record is fdatasync'd: the record carries seq and epoch,
+  and on restart the applied seq is the end of the valid log chain (or `data_synced_seq`), the
+  epoch the newer of the slot's and the log's. So the metadata slot is *not* synced per batch
+  (that was a second fdatasync on every write's path): it is written, in parallel with the log
+  sync and before the ack, when anything but `applied_seq` changes (epoch, size: an epoch
+  raised by SET_EPOCH has no log record), and as a checkpoint of `applied_seq` at most every
+  `CHECKPOINT_INTERVAL` (piggybacked on a batch, or on its own once the volume is idle).
+  Recovery boundaries and log resets/overwrites write it synchronously (below, se_recovery).
+  The data file is written lazily.
 - Group commit: one batch = log records appended, data file written (not synced), log
   fdatasync. Records are appended in queue order *relative to the other items*: a log reset
   queued between two writes happens between them on disk too.
@@ -22,6 +29,7 @@ import asyncio
 import errno
 import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +38,12 @@ from typing import Any
 from ophiura.block.file import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, _fallocate
 from ophiura.replication.metadata import MetadataFile, VolumeMeta
 from ophiura.replication.protocol import KIND_WRITE
-from ophiura.replication.replay_log import LogRecord, ReplayLog
+from ophiura.replication.replay_log import LogRecord, ReplayLog, ReplayLogError
 
 log = logging.getLogger("ophiura.replication.se_store")
+
+# Seconds between metadata checkpoints of `applied_seq` while writes flow (see above).
+CHECKPOINT_INTERVAL = 0.1
 
 
 @dataclass(slots=True)
@@ -68,6 +79,10 @@ class VolumeDisk:
         self._meta_pool = ThreadPoolExecutor(1, thread_name_prefix=f"meta-{name}")
         self.fd = -1
         self.written_seq = 0  # highest sequenced op written to the data file (maybe not synced)
+        # `meta.applied_seq` moved on in memory but is not in a durable slot yet (that is
+        # fine: the log holds those writes); `_meta_written_at` is when a slot last was.
+        self.meta_pending = False
+        self._meta_written_at = 0.0
 
     @property
     def meta(self) -> VolumeMeta:
@@ -102,6 +117,19 @@ class VolumeDisk:
         """
         records = self.log.open()
         synced = meta.data_synced_seq
+        # The log records carry the epoch they were written in: if the newest slot was torn and
+        # an older one won, the log still fences the HEs the lost slot had fenced.
+        log_epoch = max((r.epoch for r in records), default=0)
+        if log_epoch > meta.epoch:
+            log.warning(
+                "volume %s: the log holds epoch %d, the metadata %d; using %d",
+                self.name,
+                log_epoch,
+                meta.epoch,
+                log_epoch,
+            )
+            meta.epoch = log_epoch
+            self._write_meta_slot(meta)
         redo = [r for r in records if r.seq > synced]
         if meta.recovery is None:
             if redo and redo[0].seq != synced + 1:
@@ -126,8 +154,17 @@ class VolumeDisk:
         else:
             applied = meta.applied_seq  # the recovered prefix; the log holds current writes
         current_top = 0
-        for rec in redo:
-            self.apply(rec.kind, rec.offset, rec.length, rec.data)
+        if redo:  # the scan keeps headers only: read the data back in bounded batches
+            seq, top = redo[0].seq, redo[-1].seq
+            while seq <= top:
+                batch = self.log.read_from(seq, 8 << 20)
+                if not batch:
+                    raise ReplayLogError(f"{self.log.path}: record seq {seq} vanished")
+                for rec in batch:
+                    if rec.seq > top:
+                        break
+                    self.apply(rec.kind, rec.offset, rec.length, rec.data)
+                seq = batch[-1].seq + 1
         if redo:
             os.fdatasync(self.fd)
             top = redo[-1].seq
@@ -138,7 +175,7 @@ class VolumeDisk:
         if applied != meta.applied_seq or redo:
             meta.applied_seq = applied
             meta.data_synced_seq = max(synced, redo[-1].seq if redo else 0)
-            self.meta_file.write(meta)  # type: ignore[union-attr]
+            self._write_meta_slot(meta)
         return Loaded(meta, applied, current_top)
 
     # -- writing -------------------------------------------------------------------------------
@@ -176,7 +213,7 @@ class VolumeDisk:
         os.fdatasync(self.fd)
         meta = self.meta
         meta.data_synced_seq = max(meta.data_synced_seq, self.written_seq)
-        self.meta_file.write(meta)  # type: ignore[union-attr]
+        self._write_meta_slot(meta)
 
     def commit(self, items: list[Any], updates: dict[str, Any]) -> list[Any]:
         """Run one batch in queue order; returns (future, result, exception) per "call" item.
@@ -205,14 +242,21 @@ class VolumeDisk:
         if run:
             self._log_and_apply(run)
             logged = True
-        changed = False
+        must = False
         for key, value in updates.items():
             if getattr(meta, key) != value:
                 setattr(meta, key, value)
-                changed = True
+                if key == "applied_seq":
+                    self.meta_pending = True
+                else:
+                    must = True  # epoch, size: not (only) in the log, the slot must hold them
+        write_meta = must or (
+            self.meta_pending
+            and (not logged or time.monotonic() - self._meta_written_at >= CHECKPOINT_INTERVAL)
+        )
         # The two fdatasyncs (log, metadata slot) run in parallel: both finish before any ack,
         # and a metadata slot ahead of the log is harmless (the log chain is the truth).
-        meta_done = self._meta_pool.submit(self.meta_file.write, meta) if changed else None  # type: ignore[union-attr]
+        meta_done = self._meta_pool.submit(self._write_meta_slot, meta) if write_meta else None
         try:
             if logged:
                 self.log.sync()
@@ -220,6 +264,12 @@ class VolumeDisk:
             if meta_done is not None:
                 meta_done.result()
         return results
+
+    def _write_meta_slot(self, meta: Any) -> None:
+        """Every slot write carries the in-memory `applied_seq`: it ends a pending checkpoint."""
+        self.meta_file.write(meta)  # type: ignore[union-attr]
+        self.meta_pending = False
+        self._meta_written_at = time.monotonic()
 
     # -- recovery support ------------------------------------------------------------------------
 
@@ -235,7 +285,7 @@ class VolumeDisk:
         meta = self.meta
         for key, value in changes.items():
             setattr(meta, key, value)
-        self.meta_file.write(meta)  # type: ignore[union-attr]
+        self._write_meta_slot(meta)
 
     def log_records(self) -> list[LogRecord]:
         """Everything in the local log (to rebuild the touched map after a restart)."""
@@ -264,9 +314,13 @@ class VolumeDisk:
         if self.fd >= 0:
             os.fdatasync(self.fd)
             meta = self.meta_file.current if self.meta_file is not None else None
-            if meta is not None and not failed and meta.data_synced_seq < self.written_seq:
+            if (
+                meta is not None
+                and not failed
+                and (meta.data_synced_seq < self.written_seq or self.meta_pending)
+            ):
                 meta.data_synced_seq = self.written_seq
-                self.meta_file.write(meta)  # type: ignore[union-attr]
+                self._write_meta_slot(meta)
             os.close(self.fd)
             self.fd = -1
         self.log.close()

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ophiura.block.io_threads import IoThreads
+from ophiura.replication import se_disk
 from ophiura.replication.protocol import ErrorCode
 from ophiura.replication.replay_log import LogRecord
 from ophiura.replication.se_disk import Op, VolumeDisk
@@ -107,6 +108,7 @@ class Volume:
         self._prefix_waiters: list[tuple[int, asyncio.Future[int]]] = []
         self._committer: asyncio.Task[None] | None = None
         self._meta_dirty = False
+        self._checkpoint: asyncio.TimerHandle | None = None
         self.recovery_meta: dict[str, Any] | None = None
         self.recovery_lock = asyncio.Lock()  # serialises RECOVER handling (se_recovery.start)
 
@@ -202,6 +204,16 @@ class Volume:
                     self.durable_seq = top
                     if self._dup_waiters:
                         self._dup_waiters = self._release(self._dup_waiters, top)
+                if self.disk.meta_pending and self._checkpoint is None:
+                    # writes stopped before a checkpoint: take it once the volume is idle
+                    self._checkpoint = asyncio.get_running_loop().call_later(
+                        se_disk.CHECKPOINT_INTERVAL, self._checkpoint_due
+                    )
+
+    def _checkpoint_due(self) -> None:
+        self._checkpoint = None
+        if self.disk.meta_pending:
+            self.mark_meta_dirty()
 
     @staticmethod
     def _release(waiters: list[tuple[int, asyncio.Future[int]]], upto: int) -> list[Any]:
@@ -501,6 +513,9 @@ class Volume:
     async def close(self) -> None:
         if self.recovery is not None and self.recovery.task is not None:
             self.recovery.task.cancel()
+        if self._checkpoint is not None:
+            self._checkpoint.cancel()  # the close writes the slot anyway
+            self._checkpoint = None
         if self._committer is not None:
             deadline = asyncio.get_running_loop().time() + CLOSE_DRAIN_TIMEOUT
             while self._queue and asyncio.get_running_loop().time() < deadline:

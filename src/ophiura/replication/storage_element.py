@@ -31,6 +31,10 @@ from ophiura.replication.se_store import (
 log = logging.getLogger(__name__)
 
 DEFAULT_LOG_SIZE = 256 << 20
+# The `NAME.scsi` companion volumes (scsi_state: two 128 KiB slots) get a small log: a few
+# dozen slot writes to replay from, and nothing to scan at start. An existing log keeps its size.
+SCSI_LOG_SIZE = 4 << 20
+SCSI_SUFFIX = ".scsi"
 MAX_IN_FLIGHT = 4096  # requests per connection before the SE stops reading from it
 
 
@@ -115,6 +119,11 @@ class _ServerConnection(asyncio.Protocol):
 
     def _write(self, msg: p.Write) -> None:
         rid = msg.req_id
+        if msg.volume in self.se._opening:  # the SE is starting: wait for the volume
+            task = asyncio.create_task(self._write_when_open(msg))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+            return
         try:
             vol = self.se.volume(msg.volume)
             op = Op(p.KIND_WRITE, msg.seq, msg.epoch, msg.offset, len(msg.data), msg.data)  # type: ignore[arg-type]
@@ -123,6 +132,11 @@ class _ServerConnection(asyncio.Protocol):
             self.send(self._error(rid, exc))
             return
         fut.add_done_callback(lambda f: self._acked(rid, f))
+
+    async def _write_when_open(self, msg: p.Write) -> None:
+        with contextlib.suppress(Exception):  # a failed open: `_write` answers NO_VOLUME
+            await self.se.ready_volume(msg.volume)
+        self._write(msg)
 
     def _acked(self, rid: int, fut: asyncio.Future[int]) -> None:
         if fut.cancelled():
@@ -189,23 +203,58 @@ class StorageElement:
         self.recovery = RecoveryManager(self)
 
     async def start(self) -> None:
+        """Listen first, then open the existing volumes concurrently (each on its own thread).
+
+        Connections are accepted and authenticated meanwhile; a request for a volume still
+        being opened waits for it (never "no such volume": an HE would create it afresh).
+        Returns once every volume is open; a volume that cannot be opened fails the start.
+        """
         (self.data_dir / "volumes").mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._reads = IoThreads(4, name=f"se-{self.name}-read")
-        for vdir in sorted((self.data_dir / "volumes").iterdir()):
-            if vdir.is_dir() and VOLUME_NAME.match(vdir.name) and (vdir / "meta").exists():
-                self.volumes[vdir.name] = await Volume.open(
-                    vdir.name, vdir, self._log_path(vdir.name), self.log_size, self._reads
-                )
-                await self.recovery.reload(self.volumes[vdir.name])
         loop = asyncio.get_running_loop()
+        names = [
+            vdir.name
+            for vdir in sorted((self.data_dir / "volumes").iterdir())
+            if vdir.is_dir() and VOLUME_NAME.match(vdir.name) and (vdir / "meta").exists()
+        ]
+        for name in names:
+            self._opening[name] = loop.create_future()
         self._server = await loop.create_server(
             lambda: _ServerConnection(self), self.host, self.port, reuse_address=True
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        results = await asyncio.gather(
+            *[self._open_existing(name) for name in names], return_exceptions=True
+        )
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            await self.stop()
+            raise failed[0]
         log.info(
             "SE %s serving %d volumes on %s:%d", self.name, len(self.volumes), self.host, self.port
         )
+
+    async def _open_existing(self, name: str) -> None:
+        fut = self._opening[name]
+        try:
+            assert self._reads is not None
+            vol = await Volume.open(
+                name,
+                self.data_dir / "volumes" / name,
+                self._log_path(name),
+                self._log_size(name),
+                self._reads,
+            )
+            self.volumes[name] = vol
+            await self.recovery.reload(vol)
+            fut.set_result(vol)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved here; waiting requests get it too
+            raise
+        finally:
+            del self._opening[name]
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -225,11 +274,23 @@ class StorageElement:
     def _log_path(self, volume: str) -> Path:
         return self.log_dir / f"{volume}.log"
 
+    def _log_size(self, volume: str) -> int:
+        if volume.endswith(SCSI_SUFFIX):
+            return min(self.log_size, SCSI_LOG_SIZE)
+        return self.log_size
+
     def volume(self, name: str) -> Volume:
         vol = self.volumes.get(name)
         if vol is None:
             raise VolumeError(f"SE {self.name} has no volume {name!r}", p.ErrorCode.NO_VOLUME)
         return vol
+
+    async def ready_volume(self, name: str) -> Volume:
+        """`volume(name)`, after waiting for it if it is still being opened."""
+        opening = self._opening.get(name)
+        if opening is not None:
+            await asyncio.shield(opening)
+        return self.volume(name)
 
     # -- request dispatch ------------------------------------------------------------------
 
@@ -240,9 +301,12 @@ class StorageElement:
         if isinstance(msg, p.OpenVolume):
             return self._state(rid, await self.open_volume(msg.volume, msg.size, msg.block_size))
         if isinstance(msg, p.ListVolumes):
+            for fut in list(self._opening.values()):  # the whole list, never half of it
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(fut)
             states = [self._state(0, v) for v in self.volumes.values()]
             return p.VolumeList(rid, p.encode_volume_list(states))  # type: ignore[arg-type]
-        vol = self.volume(msg.volume)
+        vol = await self.ready_volume(msg.volume)
         if isinstance(msg, p.Trim):
             kind = p.KIND_ZERO if msg.zero else p.KIND_TRIM
             seq = await vol.submit(Op(kind, msg.seq, msg.epoch, msg.offset, msg.length, b""))
@@ -323,7 +387,7 @@ class StorageElement:
                 name,
                 self.data_dir / "volumes" / name,
                 self._log_path(name),
-                self.log_size,
+                self._log_size(name),
                 self._reads,
                 create=(size, block_size),
             )
@@ -339,7 +403,7 @@ class StorageElement:
             del self._opening[name]
 
     async def delete_volume(self, name: str) -> None:
-        vol = self.volume(name)
+        vol = await self.ready_volume(name)
         del self.volumes[name]
         await self.recovery.forget(vol)
         await vol.close()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -135,6 +136,10 @@ class HostElementVolume(ReplicaLife):
         self._pending: dict[int, QuorumWaiter] = {}
         self._signal = Signal()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by the first send
+        self._tick = 0  # advanced by `_send_watchdog`; stamps each send
+        for r in self.replicas.values():
+            r.send_task_name = f"{self.name}:send-{r.name}"
         self.fenced = False
         self.fence_reason: str | None = None
         self.closed = False
@@ -149,6 +154,7 @@ class HostElementVolume(ReplicaLife):
         """Subscribe to the sessions: each connected SE is attached (and recovered) now."""
         for r in self.replicas.values():
             r.session.on_lost(self._session_lost)
+            r.session.on_epochs(self._epochs_polled)
             r.session.on_connected(self._attach)
 
     async def wait_ready(self, timeout: float) -> bool:
@@ -176,9 +182,13 @@ class HostElementVolume(ReplicaLife):
             r.session.remove_listeners(self)
             if r.state is not ReplicaState.CLOSED:
                 self._transition(r, ReplicaEvent.CLOSE)
-        for t in list(self._tasks):
+        tasks = list(self._tasks)
+        for r in self.replicas.values():
+            tasks.extend(entry[1] for entry in r.inflight)
+            r.inflight.clear()
+        for t in tasks:
             t.cancel()
-        for t in list(self._tasks):
+        for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self.cache.clear()
@@ -213,7 +223,11 @@ class HostElementVolume(ReplicaLife):
         return self._next_seq - 1
 
     def counting(self) -> int:
-        return sum(1 for r in self.replicas.values() if r.state in COUNTING)
+        n = 0
+        for r in self.replicas.values():
+            if r.state in COUNTING:
+                n += 1
+        return n
 
     def _check(self, offset: int, length: int) -> None:
         bs = self.config.block_size
@@ -228,10 +242,13 @@ class HostElementVolume(ReplicaLife):
         """Durable on Q SEs when this returns, so `fua` needs nothing more."""
         self._check(offset, len(data))
         step = self.config.max_op_bytes
-        view = memoryview(data)
-        if len(view) <= step:
-            await self._submit(OpKind.WRITE, offset, len(view), bytes(view))
+        if len(data) <= step:
+            # bytes are immutable: queued and sent as they are; a mutable buffer is copied
+            # (the caller may reuse it once this returns, while a laggard still needs it)
+            op_data = data if type(data) is bytes else bytes(data)
+            await self._submit(OpKind.WRITE, offset, len(op_data), op_data)
             return
+        view = memoryview(data)
         await asyncio.gather(
             *(
                 self._submit(
@@ -327,22 +344,24 @@ class HostElementVolume(ReplicaLife):
     async def _submit(self, kind: OpKind, offset: int, length: int, data: bytes | None) -> None:
         if self.closed:
             raise BlockDeviceError(f"{self.name}: volume is closed")
-        await self._wait_writable()
+        if self.fenced or self.counting() < self.quorum:
+            await self._wait_writable()  # returns only when writable
         cost = (len(data) if data is not None else 0) + 64
-        await self._make_room(cost)
-        # ---- no await from here to the gather: sequence order == send order on every SE ----
-        self._raise_if_unwritable()
+        if not self.queue.fits(cost):
+            await self._make_room(cost)
+        # ---- no await from here to the sends: sequence order == send order on every SE ----
+        n = self._raise_if_unwritable()
         seq = self._next_seq
         self._next_seq += 1
         op = WriteOp(seq, kind, offset, length, data)
         self.queue.append(op)
         self.cache.write(offset, data, length)
-        counting = [r for r in self.replicas.values() if r.state in COUNTING]
-        waiter = QuorumWaiter(seq, self.quorum, outstanding=len(counting))
+        waiter = QuorumWaiter(seq, self.quorum, outstanding=n)
         self._pending[seq] = waiter
         for r in self.replicas.values():
-            if r.state in SENDING:
-                self._send(r, op, waiter if r.state in COUNTING else None)
+            state = r.state
+            if state in SENDING:
+                self._send(r, op, waiter if state in COUNTING else None)
         try:
             await waiter.future
         except ReadOnlyError:
@@ -357,7 +376,8 @@ class HostElementVolume(ReplicaLife):
         self.writes += 1
         self._served()
 
-    def _raise_if_unwritable(self) -> None:
+    def _raise_if_unwritable(self) -> int:
+        """The number of COUNTING replicas, if writable; else Fenced or QuorumLost."""
         if self.fenced:
             raise Fenced(f"{self.name}: fenced: {self.fence_reason}")
         n = self.counting()
@@ -366,6 +386,7 @@ class HostElementVolume(ReplicaLife):
                 f"{self.name}: read-only: {n} of {len(self.replicas)} SEs up, quorum is "
                 f"{self.quorum}"
             )
+        return n
 
     async def _wait_writable(self) -> None:
         """Fail fast when read-only, except while SEs are still attaching (just connected)."""
@@ -430,24 +451,67 @@ class HostElementVolume(ReplicaLife):
             await self._signal.wait(0.02)
 
     def _send(self, r: Replica, op: WriteOp, waiter: QuorumWaiter | None) -> None:
-        self._spawn(self._send_one(r, r.incarnation, r.client, op, waiter), f"send-{r.name}")
+        """One task per SE and op; its request goes on the wire in the task's first step, so
+        tasks created in seq order reach each SE in seq order.
+
+        The op timeout is not an `asyncio.timeout` per send (a timer armed and cancelled per
+        SE per write: ~20% of the HE's own CPU per write) but `r.inflight`, checked by
+        `_send_watchdog`; the deque also holds the task (asyncio keeps only weak references).
+        """
+        if self._loop is None:
+            self._start_send_watchdog()
+        inflight = r.inflight
+        while inflight and inflight[0][1].done():
+            inflight.popleft()
+        inc = r.incarnation
+        task = self._loop.create_task(  # type: ignore[union-attr]
+            self._send_one(r, inc, r.client, op, waiter), name=r.send_task_name
+        )
+        inflight.append((self._tick, task, inc, op.seq, waiter))
+
+    def _start_send_watchdog(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._spawn(self._send_watchdog(), "send-watchdog")
+
+    async def _send_watchdog(self) -> None:
+        """Fail a send that got no answer within `op_timeout` as the per-send timeout did:
+        the task is cancelled, its waiter nacked, the replica lost (and reconnected). Sends
+        are stamped with a tick counter, so one fires between op_timeout and op_timeout plus
+        two ticks (10 s: 10.0 to 10.5 s) after it started."""
+        tick = min(0.25, self.config.op_timeout / 8)
+        limit = math.ceil(self.config.op_timeout / tick)
+        while not self.closed:
+            await asyncio.sleep(tick)
+            self._tick += 1
+            for r in self.replicas.values():
+                inflight = r.inflight
+                while inflight:
+                    sent_tick, task, inc, seq, waiter = inflight[0]
+                    if not task.done():
+                        if self._tick - sent_tick - 1 < limit:
+                            break
+                        task.cancel()
+                        why = f"write seq {seq}: TimeoutError"
+                        if waiter is not None:
+                            waiter.nack(f"{r.name}: {why}")
+                        self._replica_lost(r, inc, why)
+                    inflight.popleft()
 
     async def _send_one(
         self, r: Replica, inc: int, client: Any, op: WriteOp, waiter: QuorumWaiter | None
     ) -> None:
         try:
-            async with asyncio.timeout(self.config.op_timeout):
-                if op.kind is OpKind.WRITE:
-                    await client.write(self.name, self.epoch, op.seq, op.offset, op.data)
-                else:
-                    await client.trim(
-                        self.name,
-                        self.epoch,
-                        op.seq,
-                        op.offset,
-                        op.length,
-                        zero=op.kind is OpKind.ZERO,
-                    )
+            if op.kind is OpKind.WRITE:
+                await client.write(self.name, self.epoch, op.seq, op.offset, op.data)
+            else:
+                await client.trim(
+                    self.name,
+                    self.epoch,
+                    op.seq,
+                    op.offset,
+                    op.length,
+                    zero=op.kind is OpKind.ZERO,
+                )
         except self._stale as exc:
             why = f"SE {r.name} holds a newer epoch ({getattr(exc, 'current_epoch', '?')})"
             if waiter is not None:

@@ -53,9 +53,9 @@ function pill(text, state, title) {
 
 function ago(seconds) {
   if (seconds === undefined || seconds === null) return "never";
-  if (seconds < 1) return `${Math.round(seconds * 1000)} ms ago`;
-  if (seconds < 120) return `${seconds.toFixed(1)} s ago`;
-  return `${Math.round(seconds / 60)} min ago`;
+  if (seconds < 1) return `${Math.round(seconds * 1000)} ms`;
+  if (seconds < 120) return `${seconds.toFixed(1)} s`;
+  return `${Math.round(seconds / 60)} min`;
 }
 
 function clock(t) {
@@ -117,11 +117,11 @@ function renderSummary(st) {
     adm.m ? pill("MAINTENANCE: no recovery", "stopping") : pill("maintenance off", "ok"),
     adm.s.length ? pill(`standby: ${adm.s.join(", ")}`, "standby") : null,
     adm.f.length ? h("span", { class: "pill cyan" }, `frozen: ${adm.f.join(", ")}`) : null,
-    h("span", { class: "pill plain muted", title: `admin state by ${adm.o || "-"}` }, `admin v${adm.v}`),
   ].filter(Boolean));
   const m = $("maintenance");
   m.textContent = adm.m ? "Leave maintenance" : "Maintenance mode";
   m.className = adm.m ? "btn warn" : "btn";
+  m.title = `admin state version ${adm.v}${adm.o ? ` (last change via ${adm.o})` : ""}`;
   m.disabled = ui.role !== "admin";
   m.onclick = () => action(adm.m ? "Leave maintenance mode" : "Enter maintenance mode (no recovery anywhere)",
     "/api/v1/maintenance", { on: !adm.m });
@@ -130,23 +130,24 @@ function renderSummary(st) {
 function renderNodes(st) {
   const standby = new Set(st.admin.s);
   const linkNames = [...new Set(Object.values(st.nodes).flatMap((n) => Object.keys(n.links || {})))];
-  const rows = [h("tr", {}, h("th", {}, "node"), h("th", {}, "liveness"), h("th", {}, "state"),
-    h("th", {}, "heartbeat links"), h("th", {}, "last heard"), h("th", {}, ""))];
+  const rows = [h("tr", {}, h("th", {}, "node"), h("th", {}, "liveness · state"),
+    h("th", {}, "heartbeat links"), h("th", { title: "time since the last heartbeat on any link" }, "heard"), h("th", {}, ""))];
   for (const [name, n] of Object.entries(st.nodes)) {
     const isSelf = n.state === "self";
     const links = isSelf
       ? h("span", { class: "muted small" }, "answering")
       : h("div", { class: "links" }, linkNames.map((l) => pill(
         n.links[l] === "up" ? l : `${l} ${n.links[l]}`, n.links[l],
-        `${l}: ${n.links[l]}, last heard ${ago(n.last_heard?.[l])}`)));
+        `${l}: ${n.links[l]}, last heard ${ago(n.last_heard?.[l])} ago`)));
     const heard = Object.values(n.last_heard || {});
     const last = isSelf ? "" : ago(heard.length ? Math.min(...heard) : null);
     const sb = standby.has(name);
     rows.push(h("tr", {},
       h("td", {}, h("strong", {}, name)),
-      h("td", {}, pill(isSelf ? "up (self)" : n.state, isSelf ? "up" : n.state),
-        n.fenced ? [" ", pill("fenced", "fenced")] : null),
-      h("td", {}, pill(n.node_state || "?", n.node_state)),
+      h("td", { class: "states" }, pill(isSelf ? "self" : n.state, isSelf ? "up" : n.state,
+        isSelf ? "the node answering this page" : "liveness: heard on some link within the deadline"),
+      pill(n.node_state || "?", n.node_state, "node state"),
+      n.fenced ? pill("fenced", "fenced") : null),
       h("td", {}, links),
       h("td", { class: "muted mono" }, last),
       h("td", {}, h("button", {
