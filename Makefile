@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 DEBIAN_TOOLS := libiscsi-bin qemu-utils qemu-block-extra tgt fio libnbd-bin nbdkit iproute2 resource-agents arping
 # PostMark through nbdfuse + fuse2fs (`python -m bench replication`; mkfs.ext4 is e2fsprogs)
 DEBIAN_TOOLS += postmark fuse2fs e2fsprogs
+# HA cluster: links cut with nftables in a namespace (tests/cluster/test_multihost_*.py);
+# keepalived (VRRPv3) as the failover baseline (`python -m bench failover`)
+DEBIAN_TOOLS += nftables keepalived
 # nbdfuse (tests/nbd): its own package in newer Debian; in Debian 12 only a name that
 # libnbd-bin provides (dpkg -s would never see it installed), so list it only where it is real.
 DEBIAN_TOOLS += $(shell apt-cache show nbdfuse 2>/dev/null | grep -q '^Package: nbdfuse' && echo nbdfuse)
@@ -48,10 +51,12 @@ bench-venv: venv
 bench: bench-venv tools
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench replication --plots docs/img
+	$(BIN)/python -m bench failover
 
 bench-quick: bench-venv tools
 	$(BIN)/python -m bench --quick
 	$(BIN)/python -m bench replication --quick
+	$(BIN)/python -m bench failover --quick
 
 lint: venv
 	$(BIN)/ruff check src tests bench

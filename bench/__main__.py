@@ -15,6 +15,7 @@ and the table gives ophiura/tgtd per line against the goals of issue 2 (>= 0.5x 
 
 `python -m bench replication` (or `--suite replication`) runs the StarFish suite instead:
 replicated volumes against the direct target, see `bench/replication.py`.
+`python -m bench failover` measures cluster failover against keepalived, see `bench/failover.py`.
 """
 
 from __future__ import annotations
@@ -336,7 +337,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-SUITES = ("target", "replication")
+SUITES = ("target", "replication", "failover")
 
 
 def split_suite(argv: list[str]) -> tuple[str, list[str]]:
@@ -361,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.replication import main as replication_main
 
         return replication_main(argv)
+    if suite == "failover":  # the HA cluster against keepalived, in network namespaces (root)
+        from bench.failover import main as failover_main
+
+        return failover_main(argv)
     args = parse_args(argv)
     missing = [t for t in TOOLS if shutil.which(t) is None]
     if missing:

@@ -3,9 +3,11 @@
 Both run in the same network namespaces (`tests/cluster/netns.py`: three nodes on two bridged
 heartbeat networks, a client on network A, an `ophiura target` on a storage network; everything
 on 198.51.100.0/24, nothing in the root namespace), in the same run, and each run crashes the
-node that serves the floating IP 198.51.100.100 as a power loss would: kill -9 of every process
-of that node and its bridge ports down. A client in its own namespace sends an HTTP GET to the
-VIP every 10 ms (each with a 0.3 s timeout) and records who answered and when.
+node that serves the floating IP 198.51.100.100 as a power loss would: its bridge ports down,
+then kill -9 of every process of that node (in that order: nothing a dying process sends gets
+out, such as the priority-0 advert keepalived's VRRP child sends when its parent is killed).
+A client in its own namespace sends an HTTP GET to the VIP every 10 ms (each with a 0.3 s
+timeout) and records who answered and when.
 
   ophiura      `ophiura node` x3, default timings (heartbeat 0.1 s, deadline 0.7 s), hierarchy
                [volume (SCSI-3 PR on the LUN, PREEMPT AND ABORT) -> ip -> http.server (process)]
@@ -18,10 +20,14 @@ Per run:
                new master (keepalived adds it on the MASTER transition), both from the crash
   VIP up       the VIP is configured on the new owner (a thread polls it there every 5 ms)
   outage       client-observed: last answer from the old node -> first answer from the new one
+  first answer from the crash to the new node's first answer (equal to the outage unless the
+               client already went unanswered before the crash)
 
-Between runs the crashed node comes back as after a reboot (its VIP removed, ports up, daemons
-started again). ophiura's failback is manual, so the next run crashes the new owner;
-keepalived preempts, so every run crashes n1 again. Root only (prints why and exits 0
+Each crash comes at a random phase of the heartbeat (0.1 s) or advert interval (seeded), so the
+runs sample the whole detection range (keepalived: 3 adverts + skew minus the time since the
+last advert). Between runs the crashed node comes back as after a reboot (its VIP removed,
+ports up, daemons started again). ophiura's failback is manual, so the next run crashes the new
+owner; keepalived preempts, so every run crashes n1 again. Root only (prints why and exits 0
 otherwise). `--quick` does 3 runs, `--json`/`--markdown` for machines and docs/benchmarks.md.
 """
 
@@ -32,6 +38,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import socket
 import statistics
 import subprocess
@@ -53,6 +60,7 @@ from tests.cluster.netns import (  # noqa: E402
     HttpClient,
     Lab,
     NsCluster,
+    crash_host,
     ensure_tools,
     in_netns,
     sh,
@@ -78,6 +86,7 @@ class Run:
     outage: float | None
     first_answer: float | None
     answers: dict[str, int] = field(default_factory=dict)
+    steps: dict[str, float] = field(default_factory=dict)  # ophiura: new owner's events
     error: str = ""
 
 
@@ -126,7 +135,7 @@ def remove_vip(lab: Lab, node: str) -> None:
 # --------------------------------------------------------------------------- ophiura
 
 
-def bench_ophiura(runs: int, work: Path) -> list[Run]:
+def bench_ophiura(runs: int, work: Path, rng: random.Random) -> list[Run]:
     out: list[Run] = []
     with Lab() as lab:
         c = NsCluster(lab, work, web_hierarchy(work / "www"))
@@ -141,15 +150,19 @@ def bench_ophiura(runs: int, work: Path) -> list[Run]:
             watch = VipWatch(lab, others)
             client = HttpClient(lab, work / f"client-{i}.json", HTTP_PORT, duration=20.0)
             try:
-                time.sleep(0.7)
+                time.sleep(0.7 + rng.uniform(0, 0.1))  # any phase of the 0.1 s heartbeat
                 crash = c.crash(old)
                 crashed_wall = c.crashed_at
+                # wait on the VIP watch, not on status calls: they would compete for the CPU
+                end = time.monotonic() + 15
+                while not watch.seen and time.monotonic() < end:
+                    time.sleep(0.02)
+                time.sleep(0.5)
                 c.wait_for(
                     f"run {i}: a new owner",
                     lambda o=others[0], old=old: len(c.serving(o)) == 1 and c.serving(o)[0] != old,
                     15,
                 )
-                time.sleep(0.4)
             finally:
                 result = client.finish()
                 watch.close()
@@ -162,6 +175,11 @@ def bench_ophiura(runs: int, work: Path) -> list[Run]:
                 and e["time"] >= crashed_wall
             ]
             o = HttpClient.outage(result, crash, old, new)
+            steps = {
+                f"{e.get('resource') or e['kind']} {e['task']}": round(e["time"] - crashed_wall, 3)
+                for e in c.events(new)
+                if e["time"] >= crashed_wall and e["kind"] in ("node", "hierarchy", "resource")
+            }
             run = Run(
                 "ophiura",
                 old,
@@ -171,6 +189,7 @@ def bench_ophiura(runs: int, work: Path) -> list[Run]:
                 o.seconds,
                 o.since_crash,
                 o.answered_by,
+                steps,
             )
             out.append(run)
             say(f"ophiura run {i + 1}/{runs}: {old} -> {new}: {_fmt_run(run)}")
@@ -225,7 +244,7 @@ def keepalived_version() -> str:
     return (res.stdout + res.stderr).strip().splitlines()[0] if res.stdout + res.stderr else "?"
 
 
-def bench_keepalived(runs: int, advert: float, work: Path) -> list[Run]:
+def bench_keepalived(runs: int, advert: float, work: Path, rng: random.Random) -> list[Run]:
     out: list[Run] = []
     www = work / "www"
     with Lab(storage=False) as lab:
@@ -264,17 +283,16 @@ def bench_keepalived(runs: int, advert: float, work: Path) -> list[Run]:
         for n in NODES:
             start(n)
         wait("n1 master", lambda: master() == ["n1"], 30)
-        time.sleep(max(1.0, 3 * advert))
+        time.sleep(1.0 + 3 * advert)
         for i in range(runs):
             old = "n1"
             others = ["n2", "n3"]
             watch = VipWatch(lab, others)
             client = HttpClient(lab, work / f"client-{advert}-{i}.json", HTTP_PORT, duration=20.0)
             try:
-                time.sleep(0.7)
+                time.sleep(0.7 + rng.uniform(0, advert))  # any phase of the advert interval
                 crash = time.monotonic()
-                lab.kill_host(old)
-                lab.ports(old, up=False)
+                crash_host(lab, old)
                 wait("a new master", lambda: bool(set(master()) - {"n1"}), 15)
                 time.sleep(0.4)
             finally:
@@ -293,7 +311,7 @@ def bench_keepalived(runs: int, advert: float, work: Path) -> list[Run]:
             lab.ports(old, up=True)
             start(old)
             wait("n1 master again", lambda: master() == ["n1"], 30)
-            time.sleep(max(1.0, 3 * advert))
+            time.sleep(1.0 + 3 * advert)  # the backups' master-down timers run from n1's adverts
     return out
 
 
@@ -316,7 +334,7 @@ def summarize(runs: list[Run]) -> list[dict[str, Any]]:
     for system in dict.fromkeys(r.system for r in runs):
         rs = [r for r in runs if r.system == system]
         row: dict[str, Any] = {"system": system, "runs": len(rs)}
-        for key in ("detect", "vip_up", "outage"):
+        for key in ("detect", "vip_up", "outage", "first_answer"):
             vals = [getattr(r, key) for r in rs if getattr(r, key) is not None]
             row[key] = (
                 {"mean": statistics.mean(vals), "median": statistics.median(vals),
@@ -329,15 +347,16 @@ def summarize(runs: list[Run]) -> list[dict[str, Any]]:
 
 def table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
     head = ["system", "runs", "detection mean / median / max (s)",
-            "VIP up mean / median / max (s)", "client outage mean / median / max (s)"]  # fmt: skip
+            "client outage mean / median / max (s)",
+            "first answer after the crash mean / median / max (s)"]  # fmt: skip
 
     def cell(s: dict[str, float] | None) -> str:
         if not s:
             return "-"
         return f"{s['mean']:.3f} / {s['median']:.3f} / {s['max']:.3f}"
 
-    lines = [[r["system"], str(r["runs"]), cell(r["detect"]), cell(r["vip_up"]),
-              cell(r["outage"])] for r in rows]  # fmt: skip
+    lines = [[r["system"], str(r["runs"]), cell(r["detect"]), cell(r["outage"]),
+              cell(r["first_answer"])] for r in rows]  # fmt: skip
     if markdown:
         out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         out += ["| " + " | ".join(line) + " |" for line in lines]
@@ -375,6 +394,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--systems", default="ophiura,keepalived-0.1,keepalived-1",
                    help="comma-separated: ophiura, keepalived-0.1, keepalived-1")  # fmt: skip
     p.add_argument("--workdir", type=Path, default=None, help="logs and results.json")
+    p.add_argument("--seed", type=int, default=1, help="for the crash phase (default 1)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
     args = p.parse_args(argv)
@@ -394,19 +414,20 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     runs: list[Run] = []
     errors: dict[str, str] = {}
+    rng = random.Random(args.seed)
     for system in [s.strip() for s in args.systems.split(",") if s.strip()]:
         sub = work / system
         sub.mkdir(parents=True, exist_ok=True)
         say(f"== {system}: {args.runs} runs (logs in {sub})")
         try:
             if system == "ophiura":
-                runs += bench_ophiura(args.runs, sub)
+                runs += bench_ophiura(args.runs, sub, rng)
             elif system.startswith("keepalived-"):
                 if subprocess.run(["which", "keepalived"], capture_output=True).returncode:
                     errors[system] = "keepalived is not installed (apt-get install -y keepalived)"
                     say(f"== {system}: {errors[system]}")
                     continue
-                runs += bench_keepalived(args.runs, float(system.split("-", 1)[1]), sub)
+                runs += bench_keepalived(args.runs, float(system.split("-", 1)[1]), sub, rng)
             else:
                 errors[system] = "unknown system"
         except Exception as exc:  # report what we have; the log says what broke

@@ -15,10 +15,12 @@ Names carry a per-run id (`oph-<id>-...`); `Lab.close()` kills every process sti
 namespaces (by PID, from `ip netns pids`: only what this run started) and deletes them all.
 `cleanup_stale(run_id)` deletes leftovers of one run id only, never anybody else's.
 
-Helpers: crash a node (its bridge ports down), cut one network for a node with nftables in the
-bridge namespace (or by a port down), run processes inside a namespace (`ip netns exec`, tracked),
-call a Python function inside a namespace (a thread that `setns()`s into it: its sockets live
-there, so the admin API on each node's 127.0.0.1 is reachable without spawning a process).
+Helpers: crash a node (bridge ports down, then kill -9 of everything in its namespace), cut one
+network for a node with nftables in the bridge namespace (or a port down), run processes inside a
+namespace (`ip netns exec`, tracked), call a Python function inside a namespace (a thread that
+`setns()`s into it: its sockets live there, so a node's admin API is reachable from inside the
+node without spawning a process). `NsCluster` runs `ophiura node` daemons on top; `HttpClient`
+polls the floating IP from the client namespace; `pr_holder`/`write_as` look at the shared LUN.
 """
 
 from __future__ import annotations
@@ -81,6 +83,15 @@ def ensure_tools(*packages: str) -> None:
             timeout=600,
             check=False,
         )
+
+
+def missing_tools(**tools: str) -> str | None:
+    """Install what is missing ({program: Debian package}, as root); why not, if still missing."""
+    absent = {prog: pkg for prog, pkg in tools.items() if shutil.which(prog) is None}
+    if absent:
+        ensure_tools(*absent.values())
+    still = [f"{prog} ({pkg})" for prog, pkg in absent.items() if shutil.which(prog) is None]
+    return f"not installed: {', '.join(still)}" if still else None
 
 
 def sh(*argv: str, check: bool = True, timeout: float = CMD_TIMEOUT) -> str:
@@ -497,6 +508,15 @@ class HttpClient:
         )
 
 
+def crash_host(lab: Lab, host: str) -> None:
+    """A power loss: `host`'s bridge ports go down first, so nothing it does while dying gets
+    out (keepalived's VRRP child, told by the kernel that its parent died, would otherwise send
+    a priority-0 "I am leaving" advert and make the takeover look faster than a crash allows),
+    then every process in its namespace gets SIGKILL."""
+    lab.ports(host, up=False)
+    lab.kill_host(host)
+
+
 # --------------------------------------------------------------------------- ophiura nodes
 
 REPO = Path(__file__).resolve().parents[2]
@@ -676,12 +696,10 @@ class NsCluster:
     # -- faults -------------------------------------------------------------------------------
 
     def crash(self, node: str) -> float:
-        """kill -9 everything of `node` (daemon, services, arping) and take its bridge ports
-        down, as a machine that lost power; the monotonic time just before."""
+        """`node` loses power (`crash_host`); the monotonic time just before."""
         t0 = time.monotonic()
         self.crashed_at = time.time()
-        self.lab.kill_host(node)
-        self.lab.ports(node, up=False)
+        crash_host(self.lab, node)
         return t0
 
     def service_pid(self, node: str, resource: str = "http") -> int | None:

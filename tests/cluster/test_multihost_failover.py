@@ -7,6 +7,7 @@ IP. Root only (network namespaces); when not root the tests skip and say why.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -15,12 +16,22 @@ from pathlib import Path
 
 import pytest
 
-from .netns import HTTP_PORT, VIP, HttpClient, Lab, NsCluster, pr_holder, unavailable, web_hierarchy
+from .netns import (
+    HTTP_PORT,
+    VIP,
+    HttpClient,
+    Lab,
+    NsCluster,
+    missing_tools,
+    pr_holder,
+    unavailable,
+    web_hierarchy,
+)
 
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    why = unavailable()
+    why = unavailable() or missing_tools(arping="arping")
     if why:
         print(f"SKIP: {why}")
         pytest.skip(why)
@@ -43,32 +54,36 @@ def test_crash_of_the_owner_fails_over_in_under_a_second(lab: Lab, tmp_path: Pat
     try:
         time.sleep(1.0)  # the client sees n1 for a while
         crash = c.crash("n1")
-        took = c.wait_for("n2 runs web", lambda: c.serving("n3") == ["n2"], 10)
-        time.sleep(0.5)  # let the client see n2 for a while
+        # no status polling while the failover runs: it would compete with it for the CPU
+        time.sleep(1.5)
+        c.wait_for("n2 runs web", lambda: c.serving("n3") == ["n2"], 10)
     finally:
         result = client.finish()
     o = HttpClient.outage(result, crash, "n1", "n2")
     print(
         f"\ncrash of n1: client-observed outage {o.seconds:.3f} s "
-        f"(first answer from n2 {o.since_crash:.3f} s after the crash; status on n3 said n2 "
-        f"after {took:.3f} s); answers {o.answered_by}, failed probes {o.fails}\n"
-        + c.timeline("n2", c.crashed_at)
+        f"(first answer from n2 {o.since_crash:.3f} s after the crash); "
+        f"answers {o.answered_by}, failed probes {o.fails}\n" + c.timeline("n2", c.crashed_at)
     )
     assert o.seconds is not None, f"the client never saw both nodes: {o}"
     assert o.seconds < 1.0, f"outage {o.seconds:.3f} s"
-    # Only n2 runs it, say n2 and n3; n2 holds the reservation and the VIP.
-    for via in ("n2", "n3"):
-        w = c.hier(via)
-        assert w["running_on"] == ["n2"] and w["owner"] == "n2", w
-        assert w["states"].get("n3") == "stopped", w
-        st = c.status(via)
-        assert st["nodes"]["n1"]["state"] == "dead", st["nodes"]
+    # Only n2 runs it, say n2 (admin API) and n3 (`ophiura cluster status --json` run there);
+    # n2 holds the reservation and the VIP.
+    w = c.hier("n2")
+    assert w["running_on"] == ["n2"] and w["owner"] == "n2" and w["states"]["n3"] == "stopped", w
+    assert c.status("n2")["nodes"]["n1"]["state"] == "dead"
+    r = c.cli("n3", "status", "--json", "--node", "n3")
+    assert r.returncode == 0, r.stdout + r.stderr
+    st = json.loads(r.stdout)
+    w = st["hierarchies"]["web"]
+    assert w["running_on"] == ["n2"] and w["owner"] == "n2" and w["states"]["n3"] == "stopped", w
+    assert st["nodes"]["n1"]["state"] == "dead" and st["nodes"]["n2"]["state"] == "up"
     assert pr_holder(lab) == "n2"
     assert VIP in lab.addresses("n2") and VIP not in lab.addresses("n3")
     events = c.events("n2")
     assert any(e.get("task") == "node-dead" and e.get("peer") == "n1" for e in events)
-    # The answers after the crash all came from n2 (none from a half-dead n1).
-    late = [who for _, done, who in result["ok"] if done > crash + 0.05]
+    # Once n2 answered, every answer came from n2 (none from a half-dead n1).
+    late = [who for _, done, who in result["ok"] if done >= o.first_after]
     assert set(late) == {"n2"}, set(late)
 
 

@@ -19,7 +19,16 @@ from pathlib import Path
 
 import pytest
 
-from .netns import VIP, Lab, NsCluster, pr_holder, unavailable, web_hierarchy, write_as
+from .netns import (
+    VIP,
+    Lab,
+    NsCluster,
+    missing_tools,
+    pr_holder,
+    unavailable,
+    web_hierarchy,
+    write_as,
+)
 
 GOOD, RESERVATION_CONFLICT = 0x00, 0x18
 HOG = "import time\nend = time.monotonic() + float(__import__('sys').argv[1])\n" + (
@@ -29,7 +38,7 @@ HOG = "import time\nend = time.monotonic() + float(__import__('sys').argv[1])\n"
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    why = unavailable()
+    why = unavailable() or missing_tools(arping="arping")
     if why:
         print(f"SKIP: {why}")
         pytest.skip(why)

@@ -21,6 +21,7 @@ from .netns import (
     VIP,
     Lab,
     NsCluster,
+    missing_tools,
     pr_holder,
     unavailable,
     web_hierarchy,
@@ -32,7 +33,7 @@ DB_LUN = TARGET_PORT + 1
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    why = unavailable()
+    why = unavailable() or missing_tools(arping="arping", nft="nftables")
     if why:
         print(f"SKIP: {why}")
         pytest.skip(why)

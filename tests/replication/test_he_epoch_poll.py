@@ -6,13 +6,14 @@ The live counterpart is `test_takeover_live.py::test_idle_old_he_is_fenced_witho
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from ophiura.replication.quorum import Fenced
+from ophiura.replication.quorum import Fenced, QuorumLost
 from ophiura.replication.se_client import SeUnavailable, VolumeState
 from ophiura.replication.se_session import SeSession, SeSpec, SessionState
 from ophiura.replication.volume import HostElementVolume, VolumeConfig
@@ -166,7 +167,7 @@ async def test_reconnect_backoff_is_capped_and_bounded() -> None:
     session.start()
     try:
         await asyncio.sleep(1.5)
-        gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(attempts)]
         assert 4 <= len(attempts) <= 1.5 / 0.25 + 4, attempts
         assert max(gaps) < 0.25 + 0.1, gaps
         assert min(gaps[3:]) >= 0.25 - 0.02, gaps  # capped, not hammering
@@ -178,3 +179,70 @@ async def test_reconnect_backoff_is_capped_and_bounded() -> None:
         assert time.monotonic() - up_at[0] < 0.25 + 0.1
     finally:
         await session.close()
+
+
+class AttachingClient(FakeClient):
+    """Enough of an SE for a volume to attach (caught up) and write; `hang` never answers."""
+
+    def __init__(self, hang: bool = False) -> None:
+        super().__init__({"vol": 1})
+        self.hang = hang
+        self.writes: list[int] = []
+
+    async def open_volume(self, volume: str, size: int, block_size: int) -> VolumeState:
+        return VolumeState(volume, 1, 0, size, block_size, "up")
+
+    async def write(self, volume: str, epoch: int, seq: int, offset: int, data: Any) -> int:
+        self.writes.append(seq)
+        if self.hang:
+            await asyncio.get_running_loop().create_future()  # an SE that stopped answering
+        await asyncio.sleep(0)
+        return seq
+
+
+async def _attached(quorum: int, op_timeout: float) -> tuple[HostElementVolume, list[Any]]:
+    clients = [AttachingClient(hang=n == "c") for n in "abc"]
+    sessions = [_connected(n, c, 60.0) for n, c in zip("abc", clients, strict=True)]
+    vol = HostElementVolume(
+        VolumeConfig("vol", 1 << 20, quorum, op_timeout=op_timeout), sessions, epoch=1
+    )
+    vol.start()
+    assert await vol.wait_ready(2.0)
+    return vol, clients
+
+
+async def test_unanswered_send_fails_its_replica_after_op_timeout() -> None:
+    """The op timeout (now the volume's send watchdog, not a timer per send) still fails a
+    replica whose SE accepted the connection but never answers a write."""
+    vol, clients = await _attached(quorum=2, op_timeout=0.4)
+    try:
+        t0 = time.monotonic()
+        await vol.write(0, b"a" * 512)  # a and b ack at once: Q=2
+        assert time.monotonic() - t0 < 0.2
+        c = vol.replicas["c"]
+        assert c.state.value == "up" and len(c.inflight) == 1
+        while c.state.value == "up" and time.monotonic() - t0 < 3.0:
+            await asyncio.sleep(0.01)
+        waited = time.monotonic() - t0
+        assert c.state.value == "failed" and c.last_error == "write seq 1: no answer in 0.4s"
+        assert 0.4 <= waited < 0.4 + 0.3, waited
+        assert c.failures == {"lost": 1} and not c.inflight
+        assert [cl.writes for cl in clients] == [[1], [1], [1]]  # c got it, never answered
+        assert vol.replicas["c"].session.state is SessionState.CONNECTING  # reconnecting
+        assert all(len(r.inflight) <= 1 for r in vol.replicas.values())
+    finally:
+        await vol.close()
+
+
+async def test_unanswered_send_nacks_the_write_when_quorum_needs_it() -> None:
+    vol, clients = await _attached(quorum=3, op_timeout=0.3)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(QuorumLost, match=r"c: write seq 1: no answer in 0.3s"):
+            await vol.write(0, b"b" * 512)
+        assert 0.3 <= time.monotonic() - t0 < 0.3 + 0.3
+        assert vol.acked_seq == 0 and vol.read_only
+        assert clients[2].writes == [1]
+    finally:
+        await vol.close()
+    assert all(not r.inflight for r in vol.replicas.values())

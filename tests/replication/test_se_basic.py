@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from ophiura.replication import se_disk
 from ophiura.replication.se_client import (
     LinkEmulation,
     SeClient,
@@ -251,3 +252,41 @@ async def test_requests_during_start_wait_for_the_volume(
     finally:
         await starting
         await se.stop()
+
+
+@pytest.mark.parametrize("nowait", [True, False])
+async def test_reads_from_the_page_cache_and_from_the_thread_agree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nowait: bool
+) -> None:
+    """READs are answered inline from the page cache (`RWF_NOWAIT`), else on a read thread."""
+    monkeypatch.setattr(se_disk, "_NOWAIT", nowait and se_disk._NOWAIT)
+    async with running_se(tmp_path) as se, client_for(se) as c:
+        await c.open_volume("v", MiB)
+        for s in range(1, 9):
+            await c.write("v", 1, s, s * 8192, block(s, 8192))
+        got = await asyncio.gather(*[c.read_with_seq("v", s * 8192, 8192) for s in range(1, 9)])
+        assert [d for _, d in got] == [block(s, 8192) for s in range(1, 9)]
+        assert all(seq == 8 for seq, _ in got)
+        assert await c.read("v", MiB - 4096, 4096) == bytes(4096)  # never written: a hole
+        with pytest.raises(SeError, match="outside size"):
+            await c.read("v", MiB, 4096)
+
+
+async def test_frames_queued_in_one_turn_share_one_send(tmp_path: Path) -> None:
+    """Pipelined writes to one SE leave in one `writelines` per event-loop turn (after the
+    first, which goes at once); the SE's ACKs of one group commit likewise."""
+    async with running_se(tmp_path) as se, client_for(se) as c:
+        await c.open_volume("v", MiB)
+        transport = c._transport
+        assert transport is not None
+        calls: list[int] = []
+        real = transport.writelines
+
+        def counting(buffers: list[bytes]) -> None:
+            calls.append(len(buffers))
+            real(buffers)
+
+        transport.writelines = counting  # type: ignore[method-assign]
+        acks = await asyncio.gather(*[c.write("v", 1, s, s * 4096, block(s)) for s in range(1, 65)])
+        assert acks == list(range(1, 65))
+        assert len(calls) == 2, calls  # the first write at once, the other 63 together

@@ -113,6 +113,14 @@ class Authenticated:
     peer_name: str
 
 
+def _keyed(key: bytes) -> Any:
+    """An HMAC-SHA256 state to `copy()` per frame: the C object under `hmac.HMAC` when there is
+    one (same MAC, without the Python wrapper's layers on every copy/update/digest)."""
+    h = hmac.new(key, digestmod=hashlib.sha256)
+    inner = getattr(h, "_hmac", None)
+    return inner if inner is not None and hasattr(inner, "copy") else h
+
+
 def _pack_str(s: str) -> bytes:
     raw = s.encode()
     if len(raw) > MAX_NAME:
@@ -211,9 +219,9 @@ class Connection:
         s2c = hmac.new(session, b"server-to-client", hashlib.sha256).digest()
         send_key, recv_key = (c2s, s2c) if self.role == "client" else (s2c, c2s)
         if send:
-            self._send_mac = hmac.new(send_key, digestmod=hashlib.sha256)
+            self._send_mac = _keyed(send_key)
         if recv:
-            self._recv_mac = hmac.new(recv_key, digestmod=hashlib.sha256)
+            self._recv_mac = _keyed(recv_key)
 
     def _handshake_frame(self, body: memoryview) -> list[Any]:
         if not body:
@@ -286,10 +294,13 @@ class Connection:
         if n > self._max_frame:
             raise ValueError(f"{type(msg).__name__} of {n} bytes exceeds the frame limit")
         prefix = _U32.pack(n) + head
-        parts = (prefix,) if tail is None or not len(tail) else (prefix, tail)
-        mac = self._mac(self._send_mac, self._send_ctr, parts)
+        h = self._send_mac.copy()
+        h.update(_U64.pack(self._send_ctr) + prefix)  # one update: the same bytes MAC'd
         self._send_ctr += 1
-        return [*parts, mac]
+        if tail is None or not len(tail):
+            return [prefix, h.digest()[:MAC_BYTES]]
+        h.update(tail)
+        return [prefix, tail, h.digest()[:MAC_BYTES]]
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[Any]:
         """Messages (and the Authenticated event) found in `data` plus what was buffered.

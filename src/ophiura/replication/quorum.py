@@ -9,7 +9,6 @@ only work when 2Q > N, which is why `config_warning` exists.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 
 from ophiura.block.device import ReadOnlyError
 
@@ -93,25 +92,37 @@ class Fenced(ReadOnlyError):
     """Another HE raised the epoch: this HE must not acknowledge writes any more."""
 
 
-@dataclass
 class QuorumWaiter:
     """Resolves when `need` counting SEs acked, or fails as soon as that became impossible.
 
     Why not `asyncio.gather`: the host must be answered after the Q-th ack, not the N-th, and a
     write must fail fast (read-only) when too many SEs failed, without waiting for timeouts of
-    the others.
+    the others. One per write, hence a slotted class rather than a dataclass.
     """
 
-    seq: int
-    need: int
-    outstanding: int
-    acks: int = 0
-    errors: list[str] = field(default_factory=list)
-    future: asyncio.Future[None] = field(init=False)
+    __slots__ = ("acks", "errors", "future", "need", "outstanding", "seq")
 
-    def __post_init__(self) -> None:
-        self.future = asyncio.get_running_loop().create_future()
+    def __init__(
+        self,
+        seq: int,
+        need: int,
+        outstanding: int,
+        acks: int = 0,
+        errors: list[str] | None = None,
+    ) -> None:
+        self.seq = seq
+        self.need = need
+        self.outstanding = outstanding
+        self.acks = acks
+        self.errors: list[str] = [] if errors is None else errors
+        self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._check()
+
+    def __repr__(self) -> str:
+        return (
+            f"QuorumWaiter(seq={self.seq}, need={self.need}, outstanding={self.outstanding}, "
+            f"acks={self.acks}, errors={self.errors!r})"
+        )
 
     def ack(self) -> None:
         self.outstanding -= 1

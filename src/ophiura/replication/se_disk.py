@@ -42,6 +42,8 @@ from ophiura.replication.replay_log import LogRecord, ReplayLog, ReplayLogError
 
 log = logging.getLogger("ophiura.replication.se_store")
 
+_NOWAIT = hasattr(os, "RWF_NOWAIT")
+
 # Seconds between metadata checkpoints of `applied_seq` while writes flow (see above).
 CHECKPOINT_INTERVAL = 0.1
 
@@ -295,9 +297,18 @@ class VolumeDisk:
 
     # -- reading ---------------------------------------------------------------------------------
 
-    def read_into(self, buf: bytearray, offset: int) -> None:
+    def read_nowait(self, buf: bytearray, offset: int) -> int:
+        """Bytes of `buf` filled from the page cache without blocking (for the event loop);
+        0 when nothing was cached or the kernel cannot say (then use `read_into`)."""
+        if not _NOWAIT:
+            return 0
+        try:
+            return os.preadv(self.fd, [buf], offset, os.RWF_NOWAIT)
+        except OSError:  # EAGAIN (not cached), EOPNOTSUPP: the thread does it
+            return 0
+
+    def read_into(self, buf: bytearray, offset: int, done: int = 0) -> None:
         view = memoryview(buf)
-        done = 0
         while done < len(buf):
             n = os.preadv(self.fd, [view[done:]], offset + done)
             if n == 0:

@@ -381,7 +381,9 @@ class Volume:
 
     # -- reads and peer service --------------------------------------------------------------
 
-    async def read(self, offset: int, length: int) -> tuple[int, bytearray]:
+    def read_cached(self, offset: int, length: int) -> tuple[int, bytearray, int]:
+        """(seq, buffer, bytes filled): a read from the page cache, on the event loop, with
+        no thread hop; `read` finishes it (on a thread) when not all of it was cached."""
         if self.recovery is not None or self.state in ("failed", "gap"):
             raise VolumeError(
                 f"volume {self.name} is {self.state_name()} here and serves no reads",
@@ -390,7 +392,12 @@ class Volume:
         self._check(offset, length)
         seq = self.durable_seq
         buf = bytearray(length)
-        await self._reads.run(self.disk.read_into, buf, offset)
+        return seq, buf, self.disk.read_nowait(buf, offset) if length else 0
+
+    async def read(self, offset: int, length: int) -> tuple[int, bytearray]:
+        seq, buf, done = self.read_cached(offset, length)
+        if done < length:
+            await self._reads.run(self.disk.read_into, buf, offset, done)
         return seq, buf
 
     async def chunk_read(self, offset: int, length: int) -> tuple[int, bytearray]:

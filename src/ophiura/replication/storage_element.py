@@ -47,6 +47,7 @@ class _ServerConnection(asyncio.Protocol):
         self.tasks: set[asyncio.Task[None]] = set()
         self.in_flight = 0  # requests received and not yet answered
         self.paused = False
+        self.corked: list[Any] | None = None  # responses waiting for the end of this turn
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -62,14 +63,29 @@ class _ServerConnection(asyncio.Protocol):
             task.cancel()
 
     def send(self, msg: p.Message) -> None:
-        """Send a response (every request gets exactly one)."""
+        """Send a response (every request gets exactly one).
+
+        The first response of an event-loop turn goes out at once; the ones after it in the
+        same turn (the ACKs of one group commit) share one `writelines` at the end of the turn.
+        """
         self.in_flight -= 1
         if self.transport is None or self.transport.is_closing():
             return
-        self.transport.writelines(self.conn.send(msg))
+        frame = self.conn.send(msg)
+        if self.corked is not None:
+            self.corked.extend(frame)
+        else:
+            self.transport.writelines(frame)
+            self.corked = []
+            asyncio.get_running_loop().call_soon(self._uncork)
         if self.paused and self.in_flight < MAX_IN_FLIGHT // 2:
             self.paused = False
             self.transport.resume_reading()
+
+    def _uncork(self) -> None:
+        out, self.corked = self.corked, None
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(out)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -95,8 +111,10 @@ class _ServerConnection(asyncio.Protocol):
                 log.info("SE %s: %s authenticated from %s", self.se.name, ev.peer_name, self.peer)
                 continue
             self.in_flight += 1
-            if isinstance(ev, p.Write):
+            if type(ev) is p.Write:
                 self._write(ev)
+            elif type(ev) is p.Read and self._read_cached(ev):
+                pass
             else:
                 task = asyncio.create_task(self._handle(ev))
                 self.tasks.add(task)
@@ -150,6 +168,23 @@ class _ServerConnection(asyncio.Protocol):
         else:
             log.error("SE %s: write failed: %s", self.se.name, exc)
             self.send(p.Error(rid, p.ErrorCode.IO_ERROR, str(exc)))
+
+    # -- reads: answered inline when the page cache has them --------------------------------
+
+    def _read_cached(self, msg: p.Read) -> bool:
+        """Answer a READ now if its data is in the page cache (no task, no thread hop);
+        False leaves it to `_handle` (a miss, a volume still opening, any error)."""
+        vol = self.se.volumes.get(msg.volume)
+        if vol is None or msg.length > p.MAX_DATA:
+            return False
+        try:
+            seq, buf, done = vol.read_cached(msg.offset, msg.length)
+        except VolumeError:
+            return False  # `_handle` answers it, with the same error
+        if done < msg.length:
+            return False
+        self.send(p.Data(msg.req_id, seq, buf))
+        return True
 
     @staticmethod
     def _error(rid: int, exc: VolumeError) -> p.Message:
