@@ -105,14 +105,26 @@ async def call(
         raise AdminError(
             f"cannot reach node admin API at {host}:{port}: {exc or 'timeout'}"
         ) from exc
+
+    async def line() -> bytes:
+        data = await asyncio.wait_for(reader.readline(), timeout)
+        if not data:  # the node went away mid-exchange (killed, fenced): not a protocol error
+            raise ConnectionResetError("connection closed before the answer")
+        return data
+
     try:
-        hello = json.loads(await asyncio.wait_for(reader.readline(), timeout))
+        hello = json.loads(await line())
         challenge = hello["challenge"]
         body = {"request": request, "mac": sign(key, challenge, request)}
         writer.write(json.dumps(body).encode() + b"\n")
         await writer.drain()
-        reply = json.loads(await asyncio.wait_for(reader.readline(), timeout))
-    except (OSError, TimeoutError, ValueError, KeyError, TypeError) as exc:
+        reply = json.loads(await line())
+    except (OSError, TimeoutError) as exc:
+        # "cannot reach": callers that may ask another node (the CLI) do so
+        raise AdminError(
+            f"cannot reach node admin API at {host}:{port}: {exc or type(exc).__name__}"
+        ) from exc
+    except (ValueError, KeyError, TypeError) as exc:
         raise AdminError(f"admin API at {host}:{port}: {exc or type(exc).__name__}") from exc
     finally:
         writer.close()

@@ -33,6 +33,7 @@ from ophiura.cluster.model import (
     FenceNode,
     NodeEvent,
     PeerView,
+    StartHierarchy,
 )
 from ophiura.cluster.state import ACTIVE, HierarchyState, NodeState, PeerState, transition
 from ophiura.web import hook as web_hook
@@ -72,6 +73,8 @@ class NodeDaemon:
         self._cleanups_done: dict[str, int] = {}
         self._tie_task: asyncio.Task[None] | None = None
         self._tie_checked = -1e18
+        # Back online after standby or lost quorum: start nothing until then (see apply()).
+        self._hold_until = 0.0
 
     # -- events -------------------------------------------------------------------------------
 
@@ -181,6 +184,10 @@ class NodeDaemon:
             case NodeEvent():
                 old = self.state
                 self.state = transition("node", self.state, action.event)
+                if old in (NodeState.STANDBY, NodeState.NO_QUORUM) and self.state == (
+                    NodeState.ONLINE
+                ):
+                    self._hold_until = time.monotonic() + self.online_hold()
                 if old != self.state:
                     self.emit(
                         "node",
@@ -194,12 +201,30 @@ class NodeDaemon:
             case ClearSwitchover():
                 sw = {k: v for k, v in self.admin.switchover.items() if k != action.hierarchy}
                 self._update_admin(switchover=sw)
+            case StartHierarchy() if time.monotonic() < self._hold_until:
+                blocked[action.hierarchy] = (
+                    "back online: waiting for fresh heartbeats before starting anything"
+                )
             case FenceNode():
                 self.fencing.add(action.node)
                 self._spawn(self._fence(action))
             case _:
                 if self.executor.submit(action):
                     log.debug("submitted %s", action)
+
+    def online_hold(self) -> float:
+        """How long a node back from standby (or from lost quorum) starts nothing.
+
+        While we were ineligible a peer may have decided to start a hierarchy; our view of it
+        lags by up to a heartbeat interval plus scheduling, so right after coming back we could
+        take ourselves for the desired owner of a hierarchy that a peer is starting this very
+        moment, and start it too (same generation: two copies until the tie is seen). Waiting
+        until the peers have heard we are back and we have heard their answer closes that race:
+        our next heartbeat (one interval), their next cycle and heartbeat (1.5 intervals), and
+        slack for a loaded machine. Failover after a peer's death never waits for this.
+        """
+        t = self.cfg.timings
+        return max(3 * t.interval, t.deadline / 2)
 
     def publish(self) -> None:
         local = self.executor.local_view()
