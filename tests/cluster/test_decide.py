@@ -274,6 +274,27 @@ CASES: list[tuple[str, dict[str, Any], list[tuple[str, str]]]] = [
         [],
     ),
     (
+        # test_live_local::test_local_restart_then_failover: n1 FAILED, n2 took over, `cleanup`
+        # made n1 eligible again while its view still showed n2 stopped: n1 started a 2nd copy.
+        "just cleaned up after FAILED, stale view of the peers: hold",
+        dict(cfg=CFG, local={"web": LocalHier(H.STOPPED, 1, hold_until=1000.3)}),
+        [("blocked", "web")],
+    ),
+    (
+        "cleaned up, hold over, the peer's takeover now visible: stay off (manual failback)",
+        dict(
+            cfg=CFG,
+            peers=[peer("n2", web="running"), peer("n3")],
+            local={"web": LocalHier(H.STOPPED, 1, hold_until=999.9)},
+        ),
+        [],
+    ),
+    (
+        "cleaned up, hold over, nobody runs it: start",
+        dict(cfg=CFG, local={"web": LocalHier(H.STOPPED, 1, hold_until=999.9)}),
+        [("start", "web@2")],
+    ),
+    (
         "next node takes over from a failed one",
         dict(cfg=CFG, me="n2", peers=[peer("n1", web="failed"), peer("n3")]),
         [("start", "web@2")],

@@ -10,12 +10,19 @@ import pytest
 
 from ophiura.cluster.agents.base import OcfCode, Outcome, Resource
 from ophiura.cluster.config import parse
+from ophiura.cluster.decide import decide, fresh_view_hold
 from ophiura.cluster.executor import Executor, run_graph
-from ophiura.cluster.model import ClearFailures, RestartResource, StartHierarchy, StopHierarchy
+from ophiura.cluster.model import (
+    Blocked,
+    ClearFailures,
+    RestartResource,
+    StartHierarchy,
+    StopHierarchy,
+)
 from ophiura.cluster.state import HierarchyState as H
 from ophiura.cluster.state import ResourceState as R
 
-from .kit import config_dict
+from .kit import config_dict, view
 
 
 class ScriptedAgent:
@@ -156,6 +163,34 @@ async def test_start_failures_exhausted_mark_failed_then_expire() -> None:
     assert ex.local_view()["web"].failures == ()
     ex.submit(ClearFailures("web"))
     assert ex.hier["web"].state == H.STOPPED
+    hold = ex.local_view()["web"].hold_until
+    assert hold == 1011.0 + fresh_view_hold(ex.cfg.timings), "eligible again: hold starts"
+
+
+async def test_cleanup_of_failed_hierarchy_holds_starts_until_the_view_is_fresh() -> None:
+    """test_live_local::test_local_restart_then_failover: after `cleanup` of a hierarchy FAILED
+    here (a peer took it over), the decision must not start it on a view of that peer from
+    before the takeover."""
+    clock = [1000.0]
+    agent = ScriptedAgent({"app": {"start_fails": 99}})
+    ex = Executor(make(TREE, max_restarts=0), "n1", lambda *a, **k: None,
+                  lambda k: agent, clock=lambda: clock[0])  # fmt: skip
+    ex.submit(StartHierarchy("web", gen=1))
+    await settle(ex)
+    assert ex.hier["web"].state == H.FAILED
+    assert ex.cleanup("web")
+    local = ex.local_view()
+    assert local["web"].state == H.STOPPED and local["web"].failures == ()
+    assert local["web"].hold_until == 1000.0 + fresh_view_hold(ex.cfg.timings)
+    # The peer that took over is not in our (stale) view yet: no start while the hold lasts.
+    v = view(ex.cfg, local=local, now=clock[0] + 0.01)
+    assert [type(a) for a in decide(v)] == [Blocked]
+    v = view(ex.cfg, local=local, now=local["web"].hold_until)
+    assert [type(a) for a in decide(v)] == [StartHierarchy]
+    # A cleanup of a hierarchy that was not FAILED here changes no eligibility: no new hold.
+    clock[0] += 100
+    assert ex.cleanup("web")
+    assert ex.local_view()["web"].hold_until == 1000.0 + fresh_view_hold(ex.cfg.timings)
 
 
 async def test_stop_escalates_to_forced_then_stop_failed() -> None:

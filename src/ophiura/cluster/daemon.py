@@ -223,8 +223,7 @@ class NodeDaemon:
         our next heartbeat (one interval), their next cycle and heartbeat (1.5 intervals), and
         slack for a loaded machine. Failover after a peer's death never waits for this.
         """
-        t = self.cfg.timings
-        return max(3 * t.interval, t.deadline / 2)
+        return decider.fresh_view_hold(self.cfg.timings)
 
     def publish(self) -> None:
         local = self.executor.local_view()

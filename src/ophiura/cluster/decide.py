@@ -10,7 +10,7 @@ find out and stop. Hierarchies are decided independently, so they recover in par
 
 from __future__ import annotations
 
-from ophiura.cluster.config import Hierarchy
+from ophiura.cluster.config import Hierarchy, Timings
 from ophiura.cluster.membership import has_quorum
 from ophiura.cluster.model import (
     Action,
@@ -29,6 +29,19 @@ from ophiura.cluster.state import ACTIVE, HOLDING, HierarchyState, NodeState, Pe
 
 H = HierarchyState
 INELIGIBLE_NODE_STATES = frozenset({NodeState.LEAVING, NodeState.NO_QUORUM, NodeState.STANDBY})
+
+
+def fresh_view_hold(timings: Timings) -> float:
+    """How long a node that just became eligible again starts nothing (see `decide_hierarchy`).
+
+    While we were ineligible (standby, no quorum, or the hierarchy FAILED here) a peer may have
+    decided to start a hierarchy; our view of it lags by up to a heartbeat interval plus
+    scheduling, so right after becoming eligible we could take ourselves for the desired owner of
+    a hierarchy that a peer is starting this very moment, and start it too (same generation: two
+    copies until the tie is seen). Waiting for our next heartbeat (one interval), the peers' next
+    cycle and heartbeat (1.5 intervals) and slack for a loaded machine closes that race.
+    """
+    return max(3 * timings.interval, timings.deadline / 2)
 
 
 def recent(failures: tuple[float, ...], now: float, window: float) -> int:
@@ -254,6 +267,10 @@ def decide_hierarchy(
             actions.append(Blocked(name, f"waiting for {peer} to stop it ({state})"))
     if holders:
         return actions
+    if view.now < local.hold_until:
+        # Just cleaned up (or its failures expired) after FAILED here: the peer that took it
+        # over meanwhile may not show in our view yet. Starting now could run a second copy.
+        return [*actions, Blocked(name, "eligible again: waiting for fresh heartbeats")]
     gen = _next_gen(view, name)
     return [*actions, StartHierarchy(name, f"highest-priority eligible node (gen {gen})", gen=gen)]
 

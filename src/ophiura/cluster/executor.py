@@ -22,7 +22,7 @@ from typing import Any
 from ophiura.cluster import agentload
 from ophiura.cluster.agents.base import Agent, OcfCode, Outcome, Resource
 from ophiura.cluster.config import ClusterConfig, Hierarchy
-from ophiura.cluster.decide import restart_allowed
+from ophiura.cluster.decide import fresh_view_hold, restart_allowed
 from ophiura.cluster.model import (
     Action,
     ClearFailures,
@@ -52,6 +52,7 @@ class HierRuntime:
     task: asyncio.Task[None] | None = None
     monitors: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     last: dict[str, str] = field(default_factory=dict)  # resource -> last outcome text
+    hold_until: float = 0.0  # eligible again after FAILED/STOP_FAILED: no start before this
 
     def __post_init__(self) -> None:
         self.resources = dict.fromkeys(self.spec.resources, R.STOPPED)
@@ -132,7 +133,12 @@ class Executor:
             rt.failures = [(t, r) for t, r in rt.failures if now - t <= rt.spec.failure_expiry]
             order = [r for r in rt.spec.resources if r in rt.failed]
             out[name] = LocalHier(
-                rt.state, rt.gen, tuple(t for t, _ in rt.failures), tuple(order), rt.busy()
+                rt.state,
+                rt.gen,
+                tuple(t for t, _ in rt.failures),
+                tuple(order),
+                rt.busy(),
+                rt.hold_until,
             )
         return out
 
@@ -158,6 +164,8 @@ class Executor:
             case RestartResource():
                 coro = self._restart(rt, action.resource, action.reason)
             case ClearFailures():
+                if rt.state == H.FAILED:
+                    self._hold(rt)
                 self._set(rt, "expire")
                 rt.failures.clear()
                 return True
@@ -184,6 +192,11 @@ class Executor:
     def _rset(self, rt: HierRuntime, res: str, event: str) -> None:
         rt.resources[res] = transition("resource", rt.resources[res], event)
 
+    def _hold(self, rt: HierRuntime) -> None:
+        """Eligible here again: while we were not, a peer may have taken the hierarchy over, and
+        our view of it can be a heartbeat old. Start nothing until the view is fresh."""
+        rt.hold_until = self.clock() + fresh_view_hold(self.cfg.timings)
+
     def cleanup(self, name: str) -> bool:
         """Admin cleanup: forget failures here; a FAILED or STOP_FAILED hierarchy becomes STOPPED.
 
@@ -199,6 +212,7 @@ class Executor:
             if state == R.STOP_FAILED:
                 self._rset(rt, r, "cleanup")
         if rt.state in (H.FAILED, H.STOP_FAILED):
+            self._hold(rt)
             self._set(rt, "cleanup")
         self.emit("hierarchy", hierarchy=name, task="cleanup", desc="fail counts cleared by admin")
         return True

@@ -84,6 +84,9 @@ class LocalHier:
     failures: tuple[float, ...] = ()  # monotonic times of failures not yet expired
     failed_resources: tuple[str, ...] = ()  # monitor said failed, in dependency order
     busy: bool = False  # an executor operation is in flight
+    # Eligible again here only since a cleanup/expiry of FAILED or STOP_FAILED: start nothing
+    # before this monotonic time (our view of the peers may predate a takeover; see decide).
+    hold_until: float = 0.0
 
 
 @dataclass(frozen=True)
