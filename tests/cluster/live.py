@@ -1,4 +1,4 @@
-"""A live cluster of `ophiura node` processes on 127.0.0.1 for tests (namespaces come later).
+"""A live cluster of `ophiura node` processes on 127.0.0.1 for tests (namespaces: netns.py).
 
 Every node gets two heartbeat ports (two links) and an admin port, all picked free at start;
 every wait is bounded; stop() kills only the processes this harness started, by PID.
