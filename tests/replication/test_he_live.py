@@ -73,7 +73,10 @@ async def test_write_read_n3_q2(ses: list[SeHandle], tmp_path: Path) -> None:
 
 
 async def test_one_se_down_then_quick_recovery(ses: list[SeHandle], tmp_path: Path) -> None:
-    he = await start_he(he_config(ses), tmp_path)
+    # Quick recovery needs every missed write still in the HE queue: 64 MiB holds ~16k 4 KiB
+    # writes, far more than the writer does while c is down (the 4 MiB default of he_config
+    # held ~1k, which a fast run overflowed, correctly turning it into a replay).
+    he = await start_he(he_config(ses, queue_bytes=64 << 20), tmp_path)
     try:
         vol = he.volumes["vol"].data
         await wait_for(lambda: set(replica_states(he).values()) == {"up"}, 5, "all up")
