@@ -7,37 +7,14 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from enum import IntEnum
+
+# One definition of the PR codes, shared with the device server (re-exported for callers).
+from ophiura.scsi.constants import PrIn as PrIn
+from ophiura.scsi.constants import PrOut as PrOut
+from ophiura.scsi.constants import PrType as PrType
 
 PR_IN = 0x5E
 PR_OUT = 0x5F
-
-
-class PrIn(IntEnum):
-    READ_KEYS = 0
-    READ_RESERVATION = 1
-    REPORT_CAPABILITIES = 2
-    READ_FULL_STATUS = 3
-
-
-class PrOut(IntEnum):
-    REGISTER = 0
-    RESERVE = 1
-    RELEASE = 2
-    CLEAR = 3
-    PREEMPT = 4
-    PREEMPT_AND_ABORT = 5
-    REGISTER_AND_IGNORE_EXISTING_KEY = 6
-    REGISTER_AND_MOVE = 7
-
-
-class PrType(IntEnum):
-    WRITE_EXCLUSIVE = 1
-    EXCLUSIVE_ACCESS = 3
-    WRITE_EXCLUSIVE_REGISTRANTS_ONLY = 5
-    EXCLUSIVE_ACCESS_REGISTRANTS_ONLY = 6
-    WRITE_EXCLUSIVE_ALL_REGISTRANTS = 7
-    EXCLUSIVE_ACCESS_ALL_REGISTRANTS = 8
 
 
 class PrParseError(ValueError):

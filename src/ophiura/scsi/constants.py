@@ -86,6 +86,7 @@ class PrOut(IntEnum):
     PREEMPT = 4
     PREEMPT_AND_ABORT = 5
     REGISTER_AND_IGNORE = 6
+    REGISTER_AND_IGNORE_EXISTING_KEY = 6  # SPC-4's full name (an alias: the initiator side uses it)
     REGISTER_AND_MOVE = 7
 
 
