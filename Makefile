@@ -8,6 +8,8 @@ DEBIAN_TOOLS += postmark fuse2fs e2fsprogs
 # HA cluster: links cut with nftables in a namespace (tests/cluster/test_multihost_*.py);
 # keepalived (VRRPv3) as the failover baseline (`python -m bench failover`)
 DEBIAN_TOOLS += nftables keepalived
+# the dashboard rendered in headless Chromium (tests/web)
+DEBIAN_TOOLS += chromium
 # nbdfuse (tests/nbd): its own package in newer Debian; in Debian 12 only a name that
 # libnbd-bin provides (dpkg -s would never see it installed), so list it only where it is real.
 DEBIAN_TOOLS += $(shell apt-cache show nbdfuse 2>/dev/null | grep -q '^Package: nbdfuse' && echo nbdfuse)
