@@ -166,7 +166,12 @@ def test_actions_show_in_status_everywhere(live: LiveCluster) -> None:
     assert status == 409 and "frozen" in body["error"]
     status, body = post(c, "/api/v1/hierarchies/web/unfreeze", node="n2")
     assert status == 200
-    c.wait_for("web unfrozen", lambda: not c.status("n1")["hierarchies"]["web"]["frozen"], 5)
+    # n3 is asked next, so wait until n3 itself has the unfreeze (it arrives by gossip)
+    c.wait_for(
+        "web unfrozen on n1 and n3",
+        lambda: not any(c.status(n)["hierarchies"]["web"]["frozen"] for n in ("n1", "n3")),
+        5,
+    )
 
     # switchover web n1 -> n2 (asked of n3): done and nothing left behind
     status, body = post(c, "/api/v1/hierarchies/web/switchover", {"to": "n2"}, node="n3")
