@@ -21,21 +21,18 @@ from ophiura.iscsi.pdu import (
     sense_segment,
 )
 from ophiura.scsi.api import Status, TaskAttribute
+from ophiura.scsi.sense import encode_sense
 
 SIMPLE = int(TaskAttribute.SIMPLE)
 UNTAGGED = int(TaskAttribute.UNTAGGED)
 
 
-def fixed_sense(key: int, asc: int, ascq: int) -> bytes:
-    return bytes([0x70, 0, key, 0, 0, 0, 0, 10, 0, 0, 0, 0, asc, ascq, 0, 0, 0, 0])
-
-
 # ABORTED COMMAND sense for iSCSI data-phase errors (RFC 7143 §11.4.7.2 / SPC-4 4B/xx).
-SENSE_DATA_PHASE_ERROR = fixed_sense(0x0B, 0x4B, 0x00)
-SENSE_DATA_OFFSET_ERROR = fixed_sense(0x0B, 0x4B, 0x05)
-SENSE_TOO_MUCH_WRITE_DATA = fixed_sense(0x0B, 0x4B, 0x02)
-SENSE_INTERNAL_FAILURE = fixed_sense(0x04, 0x44, 0x00)  # HARDWARE ERROR, internal target failure
-SENSE_INVALID_FIELD_IN_CDB = fixed_sense(0x05, 0x24, 0x00)
+SENSE_DATA_PHASE_ERROR = encode_sense(0x0B, 0x4B, 0x00)
+SENSE_DATA_OFFSET_ERROR = encode_sense(0x0B, 0x4B, 0x05)
+SENSE_TOO_MUCH_WRITE_DATA = encode_sense(0x0B, 0x4B, 0x02)
+SENSE_INTERNAL_FAILURE = encode_sense(0x04, 0x44, 0x00)  # HARDWARE ERROR, internal target failure
+SENSE_INVALID_FIELD_IN_CDB = encode_sense(0x05, 0x24, 0x00)
 
 
 class DataOutError(Exception):
