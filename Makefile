@@ -8,6 +8,9 @@ DEBIAN_TOOLS += postmark fuse2fs e2fsprogs
 # HA cluster: links cut with nftables in a namespace (tests/cluster/test_multihost_*.py);
 # keepalived (VRRPv3) as the failover baseline (`python -m bench failover`)
 DEBIAN_TOOLS += nftables keepalived
+# STONITH with Debian's fence agents run unchanged (fence_dummy, fence_heuristics_ping, which
+# needs /bin/ping): tests/cluster/test_fencing.py, test_multihost_fence_agents.py
+DEBIAN_TOOLS += fence-agents iputils-ping
 # the dashboard rendered in headless Chromium (tests/web)
 DEBIAN_TOOLS += chromium
 # nbdfuse (tests/nbd): its own package in newer Debian; in Debian 12 only a name that
@@ -38,8 +41,16 @@ tools:
 	  fi; \
 	else echo "not root: not installing Debian test tools ($(DEBIAN_TOOLS))"; fi
 
+# As root the demo puts nodes in network namespaces with a floating IP: it needs `ip` and
+# arping (installed here if missing); as another user it runs on 127.0.0.1 and says what it left out.
+DEMO_TOOLS := iproute2 arping
+
 demo: venv
-	$(BIN)/ophiura demo
+	@if [ "$$(id -u)" = 0 ] && ! { command -v ip && command -v arping; } >/dev/null; then \
+	  echo "installing: $(DEMO_TOOLS)"; apt-get update -q >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DEMO_TOOLS) >/dev/null || \
+	  echo "could not install $(DEMO_TOOLS): the demo runs on 127.0.0.1"; fi
+	$(BIN)/ophiura demo $(DEMO_ARGS)
 
 test: venv tools
 	$(BIN)/ruff check src tests bench

@@ -224,6 +224,7 @@ class PostmarkResult:
     files: int
     errors: int  # PostMark "Error:" lines (the same FUSE stack gives them for every server)
     output: str
+    unmount_seconds: float = 0.0  # umount after the run: the page cache's dirty data written
 
     def to_json(self) -> dict[str, object]:
         data = asdict(self)

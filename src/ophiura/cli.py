@@ -223,11 +223,67 @@ def pr_command(
 
 
 @main.command()
-def demo() -> None:
-    """Run the whole system on this machine, on 127.0.0.1, and narrate it."""
-    from ophiura import demo as demo_module
+@click.option("--headless", is_flag=True, help="Plain timestamped lines, no live view.")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the report as JSON to this file.",
+)
+@click.option(
+    "--netns/--no-netns",
+    default=None,
+    help="Nodes in network namespaces with a floating IP (default: when root).",
+)
+@click.option("--keep", is_flag=True, help="Keep the temp dir (logs, configs) afterwards.")
+@click.option("--no-dashboard", is_flag=True, help="Do not start the REST API and dashboard.")
+@click.option(
+    "--pace",
+    type=click.FloatRange(0.2, 5.0),
+    default=1.0,
+    show_default=True,
+    help="Scale the time spent watching each phase.",
+)
+@click.option(
+    "--linger", is_flag=True, help="After the report, keep the cluster up (dashboard) until Ctrl-C."
+)
+@click.option(
+    "--target",
+    is_flag=True,
+    help="Instead: the SCSI target tour (iSCSI LUN, persistent reservations).",
+)
+def demo(
+    headless: bool,
+    json_path: Path | None,
+    netns: bool | None,
+    keep: bool,
+    no_dashboard: bool,
+    pace: float,
+    linger: bool,
+    target: bool,
+) -> None:
+    """The whole system on this machine: 3 SEs, 3 cluster nodes, a record app, a client that
+    writes records; an SE and the active node are killed, the node comes back, a switchover;
+    then every acknowledged record is checked. Exit 1 if any was lost."""
+    if target:
+        from ophiura.demo import target as target_tour
 
-    raise SystemExit(demo_module.main())
+        raise SystemExit(target_tour.main())
+    from ophiura.demo import Options, run
+
+    raise SystemExit(
+        run(
+            Options(
+                headless=headless,
+                json_path=json_path,
+                netns=netns,
+                keep=keep,
+                dashboard=not no_dashboard,
+                pace=pace,
+                linger=linger,
+            )
+        )
+    )
 
 
 from ophiura.replication.se_cli import se  # noqa: E402
@@ -249,6 +305,10 @@ main.add_command(node)
 from ophiura.web.cli import web  # noqa: E402
 
 main.add_command(web)
+
+from ophiura.availability.cli import avail  # noqa: E402
+
+main.add_command(avail)
 
 if __name__ == "__main__":
     main()

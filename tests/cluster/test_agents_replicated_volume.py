@@ -148,6 +148,7 @@ async def test_second_node_takes_the_epoch_and_fences_the_first(
         assert await _nbd_write(nbd_a) is not None
         out = await agent.monitor(a, 5)
         assert out.code == OcfCode.ERR_GENERIC and "fenced" in out.reason, out
+        assert out.taken  # a newer HE took the volume: the hierarchy runs elsewhere
         assert await _nbd_write(nbd_b) is None
         assert (await agent.stop(a, 10)).ok
         assert (await agent.monitor(a, 5)).code == OcfCode.NOT_RUNNING
@@ -168,7 +169,7 @@ async def test_idle_old_owner_is_reported_fenced_without_writing(
         assert (await agent.start(b, 30)).ok
         await asyncio.sleep(2.0)
         out = await agent.monitor(a, 5)
-        assert out.code == OcfCode.ERR_GENERIC and "fenced" in out.reason
+        assert out.code == OcfCode.ERR_GENERIC and "fenced" in out.reason and out.taken
     finally:
         await agent.stop(a, 10)
         await agent.stop(b, 10)

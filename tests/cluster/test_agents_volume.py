@@ -70,6 +70,7 @@ async def test_two_nodes_preempt_and_abort(target: Server) -> None:
     assert (await agent.monitor(b, 10)).ok
     out = await agent.monitor(a, 10)
     assert out.code == OcfCode.ERR_GENERIC and "preempted" in out.reason, out
+    assert out.taken  # taken by another node, not a broken path (decide: no second recovery)
     assert await _write_as(a) == Status.RESERVATION_CONFLICT  # the rogue node is fenced
     assert await _write_as(b) == Status.GOOD
     # the fenced node's stop succeeds (it holds nothing) and does not disturb the owner
@@ -78,6 +79,7 @@ async def test_two_nodes_preempt_and_abort(target: Server) -> None:
     # clean switchover back: n2 releases, n1 reserves without preempting
     assert (await agent.stop(b, 10)).ok
     assert (await agent.monitor(b, 10)).code == OcfCode.NOT_RUNNING
+    assert not (await agent.monitor(b, 10)).taken
     out = await agent.start(a, 10)
     assert out.ok and "PREEMPT" not in out.reason
     assert (await agent.stop(a, 10)).ok

@@ -8,6 +8,7 @@ import pytest
 
 from ophiura.cluster import decide as d
 from ophiura.cluster.config import parse
+from ophiura.cluster.heartbeat import HierReport
 from ophiura.cluster.model import (
     Action,
     AdminState,
@@ -17,12 +18,13 @@ from ophiura.cluster.model import (
     FenceNode,
     LocalHier,
     NodeEvent,
+    PeerView,
     RestartResource,
     StartHierarchy,
     StopHierarchy,
 )
 from ophiura.cluster.state import HierarchyState as H
-from ophiura.cluster.state import NodeState
+from ophiura.cluster.state import NodeState, PeerState
 
 from .kit import config, config_dict, peer, view
 
@@ -415,6 +417,41 @@ CASES: list[tuple[str, dict[str, Any], list[tuple[str, str]]]] = [
 ]
 
 
+def taken(name: str, alive: bool = True, gen: int = 1) -> PeerView:
+    """A peer whose own-able resource for `web` was taken (preempted) at generation `gen`."""
+    return PeerView(
+        name,
+        PeerState.UP if alive else PeerState.DEAD,
+        "online",
+        {"web": HierReport("failed", gen, 1, taken=True)},
+    )
+
+
+# Partition n1 | n2 n3 while n2 ran web (gen 1): n1 preempted it (gen 2, unseen by n2, n3).
+CASES += [
+    (
+        "partition: the taken owner's side does not recover it a second time",
+        dict(cfg=OWNABLE, me="n3", peers=[peer("n1", False, web=("stopped", 0)), taken("n2")]),
+        [("blocked", "web")],
+    ),
+    (
+        "taken by a node we know (newer generation, now dead): recover it",
+        dict(cfg=OWNABLE, me="n3", peers=[peer("n1", False, web=("running", 2)), taken("n2")]),
+        [("start", "web@3")],
+    ),
+    (
+        "a dead peer's old taken report does not block",
+        dict(cfg=OWNABLE, me="n3", peers=[peer("n1", False), taken("n2", alive=False)]),
+        [("start", "web@2")],
+    ),
+    (
+        "healed: the taker is heard running it, nothing moves",
+        dict(cfg=OWNABLE, me="n3", peers=[peer("n1", web=("running", 2)), taken("n2")]),
+        [],
+    ),
+]
+
+
 @pytest.mark.parametrize(("case", "kw", "expected"), CASES, ids=[c[0] for c in CASES])
 def test_decide_table(case: str, kw: dict[str, Any], expected: list[tuple[str, str]]) -> None:
     assert summary(d.decide(view(**kw))) == expected
@@ -442,3 +479,44 @@ def test_restart_policy_counts_the_window() -> None:
     assert d.restart_allowed((1.0, 2.0, 3.0), 3.0, h)
     assert not d.restart_allowed((1.0, 2.0, 3.0, 4.0), 4.0, h)
     assert d.restart_allowed((1.0, 2.0, 3.0, 400.0), 400.0, h)
+
+
+def hiers(*spec: tuple[str, list[str]]):  # type: ignore[no-untyped-def]
+    return parse(
+        config_dict(
+            hierarchies=[
+                {"name": h, "nodes": nodes, "resources": [{"name": f"{h}-x", "kind": AGENT}]}
+                for h, nodes in spec
+            ]
+        )
+    )
+
+
+def starts(cfg, me: str, peers: list[PeerView]) -> list[str]:  # type: ignore[no-untyped-def]
+    return sorted(a.hierarchy for a in d.decide(view(cfg, me=me, peers=peers))
+                  if isinstance(a, StartHierarchy))  # fmt: skip
+
+
+def test_n_into_1_symmetric_and_asymmetric_fall_out_of_priority_lists() -> None:
+    """The HATS configurations are only priority lists: no mode switch anywhere."""
+    # N-into-1: n3 is the one spare for n1's a and n2's b; both owners die: n3 runs both.
+    n_into_1 = hiers(("a", ["n1", "n3"]), ("b", ["n2", "n3"]))
+    assert starts(n_into_1, "n1", [peer("n2"), peer("n3")]) == ["a"]
+    assert starts(n_into_1, "n3", [peer("n1", False, a="running"), peer("n2", b="running")]) == [
+        "a"
+    ]
+    both_dead = [peer("n1", False, a="running"), peer("n2", False, b="running")]
+    assert starts(n_into_1, "n3", both_dead) == ["a", "b"]
+    # Symmetric: each node is the other's backup.
+    sym = hiers(("a", ["n1", "n2"]), ("b", ["n2", "n1"]))
+    assert starts(sym, "n1", [peer("n2"), peer("n3")]) == ["a"]
+    assert starts(sym, "n2", [peer("n1"), peer("n3")]) == ["b"]
+    assert starts(sym, "n2", [peer("n1", False, a="running"), peer("n3", b=("stopped", 0))]) == [
+        "a",
+        "b",
+    ]
+    # Asymmetric (active/standby): n2 runs nothing until n1 dies; n3 is not in the list at all.
+    asym = hiers(("a", ["n1", "n2"]))
+    assert starts(asym, "n2", [peer("n1"), peer("n3")]) == []
+    assert starts(asym, "n2", [peer("n1", False, a="running"), peer("n3")]) == ["a"]
+    assert starts(asym, "n3", [peer("n1", False, a="running"), peer("n2", False)]) == []

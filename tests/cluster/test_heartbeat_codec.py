@@ -41,6 +41,12 @@ def test_round_trip() -> None:
     assert hb.decode(hb.encode(p, KEY), KEY) == p
 
 
+def test_round_trip_taken() -> None:
+    """The taken flag (own-able resource lost to another node) survives the wire."""
+    p = packet(hierarchies={"web": HierReport("failed", 3, 1, "fs", taken=True)})
+    assert hb.decode(hb.encode(p, KEY), KEY).hierarchies["web"].taken
+
+
 @pytest.mark.parametrize(
     ("mutate", "reason"),
     [

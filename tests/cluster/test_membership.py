@@ -97,6 +97,18 @@ def test_changes_node_dead_and_back() -> None:
     assert [e.kind for e in m.changes(None, back)] == ["node-up"]
 
 
+def test_next_expiry_is_the_first_up_link_to_go_down() -> None:
+    heard = {("n2", "ring0"): 9.9, ("n2", "ring1"): 9.8, ("n3", "ring0"): 8.0}
+    assert m.next_expiry(heard, 10.0, DL) == pytest.approx(9.8 + DL)
+    assert m.next_expiry(heard, 10.0, DL, resumed_at=9.95) == pytest.approx(9.95 + DL)
+    assert m.next_expiry(heard, 20.0, DL) is None  # everything already down
+    up = m.evaluate(heard, ["n2", "n3"], LINKS, 10.0, DL)
+    at = m.next_expiry(heard, 10.0, DL)
+    assert at is not None
+    after = m.evaluate(heard, ["n2", "n3"], LINKS, at + 0.001, DL)
+    assert m.changes(up, after) == [m.MembershipEvent("link-down", "n2", "ring1")]
+
+
 @pytest.mark.parametrize(
     ("votes", "present", "tie", "expected"),
     [

@@ -4,7 +4,8 @@ One heartbeat link cut: an event and a notification, no failover. Both links bet
 rest cut (a partition; the storage network still reaches every node): each hierarchy ends up
 running on exactly one side, because its own-able resource (a SCSI-3 reservation on an
 `ophiura target` LUN, taken with PREEMPT AND ABORT) decides, and the side that lost it stops its
-copy. Root only; skips and says why otherwise.
+copy; each side recovers a hierarchy, and none is recovered twice (the loser's side does not
+preempt it back). Root only; skips and says why otherwise.
 """
 
 from __future__ import annotations
@@ -138,6 +139,19 @@ def test_one_link_cut_then_partition(lab: Lab, tmp_path: Path) -> None:
         f"\npartition of n1: settled after {took:.2f} s: web on n2, db on {db_owner}\n"
         + "\n".join(c.timeline(n, since) for n in lab.nodes)
     )
+    # Both sides recovered a hierarchy, but none twice: web on n2's side; db, which n1 (alone,
+    # so its top live node) preempted from n2, stays with n1 - n3 does not preempt it back.
+    starts = {
+        h: [(n, e["time"]) for n in lab.nodes for e in c.events(n)
+            if e["time"] >= since and e.get("task") == "acquire-start" and e.get("hierarchy") == h]
+        for h in ("web", "db")
+    }  # fmt: skip
+    assert [n for n, _ in starts["web"]] == ["n2"], starts
+    assert [n for n, _ in starts["db"]] == ["n1"], starts
+    assert db_owner == "n1"
+    blocked = [e["desc"] for e in c.events("n3") if e.get("task") == "blocked"
+               and e.get("hierarchy") == "db" and e["time"] >= since]  # fmt: skip
+    assert any("not recovering it twice" in b for b in blocked), blocked
     # The own-able resource decided: each LUN is reserved by the one node that runs it.
     assert pr_holder(lab, TARGET_PORT) == "n2"
     assert pr_holder(lab, DB_LUN) == db_owner

@@ -240,3 +240,32 @@ def maintenance(config_path: str, via: str | None, mode: str) -> None:
 def block_link(config_path: str, via: str | None, link: int, unblock: bool) -> None:
     """Test hook (cluster.test_hooks = true): drop heartbeats on LINK at one node."""
     request(config_path, via, {"op": "block-link", "link": link, "blocked": not unblock})
+
+
+@cluster.command(name="tie-breaker")
+@click.option("--url", required=True, help="The quorum LUN: iscsi://host[:port]/iqn/lun.")
+@click.option(
+    "--node",
+    "node_name",
+    required=True,
+    envvar="OPHIURA_NODE",
+    help="This node (its reservation key); default $OPHIURA_NODE, which the daemon sets.",
+)
+@click.option(
+    "--state",
+    "state_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Where to remember the holder between asks; {node} = this node.",
+)
+@click.option("--challenge", default=3.0, show_default=True, help="Seconds a holder may be silent.")
+def tie_breaker(url: str, node_name: str, state_path: str, challenge: float) -> None:
+    """Quorate mode's tie-breaker (`[cluster] tie_breaker`): exit 0 if we hold the quorum LUN."""
+    from pathlib import Path
+
+    from ophiura.cluster.tiebreaker import arbitrate
+
+    state = Path(state_path.replace("{node}", node_name))
+    held, why = asyncio.run(arbitrate(url, node_name, state, challenge))
+    click.echo(("held: " if held else "not held: ") + why)
+    raise SystemExit(0 if held else 1)

@@ -149,6 +149,9 @@ class ClusterConfig:
     stop_on_shutdown: bool = True  # False leaves services running unmanaged (upgrades)
     state_dir: str = "/var/lib/ophiura/cluster/{node}"
     test_hooks: bool = False
+    # Self-fence backing (watchdog.py): device path ("{node}" = this node), "" = none.
+    watchdog: str = ""
+    watchdog_timeout: float = 10.0
     fence_devices: Mapping[str, FenceDevice] = field(default_factory=dict)
     fence_levels: Mapping[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
     notifiers: tuple[Notifier, ...] = ()
@@ -165,6 +168,9 @@ class ClusterConfig:
 
     def state_path(self, node: str) -> Path:
         return Path(self.state_dir.replace("{node}", node))
+
+    def watchdog_path(self, node: str) -> str:
+        return self.watchdog.replace("{node}", node)
 
     def fenceable(self, node: str) -> bool:
         return bool(self.fence_levels.get(node))
@@ -268,7 +274,7 @@ KNOWN_KEYS: Mapping[str, frozenset[str]] = {
     "": frozenset({"cluster", "timings", "nodes", "links", "hierarchies", "fencing", "notify"}),
     "cluster": frozenset({"name", "secret", "secret_file", "quorum", "tie_breaker",
                           "allow_unfenced", "stop_on_shutdown", "state_dir", "test_hooks",
-                          "http", "api_users"}),
+                          "http", "api_users", "watchdog", "watchdog_timeout"}),
     "timings": frozenset({"interval", "deadline", "startup_grace", "max_clock_skew"}),
     "nodes": frozenset({"name", "votes", "admin", "http"}),
     "links": frozenset({"name", "port", "addresses"}),
@@ -422,6 +428,8 @@ def parse(data: Mapping[str, Any], source: str = "", base: Path | None = None) -
         stop_on_shutdown=_get(c, "stop_on_shutdown", bool, "cluster", True),
         state_dir=_get(c, "state_dir", str, "cluster", "/var/lib/ophiura/cluster/{node}"),
         test_hooks=_get(c, "test_hooks", bool, "cluster", False),
+        watchdog=_get(c, "watchdog", str, "cluster", ""),
+        watchdog_timeout=_get(c, "watchdog_timeout", float, "cluster", 10.0),
         fence_devices=devices,
         fence_levels={n: tuple(d for _, d in sorted(lv)) for n, lv in levels.items()},
         notifiers=tuple(notifiers),

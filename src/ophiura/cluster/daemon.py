@@ -34,8 +34,10 @@ from ophiura.cluster.model import (
     NodeEvent,
     PeerView,
     StartHierarchy,
+    StopHierarchy,
 )
 from ophiura.cluster.state import ACTIVE, HierarchyState, NodeState, PeerState, transition
+from ophiura.cluster.watchdog import Watchdog
 from ophiura.web import hook as web_hook
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,16 @@ class NodeDaemon:
         state_dir = cfg.state_path(me)
         self.events = EventLog(state_dir / "events", me)
         self.notify = Notifications(cfg.notifiers, cfg.name)
-        self.hb = HeartbeatService(cfg, me, on_event=self._from_thread)
+        self.watchdog = (
+            Watchdog(cfg.watchdog_path(me), cfg.watchdog_timeout) if cfg.watchdog else None
+        )
+        self._self_fencing: set[str] = set()  # hierarchies whose self-fence stop is pending
+        self.hb = HeartbeatService(
+            cfg,
+            me,
+            on_event=self._from_thread,
+            on_tick=self.watchdog.kick if self.watchdog else None,
+        )
         self.executor = Executor(cfg, me, self.emit)
         self.admin_server = AdminServer(cfg.key("admin"), me, self.handle)
         self.web: web_hook.Stoppable | None = None  # REST API + dashboard, if cluster/node http
@@ -68,6 +79,7 @@ class NodeDaemon:
         self._stop = asyncio.Event()
         self._started = 0.0
         self._last_cycle = 0.0
+        self._next_expiry: float | None = None  # when the next up link would go down
         self._tasks: set[asyncio.Task[Any]] = set()
         self._probed = False
         self._cleanups_done: dict[str, int] = {}
@@ -116,6 +128,9 @@ class NodeDaemon:
             kind = "node" if ev.kind.startswith("node") else "link"
             self.emit(kind, peer=ev.node, link=ev.link, task=ev.kind, desc=desc)
         self.mem = mem
+        self._next_expiry = membership.next_expiry(
+            snap.last_heard, now, t.deadline, snap.resumed_at
+        )
         pviews = {}
         for p in peers:
             rep = snap.reports.get(p)
@@ -160,6 +175,7 @@ class NodeDaemon:
             self.hb.note_stall(now)
         self._last_cycle = now
         self._apply_cleanups()
+        self._watch_self_fence()
         view = self.build_view(now)
         self._check_tie_breaker(now)
         self.view = view
@@ -208,9 +224,32 @@ class NodeDaemon:
             case FenceNode():
                 self.fencing.add(action.node)
                 self._spawn(self._fence(action))
+            case StopHierarchy(self_fence=True) if self.watchdog is not None:
+                if self.executor.submit(action):
+                    self._self_fencing.add(action.hierarchy)
+                    if self.watchdog.hold(action.hierarchy):
+                        self.emit(
+                            "node",
+                            task="watchdog-hold",
+                            hierarchy=action.hierarchy,
+                            desc=f"self-fencing: no watchdog kicks until {action.hierarchy} "
+                            f"stopped (reset in {self.cfg.watchdog_timeout:g} s otherwise)",
+                        )
             case _:
                 if self.executor.submit(action):
                     log.debug("submitted %s", action)
+
+    def _watch_self_fence(self) -> None:
+        """Kick the watchdog again once a self-fencing stop completed; a stop that failed keeps
+        it held, so the device resets this node (the stop-failed fence, done by the hardware)."""
+        if self.watchdog is None:
+            return
+        for h in sorted(self._self_fencing):
+            state = self.executor.hier[h].state
+            if state in (HierarchyState.STOPPED, HierarchyState.FAILED):
+                self._self_fencing.discard(h)
+                self.watchdog.release(h)
+                self.emit("node", task="watchdog-release", hierarchy=h, desc=f"{h} stopped")
 
     def online_hold(self) -> float:
         """How long a node back from standby (or from lost quorum) starts nothing.
@@ -232,7 +271,7 @@ class NodeDaemon:
             codes = "".join(
                 RESOURCE_CODES[str(s)] for s in self.executor.hier[h].resources.values()
             )
-            reports[h] = HierReport(str(lh.state), lh.gen, len(lh.failures), codes)
+            reports[h] = HierReport(str(lh.state), lh.gen, len(lh.failures), codes, lh.taken)
         self.hb.set_payload(str(self.state), reports, self.admin.to_wire())
 
     async def _probe(self) -> None:
@@ -242,15 +281,12 @@ class NodeDaemon:
             self._probed = True
 
     def _check_tie_breaker(self, now: float) -> None:
-        """Quorate mode with exactly half the votes: ask the tie-breaker (at most once a second)."""
-        cfg = self.cfg
-        if cfg.quorum != "quorate" or not cfg.tie_breaker or self.mem is None:
-            return
-        present = self.mem.alive | {self.me}
-        have = sum(cfg.nodes[n].votes for n in present)
-        if 2 * have != sum(n.votes for n in cfg.nodes.values()):
-            self.tie_breaker = None  # not needed now; ask afresh when it is
-            self._tie_checked = -1e18
+        """Quorate mode: ask the tie-breaker once a second, tie or not. Its answer counts only
+        while exactly half the votes are present, but asking all along lets a quorum-LUN holder
+        prove it is alive (tiebreaker.py), so a node cut off from it alone cannot take it over;
+        and when a tie begins the answer is at most a second old, which is safe because a
+        challenger must see the holder silent for longer than that (`challenge`)."""
+        if self.cfg.quorum != "quorate" or not self.cfg.tie_breaker or self.mem is None:
             return
         if now - self._tie_checked < 1.0 or (self._tie_task and not self._tie_task.done()):
             return
@@ -258,7 +294,10 @@ class NodeDaemon:
         self._tie_task = asyncio.create_task(self._run_tie_breaker())
 
     async def _run_tie_breaker(self) -> None:
-        rc, out = await fencing.run_command(list(self.cfg.tie_breaker), self.cfg.timings.deadline)
+        # Not the deadline: a tie-breaker is a program (an iSCSI login, a Python start-up); while
+        # it runs nothing changes, and only a hung one should take this long.
+        timeout = max(self.cfg.timings.deadline, 2.0)
+        rc, out = await fencing.run_command(list(self.cfg.tie_breaker), timeout)
         held = rc == 0
         if held != self.tie_breaker:
             state = "held" if held else "not held"
@@ -422,6 +461,14 @@ class NodeDaemon:
         os.environ.setdefault("OPHIURA_NODE", self.me)
         self.events.start()
         self.notify.start()
+        if self.watchdog is not None:
+            timeout = self.watchdog.open()  # before the first kick; raises WatchdogError
+            self.emit(
+                "node",
+                task="watchdog-open",
+                desc=f"{self.watchdog.path}: "
+                + (f"timeout {timeout} s" if timeout is not None else "not a watchdog device"),
+            )
         self.hb.start()
         host, port = self.cfg.nodes[self.me].admin
         try:
@@ -441,8 +488,11 @@ class NodeDaemon:
         try:
             while not self._stop.is_set():
                 self.cycle()
+                wait = tick
+                if self._next_expiry is not None:  # wake right after a deadline passes
+                    wait = min(tick, max(0.001, self._next_expiry - time.monotonic() + 0.001))
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), tick)
+                    await asyncio.wait_for(self._stop.wait(), wait)
         finally:
             await self._leave()
 
@@ -471,6 +521,15 @@ class NodeDaemon:
         if self.web is not None:
             await self.web.stop()
         self.hb.stop()
+        if self.watchdog is not None:
+            disarmed = self.watchdog.close()
+            self.emit(
+                "node",
+                task="watchdog-close",
+                desc="magic close: disarmed"
+                if disarmed
+                else "self-fence pending: left armed, the device will reset this node",
+            )
         self.notify.stop()
         self.events.stop()
 

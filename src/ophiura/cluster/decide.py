@@ -85,9 +85,9 @@ def node_events(view: ClusterView) -> tuple[NodeState, list[Action]]:
         feed("settled", "startup grace over")
     has_q = quorate(view)
     if has_q is False and state != NodeState.NO_QUORUM and state != NodeState.STARTING:
-        feed("quorum_lost", "fewer than half the votes present")
+        feed("quorum_lost", "no majority of the votes (nor half with the tie-breaker)")
     elif has_q and state == NodeState.NO_QUORUM:
-        feed("quorum_regained", "more than half the votes present")
+        feed("quorum_regained", "a majority of the votes (or half with the tie-breaker)")
     standby = view.me in view.admin.standby
     if standby and state == NodeState.ONLINE:
         feed("standby", "admin: standby")
@@ -151,6 +151,21 @@ def desired_owner(view: ClusterView, h: Hierarchy, my_state: NodeState) -> str |
     return candidates[0]
 
 
+def _taken_unseen(view: ClusterView, h: str) -> str | None:
+    """A live node (us included) whose own-able resource for `h` was taken by a node whose
+    ownership we have never heard of: the taker's generation exceeds every one we know of."""
+    known = _next_gen(view, h) - 1
+    reports = [(view.me, view.local.get(h, LocalHier()).taken, view.local.get(h, LocalHier()).gen)]
+    for peer, pv in view.peers.items():
+        rep = pv.hierarchies.get(h)
+        if rep is not None and pv.state == PeerState.UP:
+            reports.append((peer, rep.taken, rep.gen))
+    for node, taken, gen in sorted(reports):
+        if taken and gen >= known:
+            return node
+    return None
+
+
 def _next_gen(view: ClusterView, h: str) -> int:
     gens = [view.local.get(h, LocalHier()).gen]
     gens += [p.hierarchies[h].gen for p in view.peers.values() if h in p.hierarchies]
@@ -194,7 +209,7 @@ def decide_hierarchy(
         return []
     if not has_q:
         if local.state in HOLDING:
-            return [StopHierarchy(name, "no quorum: stopping (self-fence)")]
+            return [StopHierarchy(name, "no quorum: stopping (self-fence)", self_fence=True)]
         return [Blocked(name, "no quorum")]
     if local.state == H.RUNNING and local.failed_resources:
         res = _first_failed(h, local.failed_resources)
@@ -203,7 +218,10 @@ def decide_hierarchy(
             # preempt them back (a ping-pong split brain): stop at once and stay off (self-fence).
             return [
                 StopHierarchy(
-                    name, f"lost own-able resource {h.ownable}: self-fencing", failover=True
+                    name,
+                    f"lost own-able resource {h.ownable}: self-fencing",
+                    failover=True,
+                    self_fence=True,
                 )
             ]
         if restart_allowed(local.failures, view.now, h) and eligible(view, h, view.me, my_state):
@@ -267,6 +285,19 @@ def decide_hierarchy(
             actions.append(Blocked(name, f"waiting for {peer} to stop it ({state})"))
     if holders:
         return actions
+    taker = _taken_unseen(view, name)
+    if taker:
+        # Bottomley: in a partition each side may recover hierarchies, but a race for the
+        # own-able resource has one winner. `taker` lost it to a node this side cannot see:
+        # that node recovered it, and preempting it back would move it twice.
+        return [
+            *actions,
+            Blocked(
+                name,
+                f"{taker} lost {h.ownable} to a node we cannot see, which runs it now: "
+                "not recovering it twice (cleanup, heal or failure expiry ends this)",
+            ),
+        ]
     if view.now < local.hold_until:
         # Just cleaned up (or its failures expired) after FAILED here: the peer that took it
         # over meanwhile may not show in our view yet. Starting now could run a second copy.

@@ -53,6 +53,7 @@ class HierRuntime:
     monitors: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     last: dict[str, str] = field(default_factory=dict)  # resource -> last outcome text
     hold_until: float = 0.0  # eligible again after FAILED/STOP_FAILED: no start before this
+    taken: bool = False  # the own-able resource's monitor said another node holds it now
 
     def __post_init__(self) -> None:
         self.resources = dict.fromkeys(self.spec.resources, R.STOPPED)
@@ -139,6 +140,7 @@ class Executor:
                 tuple(order),
                 rt.busy(),
                 rt.hold_until,
+                rt.taken,
             )
         return out
 
@@ -186,6 +188,8 @@ class Executor:
     def _set(self, rt: HierRuntime, event: str) -> None:
         old = rt.state
         rt.state = transition("hierarchy", rt.state, event)
+        if rt.state in (H.STOPPED, H.STARTING):
+            rt.taken = False  # FAILED expired or cleaned up, or we own it again
         if rt.state != old:
             self.emit("hierarchy", hierarchy=rt.spec.name, task=event, state=rt.state, previous=old)
 
@@ -422,6 +426,8 @@ class Executor:
             if out.code in (OcfCode.SUCCESS, OcfCode.DEGRADED) and not out.timed_out:
                 continue
             self._note(rt, name, "monitor", out)
+            if name == rt.spec.ownable and out.taken:
+                rt.taken = True
             self._rset(rt, name, "monitor_failed")
             self._fail(rt, name)
             if name not in rt.failed:

@@ -43,6 +43,7 @@ class HierReport:
     gen: int = 0
     failures: int = 0
     resources: str = ""  # one RESOURCE_CODES letter per resource, in configuration order
+    taken: bool = False  # its own-able resource was taken by another node (sent only when set)
 
 
 # Resource states in one letter each, so a heartbeat carries every resource's state (as HATS's
@@ -81,7 +82,10 @@ def encode(hb: Heartbeat, key: bytes) -> bytes:
         "s": hb.seq,
         "t": hb.sent,
         "st": hb.state,
-        "h": {k: [v.state, v.gen, v.failures, v.resources] for k, v in hb.hierarchies.items()},
+        "h": {
+            k: [v.state, v.gen, v.failures, v.resources] + ([1] if v.taken else [])
+            for k, v in hb.hierarchies.items()
+        },
         "a": dict(hb.admin),
     }
     payload = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
@@ -133,13 +137,14 @@ def decode(data: bytes, key: bytes) -> Heartbeat:
     if not isinstance(raw_h, dict):
         raise HeartbeatError("malformed", "hierarchies is not an object")
     for name, v in raw_h.items():
-        if not isinstance(v, list) or len(v) not in (3, 4):
+        if not isinstance(v, list) or len(v) not in (3, 4, 5):
             raise HeartbeatError("malformed", f"hierarchy {name!r}")
         hiers[_str(name, "hierarchy")] = HierReport(
             _str(v[0], "state"),
             _int(v[1], "gen"),
             _int(v[2], "failures"),
-            _str(v[3], "resources") if len(v) == 4 else "",
+            _str(v[3], "resources") if len(v) >= 4 else "",
+            _int(v[4], "taken") == 1 if len(v) == 5 else False,
         )
     admin = body.get("a", {})
     if not isinstance(admin, dict):

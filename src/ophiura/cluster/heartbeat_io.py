@@ -67,8 +67,10 @@ class HeartbeatService:
         cfg: ClusterConfig,
         me: str,
         on_event: Callable[[dict[str, Any]], None] | None = None,
+        on_tick: Callable[[], None] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.on_tick = on_tick  # after each send, on this thread (the watchdog kick)
         self.me = me
         self.key = cfg.key("heartbeat")
         self.on_event = on_event  # called on this thread: must only enqueue
@@ -205,6 +207,8 @@ class HeartbeatService:
                 )
             last_tick = now
             self._send_all()
+            if self.on_tick is not None:
+                self.on_tick()
             next_at += interval
             delay = next_at - loop.time()
             if delay < 0:  # fell behind (stall): do not burst to catch up

@@ -42,6 +42,20 @@ def link_state(
     return LinkState.UP if now - max(last_heard, resumed_at) <= deadline else LinkState.DOWN
 
 
+def next_expiry(
+    last_heard: Mapping[tuple[str, str], float],
+    now: float,
+    deadline: float,
+    resumed_at: float = 0.0,
+) -> float | None:
+    """The earliest moment after `now` at which a link that is up now goes down (None: none
+    is up). The daemon wakes then instead of at its next tick: a death is seen the moment the
+    deadline passes, not up to half an interval later."""
+    ends = [max(t, resumed_at) + deadline for t in last_heard.values()]
+    future = [e for e in ends if e >= now]
+    return min(future) if future else None
+
+
 def peer_state(links: Iterable[LinkState]) -> PeerState:
     states = list(links)
     if any(s == LinkState.UP for s in states):

@@ -87,6 +87,8 @@ class LocalHier:
     # Eligible again here only since a cleanup/expiry of FAILED or STOP_FAILED: start nothing
     # before this monotonic time (our view of the peers may predate a takeover; see decide).
     hold_until: float = 0.0
+    # Our own-able resource was taken by another node (reservation preempted, epoch stale).
+    taken: bool = False
 
 
 @dataclass(frozen=True)
@@ -125,9 +127,12 @@ class StartHierarchy(Action):
 
 @dataclass(frozen=True)
 class StopHierarchy(Action):
-    """Stop top-down, own-able last. `failover`: we give up here (FAILED, ineligible)."""
+    """Stop top-down, own-able last. `failover`: we give up here (FAILED, ineligible).
+    `self_fence`: we lost the right to run it (own-able resource or quorum): the watchdog,
+    if any, stops being kicked until this stop completes."""
 
     failover: bool = False
+    self_fence: bool = False
 
 
 @dataclass(frozen=True)

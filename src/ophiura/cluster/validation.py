@@ -16,6 +16,7 @@ from ophiura.cluster.config import (
     NOTIFY_KINDS,
     QUORUM_MODES,
     ClusterConfig,
+    FenceDevice,
     Hierarchy,
 )
 
@@ -56,8 +57,16 @@ def _known_kind(kind: str) -> str | None:
     return agentload.check_kind(kind)
 
 
+def _check_fence_device(dev: FenceDevice) -> list[str]:
+    from ophiura.cluster import fencing
+
+    return fencing.check_device(dev)
+
+
 def validate(
-    cfg: ClusterConfig, known_kind: Callable[[str], str | None] = _known_kind
+    cfg: ClusterConfig,
+    known_kind: Callable[[str], str | None] = _known_kind,
+    check_fence_device: Callable[[FenceDevice], list[str]] = _check_fence_device,
 ) -> list[str]:
     """Every problem in the configuration, as sentences. Empty means valid."""
     p: list[str] = [f"unknown key {k} (a typo?)" for k in cfg.unknown]
@@ -75,6 +84,13 @@ def validate(
     if t.deadline < 3 * t.interval:
         p.append(
             f"timings.deadline {t.deadline} s must be at least 3 intervals ({3 * t.interval:g} s)"
+        )
+    if cfg.watchdog and not (
+        1 <= cfg.watchdog_timeout <= 3600 and cfg.watchdog_timeout > t.deadline
+    ):
+        p.append(
+            f"cluster.watchdog_timeout {cfg.watchdog_timeout} s must be 1..3600 s and longer "
+            f"than the deadline ({t.deadline} s): a pause the heartbeats forgive must not reset"
         )
     if t.deadline > 120:
         p.append(f"timings.deadline {t.deadline} s is over 120 s")
@@ -119,6 +135,8 @@ def validate(
             p.append(f"fence device {name}: agent 'exec' needs a command")
         if not dev.agent:
             p.append(f"fence device {name}: no agent")
+        else:
+            p.extend(check_fence_device(dev))
     for node, levels in cfg.fence_levels.items():
         if node not in cfg.nodes:
             p.append(f"fencing level for unknown node {node!r}")

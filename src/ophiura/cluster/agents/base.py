@@ -64,6 +64,10 @@ class Outcome:
     # One line saying why, for people: the OCF agent's `ocf-exit-reason`, or what a built-in
     # found (e.g. "reservation preempted by key 0x..."). Empty when there is nothing to say.
     reason: str = ""
+    # Monitor of an own-able resource only: another node holds it now (our reservation was
+    # preempted, our epoch is stale). Not a broken path: the hierarchy was recovered elsewhere,
+    # so this side of a partition must not recover it a second time (see decide.py).
+    taken: bool = False
 
     @property
     def ok(self) -> bool:

@@ -27,6 +27,7 @@ NOT_RUNNING when we never started it (process mode: no pidfile), else ERR_GENERI
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shlex
 import shutil
 import sys
@@ -198,7 +199,11 @@ class ReplicatedVolumeAgent:
         code, reason = judge(status, spec.volume)
         if code == OcfCode.NOT_RUNNING and he is not None:
             code = OcfCode.ERR_GENERIC  # our HE runs but is not active: not a clean stop
-        return done(code, t0, reason)
+        # A stale epoch means a newer HE took the volume over: taken, not broken.
+        taken = status.get("role") == "active" and any(
+            v.get("name") == spec.volume and v.get("fenced") for v in status.get("volumes", [])
+        )
+        return dataclasses.replace(done(code, t0, reason), taken=taken)
 
     async def validate(self, resource: Resource, timeout: float) -> Outcome:
         t0 = time.monotonic()

@@ -33,6 +33,7 @@ registrants-only type, register this key on its own nexus) for the reservation t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import socket
 import time
@@ -45,6 +46,7 @@ from ophiura.iscsi.initiator import IscsiError, IscsiInitiator, ScsiResult, pars
 from ophiura.pr_tool import TYPE_NAMES, stable_isid
 from ophiura.scsi.api import Status
 
+PREEMPTED = "preempted"  # a monitor reason starting so: another node took the reservation
 UA_NAMES = {
     (0x2A, 0x03): "reservations preempted",
     (0x2A, 0x04): "reservations released",
@@ -283,17 +285,20 @@ class VolumeAgent:
             if v.holder_key is not None and v.holder_key != spec.key:
                 return (
                     OcfCode.ERR_GENERIC,
-                    f"preempted: reservation held by key 0x{v.holder_key:x}{uas}; fenced",
+                    f"{PREEMPTED}: reservation held by key 0x{v.holder_key:x}{uas}; fenced",
                 )
             if v.holder_key is not None:
                 return OcfCode.ERR_GENERIC, f"our key holds the reservation on another nexus{uas}"
             if v.ours_here or v.ours_elsewhere:
                 return OcfCode.ERR_GENERIC, f"registered but the reservation is gone{uas}"
             if any("preempted" in u for u in v.unit_attentions):
-                return OcfCode.ERR_GENERIC, f"preempted{uas}; fenced"
+                return OcfCode.ERR_GENERIC, f"{PREEMPTED}{uas}; fenced"
             return OcfCode.NOT_RUNNING, ""
 
-        return await self._guard(resource, timeout, body)
+        out = await self._guard(resource, timeout, body)
+        if out.code == OcfCode.ERR_GENERIC and out.reason.startswith(PREEMPTED):
+            out = dataclasses.replace(out, taken=True)  # another key holds it: taken, not broken
+        return out
 
     async def stop(self, resource: Resource, timeout: float) -> Outcome:
         async def body(spec: VolumeSpec, s: _Session) -> tuple[OcfCode, str]:

@@ -1,0 +1,198 @@
+"""`ophiura demo`: the whole system on one machine, showing a failover that loses nothing.
+
+Modules: `topology` (SEs and nodes on 127.0.0.1, or in namespaces as root), `netns` (the
+namespaces), `app` (the record application the cluster keeps available), `client` (writes
+records, keeps the ledger of acknowledged ones), `scenario` (the story), `poller` + `view`
+(the live view), `report` (JSON and human report), `target` (the older SCSI target tour).
+
+Cleanup is the first concern of `run`: whatever happens (an exception, Ctrl-C, SIGTERM), every
+process started, every namespace created and the temp dir are gone when it returns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_LOST, EXIT_INTERRUPTED = 0, 1, 130
+
+
+@dataclass
+class Options:
+    headless: bool = False
+    json_path: Path | None = None
+    netns: bool | None = None  # None: when root and namespaces work
+    keep: bool = False
+    dashboard: bool = True
+    pace: float = 1.0
+    linger: bool = False
+
+
+class _Terminated(BaseException):
+    """SIGTERM, turned into an exception so that the same cleanup runs as for Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
+def run(opts: Options) -> int:
+    from rich.console import Console
+
+    from ophiura.demo import netns
+    from ophiura.demo.poller import Poller
+    from ophiura.demo.report import availability, render
+    from ophiura.demo.scenario import Pace, Story, StoryError
+    from ophiura.demo.topology import HIERARCHY, Topology, TopologyError
+    from ophiura.demo.view import LiveView, PlainNarrator
+
+    # a pipe or a log file gets the report at a readable width, not 80 columns
+    console = Console() if sys.stdout.isatty() else Console(width=120)
+    why_not = netns.unavailable()
+    use_netns = why_not is None if opts.netns is None else opts.netns
+    if use_netns and why_not:
+        console.print(f"[red]cannot use namespaces: {why_not}[/]")
+        return 2
+    run_id = f"{os.getpid() % 100000:x}{secrets.token_hex(2)}"
+    tmp = Path(tempfile.mkdtemp(prefix=f"ophiura-demo-{run_id}-"))
+    topo = Topology(tmp, run_id, use_netns, dashboard=opts.dashboard)
+    if not use_netns:
+        topo.left_out.insert(0, f"network namespaces: {why_not or 'asked for --no-netns'}")
+    print(f"ophiura demo: run {run_id}, mode {topo.mode}, temp dir {tmp}", flush=True)
+    poller = Poller(topo)
+    narrator: PlainNarrator = PlainNarrator() if opts.headless else LiveView(topo, poller, console)
+    story = Story(topo, narrator, poller, pace=Pace().scaled(opts.pace))
+    report: dict[str, Any] = {
+        "ok": False,
+        "run_id": run_id,
+        "mode": topo.mode,
+        "left_out": topo.left_out,
+        "n": len(topo.ses),
+        "q": 2,
+        "nodes": list(topo.nodes),
+        "events": story.events,
+        "records": None,
+        "availability": None,
+        "dashboard": None,
+        "error": None,
+        "logs": str(tmp / "logs") if opts.keep else None,
+    }
+    old_term = signal.signal(signal.SIGTERM, _on_sigterm)
+    code = EXIT_LOST
+    t0 = time.monotonic()
+    try:
+        narrator.start()
+        poller.start()
+        try:
+            story.run()
+        except (StoryError, TopologyError) as exc:
+            report["error"] = str(exc)
+            narrator.say(f"story stopped: {exc}", "bold red")
+        except Exception as exc:  # a bug of ours: still clean up and report it
+            report["error"] = f"{type(exc).__name__}: {exc}"
+            narrator.say(f"story stopped: {report['error']}", "bold red")
+            traceback.print_exc()
+        if story.client is not None and story.client.ledger.acked:
+            try:
+                report["records"] = story.finish()
+            except Exception as exc:  # nothing to read back from: that is a failure too
+                report["error"] = report["error"] or f"read-back failed: {exc!r}"
+                narrator.say(f"could not read the records back: {exc!r}", "bold red")
+            if report["records"] is not None:
+                report["availability"] = _availability(story, topo, availability, HIERARCHY)
+        report["dashboard"] = _dashboard(topo, HIERARCHY, opts)
+        lost = report["records"]["lost"] if report["records"] else None
+        report["ok"] = report["error"] is None and lost == 0
+        code = EXIT_OK if report["ok"] else EXIT_LOST
+    except (KeyboardInterrupt, _Terminated):
+        report["error"] = "interrupted"
+        code = EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not stop cleanup
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        poller.stop()
+        narrator.stop()
+        report["duration_s"] = round(time.monotonic() - t0, 3)
+        if code != EXIT_INTERRUPTED and opts.linger and report["dashboard"]:
+            _linger(console, report["dashboard"])
+        topo.close()
+        if not opts.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+        signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if code != EXIT_INTERRUPTED:
+        render(report, console)
+    else:
+        print(f"ophiura demo: interrupted; run {run_id} cleaned up", flush=True)
+    if opts.json_path is not None:
+        try:
+            opts.json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        except OSError as exc:
+            print(f"ophiura demo: cannot write the JSON report: {exc}", file=sys.stderr)
+            code = code or EXIT_LOST
+    return code
+
+
+def _availability(story: Any, topo: Any, availability: Any, hierarchy: str) -> dict[str, Any]:
+    ledger = story.client.ledger
+    first, end = ledger.acked[0].sent, story.client_stopped
+    to_wall = time.time() - time.monotonic()
+    failover = next((e for e in story.events if e["name"] == "node-crash"), None)
+    return availability(
+        ledger,
+        first,
+        end,
+        (first + to_wall, end + to_wall),
+        sorted((topo.tmp / "state").glob("*/events")),
+        len(topo.ses),
+        2,
+        hierarchy,
+        failover,
+        topo.deadline,
+    )
+
+
+def _dashboard(topo: Any, hierarchy: str, opts: Options) -> str | None:
+    if not opts.dashboard:
+        return None
+    node = topo.nodes[0]
+    url = topo.dashboard_url(node)
+    if topo.use_netns:
+        return (
+            f"{url} inside namespace {topo.host_ns(node)} (reach it from there, e.g. "
+            "`ip netns exec ... curl`); gone with the demo unless --linger"
+        )
+    return f"{url} (served by each node; gone with the demo unless --linger)"
+
+
+def _linger(console: Any, where: str) -> None:
+    """Keep the cluster up for a look at the dashboard, until Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    console.print(f"cluster still running; dashboard: {where}\npress Ctrl-C to stop and clean up")
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """For `python -m ophiura.demo` (the CLI is `ophiura demo`)."""
+    from ophiura.cli import main as cli
+
+    return int(
+        cli.main(["demo", *(argv if argv is not None else sys.argv[1:])], standalone_mode=False)
+        or 0
+    )
