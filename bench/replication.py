@@ -7,14 +7,16 @@ direct baseline is `ophiura target --nbd` on a local file of data. Every figure 
 same client path, `fio --ioengine=nbd` (one NBD connection per fio thread):
 
   read hit    8 KiB random reads, 1 thread, QD1, over a span the HE cache holds (warmed first)
-  read miss   8 KiB random reads, 1 thread, QD1, over the whole volume, HE cache off (--cache 0)
+  read miss   8 KiB random reads, 1 thread, QD1, over the whole volume, HE cache off (--cache 0),
+              after the page cache of the direct file / the SEs' data files is dropped (disk)
   write       8 KiB random writes, 1 thread, QD1, over the whole volume
   *_8t        the same with 8 threads (paper: 8 threads), reported as MiB/s
 
 for: direct (run first and last: its spread is the noise of the run), N=3 Q=1 and N=3 Q=2 with
 the near SE at one-way 0/1/2/4/8 ms and the far SE at 8 ms ("dark fiber"), and an "Internet"
-far SE at 65 ms and 51 Mbit/s (near 1 ms). Then PostMark through `nbdfuse` + `fuse2fs` on
-N=3 Q=2 near 1 ms vs the direct target through the same stack, and recovery: the far SE killed
+far SE at 65 ms and 51 Mbit/s (near 1 ms). Then PostMark on kernel ext4 (mounted `dirsync`) on
+a loop device over `nbdfuse` (the export as a file), N=3 Q=2 near 1 ms vs the direct target
+through the same stack, and recovery: the far SE killed
 (-9) for T seconds under a single-thread 8 KiB write load, restarted, and timed until `up`
 (replay, since the outage overflows a small HE queue), then wiped and restarted (full copy).
 
@@ -199,6 +201,10 @@ class Cluster:
         assert self.he is not None
         return self.he.control_port  # type: ignore[attr-defined,no-any-return]
 
+    def data_files(self) -> list[Path]:
+        """Each SE's data file of the benchmark volume."""
+        return [self.dir / name / "volumes" / VOLUME / "data" for name in self.ses]
+
     def uri(self) -> str:
         assert self.he is not None
         return f"nbd://{HOST}:{self.he.port}/{VOLUME}"
@@ -257,7 +263,26 @@ def warm(uri: str, out: Path) -> None:
     )
 
 
-def micro_direct(uri: str, args: argparse.Namespace, label: str) -> ConfigRun:
+def drop_file_cache(paths: list[Path]) -> None:
+    """Write back, then drop from the page cache, the files this run owns (never the machine's
+    caches): a read miss then reads the disk, as the paper's did (2.5 GB working set, HE
+    cache off), on the direct side and on the SEs alike. `--read-miss-cache keep` skips it."""
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fdatasync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def _cold(w: Micro, args: argparse.Namespace, paths: list[Path]) -> None:
+    if w.rw == "randread" and not w.cached and args.read_miss_cache == "drop":
+        drop_file_cache(paths)
+
+
+def micro_direct(uri: str, args: argparse.Namespace, label: str, backing: Path) -> ConfigRun:
     run = ConfigRun(Config("direct", 0))
     say(f"== direct ({label})")
     for w in MICROS:
@@ -266,6 +291,7 @@ def micro_direct(uri: str, args: argparse.Namespace, label: str) -> ConfigRun:
         try:
             if w.key == "read_hit":
                 warm(uri, args.workdir / "fio-warm.json")
+            _cold(w, args, [backing])
             m = run_micro(
                 w, uri, args.size, args.seconds, args.workdir / f"fio-direct-{w.key}.json"
             )
@@ -304,6 +330,7 @@ def micro_replicated(cluster: Cluster, cfg: Config, args: argparse.Namespace) ->
             try:
                 if w.key == "read_hit":
                     warm(uri, args.workdir / "fio-warm.json")
+                _cold(w, args, cluster.data_files())
                 m = run_micro(
                     w, uri, args.size, args.seconds, args.workdir / f"fio-{cfg.key}-{w.key}.json"
                 )
@@ -353,9 +380,7 @@ def fill_volume(cluster: Cluster, args: argparse.Namespace) -> None:
 def postmark_unavailable() -> str | None:
     missing = [t for t in PM_TOOLS if shutil.which(t) is None]
     if missing:
-        return (
-            f"missing {', '.join(missing)} (apt-get install postmark fuse2fs libnbd-bin e2fsprogs)"
-        )
+        return f"missing {', '.join(missing)} (apt-get install postmark libnbd-bin e2fsprogs mount)"
     if os.geteuid() != 0:
         return "FUSE mounts need root here"
     if not os.path.exists("/dev/fuse"):
@@ -371,9 +396,18 @@ def _wait(cond, timeout: float, what: str) -> None:  # type: ignore[no-untyped-d
         time.sleep(0.05)
 
 
-def _umount(path: Path) -> None:
+def _umount(path: Path, tries: int = 50) -> None:
+    """Unmount; retried while busy (a detached loop device lets go of its file a little
+    later), then lazily, so a stale mount never outlives the run."""
+    for _ in range(tries):
+        if not os.path.ismount(path):
+            return
+        res = subprocess.run(["umount", str(path)], capture_output=True, timeout=60, check=False)
+        if res.returncode == 0:
+            return
+        time.sleep(0.1)
     if os.path.ismount(path):
-        subprocess.run(["umount", str(path)], capture_output=True, timeout=60, check=False)
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=60, check=False)
 
 
 def postmark_through_fuse(
@@ -388,9 +422,11 @@ def postmark_through_fuse(
     `--pm-stack fuse2fs`: the earlier stack (fuse2fs on the file: every metadata block is a
     synchronous NBD write). Direct and replicated always go through the same stack.
     """
+    nbd_dir, fs_dir = base / "nbd", base / "fs"
+    for stale in (fs_dir, nbd_dir):  # left mounted by an interrupted run
+        _umount(stale, tries=1)
     if base.exists():
         shutil.rmtree(base)
-    nbd_dir, fs_dir = base / "nbd", base / "fs"
     nbd_dir.mkdir(parents=True)
     fs_dir.mkdir()
     procs: list[subprocess.Popen[bytes]] = []
@@ -463,7 +499,9 @@ def postmark_through_fuse(
     finally:
         _umount(fs_dir)
         if loop_dev:
-            subprocess.run(["losetup", "-d", loop_dev], capture_output=True, timeout=60, check=False)
+            subprocess.run(
+                ["losetup", "-d", loop_dev], capture_output=True, timeout=60, check=False
+            )
         for proc in procs[1:]:
             _wait_or_kill(proc)
         _umount(nbd_dir)
@@ -1082,12 +1120,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-postmark", dest="postmark", action="store_false")
     p.add_argument("--no-recovery", dest="recovery", action="store_false")
     p.add_argument("--pm-files", type=int, default=None)
-    p.add_argument("--pm-transactions", type=int, default=None, help="direct (default 3000)")
+    p.add_argument("--pm-transactions", type=int, default=None, help="direct (default 10000)")
     p.add_argument(
         "--pm-transactions-repl",
         type=int,
         default=None,
-        help="replicated (default 500: ~25 writes per transaction, each a round trip)",
+        help="replicated (default 1000: each directory update is a synchronous journal commit, "
+        "so both phases last >= 10 s of PostMark's whole seconds)",
     )
     p.add_argument("--pm-repeat", type=int, default=None, help="PostMark rounds (default 2)")
     p.add_argument(
@@ -1096,8 +1135,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="ext4",
         help="filesystem on the nbdfuse file: kernel ext4 on a loop device (default) or fuse2fs",
     )
+    p.add_argument("--pm-mount", default="dirsync", help="ext4 mount options (default dirsync)")
     p.add_argument(
-        "--pm-mount", default="dirsync", help="ext4 mount options (default dirsync)"
+        "--read-miss-cache",
+        choices=("drop", "keep"),
+        default="drop",
+        help="before each read-miss run, drop the page cache of the direct file and of the "
+        "SEs' data files (default), or keep it (reads then come from memory)",
     )
     p.add_argument("--outage", type=float, default=None, help="SE outage, s (default 20)")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/ophiura-bench"))
@@ -1115,8 +1159,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.delays = [float(x) for x in (a.delays or ("0,1,4" if q else "0,1,2,4,8")).split(",") if x]
     a.only = {k for k in a.only.split(",") if k}
     a.pm_files = a.pm_files or (200 if q else 500)
-    a.pm_transactions = a.pm_transactions or (1000 if q else 3000)
-    a.pm_transactions_repl = a.pm_transactions_repl or (150 if q else 500)
+    a.pm_transactions = a.pm_transactions or (2000 if q else 10000)
+    a.pm_transactions_repl = a.pm_transactions_repl or (300 if q else 1000)
     a.pm_repeat = a.pm_repeat or (1 if q else 2)
     a.pm_fs_mib = min(256, a.size // MIB)
     a.pm_timeout = 600.0
@@ -1155,12 +1199,12 @@ def main(argv: list[str] | None = None) -> int:
         cluster.start_ses()
         if args.micro:
             with direct_target(args.workdir, backing, args.size) as uri:
-                directs.append(micro_direct(uri, args, "first"))
+                directs.append(micro_direct(uri, args, "first", backing))
             fill_volume(cluster, args)
             for cfg in configs(args.delays, args.internet, not args.quick):
                 runs.append(micro_replicated(cluster, cfg, args))
             with direct_target(args.workdir, backing, args.size) as uri:
-                directs.append(micro_direct(uri, args, "last"))
+                directs.append(micro_direct(uri, args, "last", backing))
         if args.postmark:
             pm = bench_postmark(cluster, backing, args)
         if args.recovery:
@@ -1191,6 +1235,8 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "volume_bytes": args.size,
         "seconds_per_workload": args.seconds,
+        "read_miss_cache": args.read_miss_cache,
+        "postmark_stack": {"stack": args.pm_stack, "mount": args.pm_mount},
         "elapsed_s": round(time.monotonic() - started, 1),
         "direct_runs": [r.to_json() for r in directs],
         "direct_baseline": base,

@@ -151,6 +151,7 @@ def test_admin_commands(live: tuple[LiveCluster, Path]) -> None:
     c.wait_for("frozen seen", lambda: web(c, "n2")["frozen"], 5)
     r = c.cli("switchover", "web", "--to", "n3")
     assert r.returncode != 0 and "frozen" in (r.stdout + r.stderr)
+    assert web(c, "n2")["switchover"] is None  # the failed request leaves nothing behind
     assert c.cli("unfreeze", "web").returncode == 0
     # maintenance: nothing moves even when the owner dies.
     assert c.cli("maintenance", "on").returncode == 0

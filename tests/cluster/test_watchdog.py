@@ -21,7 +21,7 @@ import pytest
 
 from ophiura.cluster.config import parse
 from ophiura.cluster.validation import validate
-from ophiura.cluster.watchdog import Watchdog
+from ophiura.cluster.watchdog import Watchdog, WatchdogError
 
 from .kit import config_dict
 from .live import LiveCluster, cluster_toml
@@ -81,6 +81,30 @@ def test_kicks_holds_and_magic_close(tmp_path: Path) -> None:
         assert b"".join(b for _, b in r.got) == b"\0\0\0V"
     finally:
         r.close()
+
+
+def test_no_kicks_while_the_decision_loop_is_hung(tmp_path: Path) -> None:
+    r = Reader(tmp_path / "wd")
+    try:
+        wd = Watchdog(str(tmp_path / "wd"), 0.4)  # kicks need a cycle within 0.2 s
+        wd.open()
+        wd.loop_alive()
+        wd.kick()
+        time.sleep(0.3)  # the loop did not cycle
+        wd.kick()
+        wd.loop_alive()
+        wd.kick()
+        assert wd.kicks == 2
+        wd.close()
+        time.sleep(0.2)
+        assert b"".join(b for _, b in r.got) == b"\0\0V"
+    finally:
+        r.close()
+
+
+def test_a_missing_device_is_named() -> None:
+    with pytest.raises(WatchdogError, match="watchdog /nonexistent/watchdog: No such file"):
+        Watchdog("/nonexistent/watchdog", 10).open()
 
 
 def test_validate_watchdog_timeout() -> None:

@@ -2,9 +2,9 @@
 
 As in test_bench.py, no ratio is checked (a shared CI machine is no place for them): what is
 checked is that each micro-benchmark gave a figure for direct, N=3 Q=1 and N=3 Q=2 (near 1 ms),
-that the recovery part saw a replay and a full recovery, that PostMark through nbdfuse + fuse2fs
-gave a transaction rate (root only, else it must say why it skipped), that the targets table
-has its rows, and that the plots are drawn when matplotlib is installed.
+that the recovery part saw a replay and a full recovery, that PostMark (kernel ext4 on a loop
+device over nbdfuse) gave a transaction rate (root only, else it must say why it skipped), that
+the targets table has its rows, and that the plots are drawn when matplotlib is installed.
 """
 
 from __future__ import annotations

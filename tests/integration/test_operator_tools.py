@@ -1,4 +1,4 @@
-"""`ophiura pr` and `ophiura demo` as an operator runs them: real processes, real target."""
+"""`ophiura pr` and `ophiura demo --target` as an operator runs them: real processes and target."""
 
 from __future__ import annotations
 
@@ -92,8 +92,9 @@ def test_aptpl_reservation_survives_kill_9(tmp_path: Path) -> None:
         assert second.proc.wait(timeout=20) == 0
 
 
-def test_demo_runs_end_to_end() -> None:
-    out = subprocess.run([*OPHIURA, "demo"], capture_output=True, text=True, timeout=120)
+def test_demo_target_tour_runs_end_to_end() -> None:
+    argv = [*OPHIURA, "demo", "--target"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "node-b read it back: identical" in out.stdout
     assert "node-b WRITE while node-a holds it: RESERVATION CONFLICT" in out.stdout

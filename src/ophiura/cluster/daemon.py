@@ -37,7 +37,7 @@ from ophiura.cluster.model import (
     StopHierarchy,
 )
 from ophiura.cluster.state import ACTIVE, HierarchyState, NodeState, PeerState, transition
-from ophiura.cluster.watchdog import Watchdog
+from ophiura.cluster.watchdog import Watchdog, WatchdogError
 from ophiura.web import hook as web_hook
 
 log = logging.getLogger(__name__)
@@ -174,6 +174,8 @@ class NodeDaemon:
             )
             self.hb.note_stall(now)
         self._last_cycle = now
+        if self.watchdog is not None:
+            self.watchdog.loop_alive()
         self._apply_cleanups()
         self._watch_self_fence()
         view = self.build_view(now)
@@ -461,14 +463,6 @@ class NodeDaemon:
         os.environ.setdefault("OPHIURA_NODE", self.me)
         self.events.start()
         self.notify.start()
-        if self.watchdog is not None:
-            timeout = self.watchdog.open()  # before the first kick; raises WatchdogError
-            self.emit(
-                "node",
-                task="watchdog-open",
-                desc=f"{self.watchdog.path}: "
-                + (f"timeout {timeout} s" if timeout is not None else "not a watchdog device"),
-            )
         self.hb.start()
         host, port = self.cfg.nodes[self.me].admin
         try:
@@ -479,6 +473,22 @@ class NodeDaemon:
                 exc.errno, f"cannot listen for admin requests on {host}:{port}: {exc.strerror}"
             ) from exc
         self.web = await web_hook.start(self)
+        if self.watchdog is not None:
+            # Armed last: a daemon that fails to start must not leave a device ticking.
+            try:
+                timeout = self.watchdog.open()
+            except WatchdogError:
+                self.hb.stop()
+                await self.admin_server.stop()
+                if self.web is not None:
+                    await self.web.stop()
+                raise
+            self.emit(
+                "node",
+                task="watchdog-open",
+                desc=f"{self.watchdog.path}: "
+                + (f"timeout {timeout} s" if timeout is not None else "not a watchdog device"),
+            )
         self._started = time.monotonic()
         self.emit(
             "node", task="start", state=self.state, desc=f"incarnation {self.hb.incarnation:x}"
@@ -522,6 +532,7 @@ class NodeDaemon:
             await self.web.stop()
         self.hb.stop()
         if self.watchdog is not None:
+            self._watch_self_fence()  # a self-fencing stop that completed while leaving
             disarmed = self.watchdog.close()
             self.emit(
                 "node",

@@ -153,7 +153,8 @@ def desired_owner(view: ClusterView, h: Hierarchy, my_state: NodeState) -> str |
 
 def _taken_unseen(view: ClusterView, h: str) -> str | None:
     """A live node (us included) whose own-able resource for `h` was taken by a node whose
-    ownership we have never heard of: the taker's generation exceeds every one we know of."""
+    ownership we have never heard of: no report we have shows a newer generation than the
+    loser's (a taker starts at the highest generation it saw + 1)."""
     known = _next_gen(view, h) - 1
     reports = [(view.me, view.local.get(h, LocalHier()).taken, view.local.get(h, LocalHier()).gen)]
     for peer, pv in view.peers.items():
@@ -285,16 +286,16 @@ def decide_hierarchy(
             actions.append(Blocked(name, f"waiting for {peer} to stop it ({state})"))
     if holders:
         return actions
-    taker = _taken_unseen(view, name)
-    if taker:
+    loser = _taken_unseen(view, name)
+    if loser:
         # Bottomley: in a partition each side may recover hierarchies, but a race for the
-        # own-able resource has one winner. `taker` lost it to a node this side cannot see:
+        # own-able resource has one winner. `loser` lost it to a node this side cannot see:
         # that node recovered it, and preempting it back would move it twice.
         return [
             *actions,
             Blocked(
                 name,
-                f"{taker} lost {h.ownable} to a node we cannot see, which runs it now: "
+                f"{loser} lost {h.ownable} to a node we cannot see, which runs it now: "
                 "not recovering it twice (cleanup, heal or failure expiry ends this)",
             ),
         ]

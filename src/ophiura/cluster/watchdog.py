@@ -4,9 +4,11 @@ A node that must self-fence (its reservation was preempted, its epoch is stale, 
 stops its resources; if that stop hangs (a process in D state, an unmount that never returns), it
 would keep running with data it no longer owns. The watchdog is the backstop, as in sbd: while
 the node is healthy the heartbeat thread kicks the device every interval (its own thread, so no
-resource work can starve it); from the moment a self-fence begins it stops kicking, and kicks
-again only once every self-fencing stop has completed. A stop that hangs or fails past
-`watchdog_timeout` seconds gets the machine reset by the hardware (or the kernel's softdog).
+resource work can starve it; it stops if the decision loop has not cycled for timeout/2, a
+hang that would otherwise go unnoticed while heartbeats flow); from the moment a self-fence
+begins it stops kicking, and kicks again only once every self-fencing stop has completed. A
+stop that hangs or fails past `watchdog_timeout` seconds gets the machine reset by the hardware
+(or the kernel's softdog).
 
 A clean shutdown writes the magic character 'V' before closing, which disarms the device (unless
 the kernel was built with nowayout); a shutdown while a self-fence is pending does not.
@@ -23,6 +25,7 @@ import os
 import stat
 import struct
 import threading
+import time
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,7 @@ class Watchdog:
         self._lock = threading.Lock()
         self._holds: set[str] = set()
         self._failed = False  # a write failed: logged once, kicking stops (the device resets)
+        self._loop_seen = time.monotonic()  # the decision loop's last cycle
         self.kicks = 0
 
     def open(self) -> int | None:
@@ -79,10 +83,17 @@ class Watchdog:
             self._holds.discard(why)
             return had
 
+    def loop_alive(self) -> None:
+        """The decision loop cycled. Kicks need one within timeout/2: a loop hung for that long
+        (a deadlock, not resource work, which runs off it) gets the node reset too."""
+        self._loop_seen = time.monotonic()
+
     def kick(self) -> None:
         """Called by the heartbeat thread every interval."""
         with self._lock:
             if self._fd < 0 or self._holds or self._failed:
+                return
+            if time.monotonic() - self._loop_seen > self.timeout / 2:
                 return
             try:
                 os.write(self._fd, KICK)

@@ -11,6 +11,7 @@ process started, every namespace created and the temp dir are gone when it retur
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-EXIT_OK, EXIT_LOST, EXIT_INTERRUPTED = 0, 1, 130
+EXIT_OK, EXIT_LOST, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 130, 143
 
 
 @dataclass
@@ -57,7 +58,9 @@ def run(opts: Options) -> int:
     from ophiura.demo.view import LiveView, PlainNarrator
 
     # a pipe or a log file gets the report at a readable width, not 80 columns
-    console = Console() if sys.stdout.isatty() else Console(width=120)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=120)
     why_not = netns.unavailable()
     use_netns = why_not is None if opts.netns is None else opts.netns
     if use_netns and why_not:
@@ -70,7 +73,9 @@ def run(opts: Options) -> int:
         topo.left_out.insert(0, f"network namespaces: {why_not or 'asked for --no-netns'}")
     print(f"ophiura demo: run {run_id}, mode {topo.mode}, temp dir {tmp}", flush=True)
     poller = Poller(topo)
-    narrator: PlainNarrator = PlainNarrator() if opts.headless else LiveView(topo, poller, console)
+    # the live view needs a terminal (or FORCE_COLOR); a pipe or a log file gets plain lines
+    live = not opts.headless and console.is_terminal
+    narrator: PlainNarrator = LiveView(topo, poller, console) if live else PlainNarrator()
     story = Story(topo, narrator, poller, pace=Pace().scaled(opts.pace))
     report: dict[str, Any] = {
         "ok": False,
@@ -89,6 +94,7 @@ def run(opts: Options) -> int:
     }
     old_term = signal.signal(signal.SIGTERM, _on_sigterm)
     code = EXIT_LOST
+    rendered = False
     t0 = time.monotonic()
     try:
         narrator.start()
@@ -114,24 +120,30 @@ def run(opts: Options) -> int:
         lost = report["records"]["lost"] if report["records"] else None
         report["ok"] = report["error"] is None and lost == 0
         code = EXIT_OK if report["ok"] else EXIT_LOST
-    except (KeyboardInterrupt, _Terminated):
+    except (KeyboardInterrupt, _Terminated) as exc:
         report["error"] = "interrupted"
-        code = EXIT_INTERRUPTED
+        code = EXIT_TERMINATED if isinstance(exc, _Terminated) else EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not stop cleanup
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         poller.stop()
         narrator.stop()
+        if story.client is not None:  # interrupted mid-story: close its connections first
+            with contextlib.suppress(Exception):
+                topo.loop("client").run(story.client.stop(), 5)
         report["duration_s"] = round(time.monotonic() - t0, 3)
-        if code != EXIT_INTERRUPTED and opts.linger and report["dashboard"]:
+        if code == EXIT_OK and opts.linger and report["dashboard"]:
+            render(report, console)
+            rendered = True
             _linger(console, report["dashboard"])
         topo.close()
         if not opts.keep:
             shutil.rmtree(tmp, ignore_errors=True)
         signal.signal(signal.SIGTERM, old_term)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    if code != EXIT_INTERRUPTED:
-        render(report, console)
+    if report["error"] != "interrupted":
+        if not rendered:
+            render(report, console)
     else:
         print(f"ophiura demo: interrupted; run {run_id} cleaned up", flush=True)
     if opts.json_path is not None:
@@ -176,8 +188,13 @@ def _dashboard(topo: Any, hierarchy: str, opts: Options) -> str | None:
 
 
 def _linger(console: Any, where: str) -> None:
-    """Keep the cluster up for a look at the dashboard, until Ctrl-C."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    """Keep the cluster up for a look at the dashboard, until Ctrl-C or SIGTERM."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     console.print(f"cluster still running; dashboard: {where}\npress Ctrl-C to stop and clean up")
     try:
         while True:
@@ -186,13 +203,4 @@ def _linger(console: Any, where: str) -> None:
         pass
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """For `python -m ophiura.demo` (the CLI is `ophiura demo`)."""
-    from ophiura.cli import main as cli
-
-    return int(
-        cli.main(["demo", *(argv if argv is not None else sys.argv[1:])], standalone_mode=False)
-        or 0
-    )
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)

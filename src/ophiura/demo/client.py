@@ -54,6 +54,7 @@ class RecordClient:
         self._seq = 0
         self._stop: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._session: aiohttp.ClientSession | None = None
         self.last_node: str | None = None
         self.last_error: str | None = None
 
@@ -84,6 +85,7 @@ class RecordClient:
         rid, data = self._next_id(), secrets.token_hex(16)
         sent = time.monotonic()
         self.ledger.attempts += 1
+        assert self._session is not None
         try:
             async with self._session.post(
                 f"{self.base}/records", json={"id": rid, "data": data}
@@ -100,11 +102,13 @@ class RecordClient:
         self.last_error = what
 
     async def stop(self) -> None:
+        """Stop writing (idempotent); writes in flight finish or time out first."""
         if self._stop is not None:
             self._stop.set()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        with contextlib.suppress(Exception):
+            self._tasks = []
+        if self._session is not None and not self._session.closed:
             await self._session.close()
 
     async def fetch_all(self, timeout: float = 15.0) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""`ophiura demo`: the whole current system on one machine, narrated.
+"""`ophiura demo --target`: a tour of the SCSI target on one machine, narrated.
 
 Starts `ophiura target` on a sparse file on 127.0.0.1, shows the LUN with libiscsi's tools when
 installed (else with ophiura's own initiator), writes and reads back data, has two initiators

@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,6 +163,7 @@ class Topology:
                 for ring in ("ring0", "ring1")
             }
         self.cluster_secret = secrets.token_hex(16)
+        self._loops_lock = threading.Lock()
 
     @property
     def mode(self) -> str:
@@ -209,9 +211,11 @@ class Topology:
     def loop(self, host: str) -> netns.NsLoop:
         """The event loop that talks from inside `host` (one shared loop on loopback)."""
         key = host if self.use_netns else "local"
-        if key not in self.loops:
-            self.loops[key] = netns.NsLoop(self.host_ns(host) if self.use_netns else None, key)
-        return self.loops[key]
+        with self._loops_lock:  # the poller thread and the story both ask
+            if key not in self.loops:
+                ns = self.host_ns(host) if self.use_netns else None
+                self.loops[key] = netns.NsLoop(ns, key)
+            return self.loops[key]
 
     def wait_listening(
         self, host: str, addr: tuple[str, int], proc: Spawned, timeout: float = 20.0
@@ -459,8 +463,9 @@ class Topology:
                 break
             kill_pids(pids)
             time.sleep(0.05)
-        for lp in self.loops.values():
-            lp.close()
-        self.loops.clear()
+        with self._loops_lock:
+            for lp in self.loops.values():
+                lp.close()
+            self.loops.clear()
         if self.lab is not None:
             self.lab.close()

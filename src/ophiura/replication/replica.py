@@ -61,9 +61,10 @@ class Replica:
         # the last state changes (wall time, state, event, HE latest seq): a status poll shows a
         # recovery that began and ended between two polls (a quick one lasts ~0.1 s)
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
-        # sends not known to be finished, oldest first: (tick, task, incarnation, seq, waiter)
-        # (see HostElementVolume._send); finished ones are dropped from the left
-        self.inflight: deque[tuple[int, asyncio.Task[None], int, int, Any]] = deque()
+        # sends not known to be finished, oldest first: (tick, reply future, incarnation, seq,
+        # waiter) (see HostElementVolume._send); finished ones are dropped from the left
+        self.inflight: deque[tuple[int, asyncio.Future[Any], int, int, Any]] = deque()
+        self.deferred = 0  # sends queued with call_soon, not on the wire yet
         self.send_task_name = f"send-{session.name}"
 
     @property
@@ -270,7 +271,7 @@ class ReplicaLife:
             r.progress = (0, r.target - applied)
             self._transition(r, ReplicaEvent.BEHIND_QUICK)
             for op in self.queue.since(applied):
-                self._send(r, op, None)
+                self._send(r, op, None, defer=True)
             return
         assert plan.peer is not None
         r.tracker = AckTracker(plan.upto)
@@ -286,7 +287,7 @@ class ReplicaLife:
         # The recover command goes on the wire first, then the writes after `upto`.
         pull = self._spawn(self._recover_cmd(client, plan), f"recover-{r.name}")
         for op in self.queue.since(plan.upto):
-            self._send(r, op, None)
+            self._send(r, op, None, defer=True)
         self._spawn(self._drive_recovery(r, inc, plan, client, pull), f"drive-{r.name}")
 
     def _replay_to_full(self, r: Replica, plan: RecoveryPlan, why: str) -> RecoveryPlan:

@@ -374,6 +374,26 @@ class SeClient:
             self._raise(reply, f"write seq {seq} to {volume}")
         return reply.seq
 
+    def write_nowait(
+        self, volume: str, epoch: int, seq: int, offset: int, data: Any
+    ) -> asyncio.Future[Any]:
+        """`write` without a coroutine: the request is on the wire (or in the emulated link)
+        when this returns; the future gets the SE's reply, to be checked by `check_ack`."""
+        return self._request(p.Write(self._id(), volume, epoch, seq, offset, data), "write")
+
+    def trim_nowait(
+        self, volume: str, epoch: int, seq: int, offset: int, length: int, zero: bool = False
+    ) -> asyncio.Future[Any]:
+        what = f"{'write zeroes' if zero else 'trim'} seq {seq} on {volume}"
+        return self._request(
+            p.Trim(self._id(), volume, epoch, seq, offset, length, int(zero)), what
+        )
+
+    def check_ack(self, reply: Any, op: Any) -> None:
+        """Raise what `write`/`trim` would for a reply that is not an Ack."""
+        if type(reply) is not p.Ack:
+            self._raise(reply, f"seq {op.seq} ({op.kind.name.lower()})")
+
     async def trim(
         self, volume: str, epoch: int, seq: int, offset: int, length: int, zero: bool = False
     ) -> int:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -450,24 +451,59 @@ class HostElementVolume(ReplicaLife):
                     continue
             await self._signal.wait(0.02)
 
-    def _send(self, r: Replica, op: WriteOp, waiter: QuorumWaiter | None) -> None:
-        """One task per SE and op; its request goes on the wire in the task's first step, so
-        tasks created in seq order reach each SE in seq order.
+    def _send(
+        self, r: Replica, op: WriteOp, waiter: QuorumWaiter | None, *, defer: bool = False
+    ) -> None:
+        """Put one op on the wire to one SE now, in the caller's turn: sends made in seq order
+        reach each SE in seq order. No task per SE and op (three tasks and a loop turn per
+        host write before any request left): the reply future gets a done callback (`_sent`).
+
+        `defer=True` (recovery: the recover command, sent by a task's first step, must reach
+        the SE first) queues the send with `call_soon`, behind that step; while a replica has
+        deferred sends queued, later sends to it are queued too, so the order holds.
 
         The op timeout is not an `asyncio.timeout` per send (a timer armed and cancelled per
         SE per write: a fifth of the HE's own CPU per write) but `r.inflight`, checked by
-        `_send_watchdog`; the deque also holds the task (asyncio keeps only weak references).
+        `_send_watchdog`.
         """
         if self._loop is None:
             self._start_send_watchdog()
+        if defer or r.deferred:
+            r.deferred += 1
+            self._loop.call_soon(  # type: ignore[union-attr]
+                self._send_deferred, r, r.incarnation, r.client, op, waiter
+            )
+            return
+        self._send_now(r, r.incarnation, r.client, op, waiter)
+
+    def _send_deferred(
+        self, r: Replica, inc: int, client: Any, op: WriteOp, waiter: QuorumWaiter | None
+    ) -> None:
+        r.deferred -= 1
+        if self.closed:
+            return
+        self._send_now(r, inc, client, op, waiter)
+
+    def _send_now(
+        self, r: Replica, inc: int, client: Any, op: WriteOp, waiter: QuorumWaiter | None
+    ) -> None:
         inflight = r.inflight
         while inflight and inflight[0][1].done():
             inflight.popleft()
-        inc = r.incarnation
-        task = self._loop.create_task(  # type: ignore[union-attr]
-            self._send_one(r, inc, r.client, op, waiter), name=r.send_task_name
-        )
-        inflight.append((self._tick, task, inc, op.seq, waiter))
+        try:
+            if not hasattr(client, "write_nowait"):  # a client with only the coroutines
+                fut = asyncio.ensure_future(self._send_coro(client, op))
+            elif op.kind is OpKind.WRITE:
+                fut = client.write_nowait(self.name, self.epoch, op.seq, op.offset, op.data)
+            else:
+                fut = client.trim_nowait(
+                    self.name, self.epoch, op.seq, op.offset, op.length, op.kind is OpKind.ZERO
+                )
+        except self._transport as exc:  # the connection is gone: handled in a later turn
+            fut = self._loop.create_future()  # type: ignore[union-attr]
+            fut.set_exception(exc)
+        fut.add_done_callback(functools.partial(self._sent, r, inc, client, op, waiter))
+        inflight.append((self._tick, fut, inc, op.seq, waiter))
 
     def _start_send_watchdog(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -502,32 +538,47 @@ class HostElementVolume(ReplicaLife):
                         continue
                     inflight.popleft()
 
-    async def _send_one(
-        self, r: Replica, inc: int, client: Any, op: WriteOp, waiter: QuorumWaiter | None
+    async def _send_coro(self, client: Any, op: WriteOp) -> None:
+        if op.kind is OpKind.WRITE:
+            await client.write(self.name, self.epoch, op.seq, op.offset, op.data)
+        else:
+            zero = op.kind is OpKind.ZERO
+            await client.trim(self.name, self.epoch, op.seq, op.offset, op.length, zero=zero)
+
+    def _sent(
+        self,
+        r: Replica,
+        inc: int,
+        client: Any,
+        op: WriteOp,
+        waiter: QuorumWaiter | None,
+        fut: asyncio.Future[Any],
     ) -> None:
-        try:
-            if op.kind is OpKind.WRITE:
-                await client.write(self.name, self.epoch, op.seq, op.offset, op.data)
-            else:
-                await client.trim(
-                    self.name,
-                    self.epoch,
-                    op.seq,
-                    op.offset,
-                    op.length,
-                    zero=op.kind is OpKind.ZERO,
-                )
-        except self._stale as exc:
-            why = f"SE {r.name} holds a newer epoch ({getattr(exc, 'current_epoch', '?')})"
-            if waiter is not None:
-                waiter.fence(why)
-            self._fence(why)
+        """The SE answered one send (or the send failed): count the ack, or fail the replica."""
+        if fut.cancelled():  # timed out (`_send_watchdog` handled it) or the volume closed
             return
-        except self._transport as exc:
-            why = f"write seq {op.seq}: {exc or type(exc).__name__}"
+        try:
+            exc = fut.exception()
+            if exc is None and hasattr(client, "check_ack"):
+                client.check_ack(fut.result(), op)
+        except BaseException as err:  # the reply was an error: raised by check_ack
+            exc = err
+        if exc is not None:
+            if isinstance(exc, self._stale):
+                why = f"SE {r.name} holds a newer epoch ({getattr(exc, 'current_epoch', '?')})"
+                if waiter is not None:
+                    waiter.fence(why)
+                self._fence(why)
+                return
+            if isinstance(exc, self._transport):
+                why = f"write seq {op.seq}: {exc or type(exc).__name__}"
+                if waiter is not None:
+                    waiter.nack(f"{r.name}: {why}")
+                self._replica_lost(r, inc, why)
+                return
+            log.error("%s/%s: send of seq %s failed", self.name, r.name, op.seq, exc_info=exc)
             if waiter is not None:
-                waiter.nack(f"{r.name}: {why}")
-            self._replica_lost(r, inc, why)
+                waiter.nack(f"{r.name}: {exc}")
             return
         if waiter is not None:
             waiter.ack()
