@@ -37,8 +37,10 @@ def ns() -> Iterator[str]:
     why = unavailable() or missing_tools(fio="fio")
     if not why and not SCRIPT.is_file():
         why = f"{SCRIPT} is not installed (Debian package fio)"
-    if not why and PIDFILE.exists():
-        why = f"{PIDFILE} exists: an fio server this test did not start may be running"
+    if not why and _fio_server_running():
+        why = f"an fio server this test did not start runs ({PIDFILE})"
+    if not why:
+        PIDFILE.unlink(missing_ok=True)  # stale: left by a run that was killed (no server runs)
     if why:
         print(f"SKIP: {why}")
         pytest.skip(why)
@@ -50,6 +52,14 @@ def ns() -> Iterator[str]:
     finally:
         kill_netns_processes(name)
         sh("ip", "netns", "del", name, check=False)
+
+
+def _fio_server_running() -> bool:
+    try:
+        pid = int(PIDFILE.read_text().strip())
+        return b"--server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return False
 
 
 @contextlib.contextmanager

@@ -171,6 +171,7 @@ def _availability(story: Any, topo: Any, availability: Any, hierarchy: str) -> d
         hierarchy,
         failover,
         topo.deadline,
+        len(topo.nodes),
     )
 
 

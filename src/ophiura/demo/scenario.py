@@ -10,6 +10,7 @@ durations, takeover, detection).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -99,6 +100,31 @@ class Story:
                     if e.get("time", 0) >= since_wall:
                         out.append(e)
         return out
+
+    def he_activation(self, node: str, since_wall: float) -> dict[str, Any] | None:
+        """The HE's own account of its start on `node` after `since_wall`, from its log: how
+        long the epoch claim and the frontends took, and what each SE held. (`ophiura status`
+        reports takeover timings only for a standby HE, and the cluster starts a fresh one.)"""
+        log = self.topo.logs / f"he-{node}.log"
+        try:
+            lines = log.read_text(errors="replace").splitlines()
+        except OSError:
+            return None
+        out: dict[str, Any] = {}
+        for line in lines:
+            try:
+                when = time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S"))
+                when += int(line[20:23]) / 1000
+            except ValueError:
+                continue
+            if when < since_wall - 1:
+                continue
+            if m := re.search(r"claimed (\S+) at epoch (\d+): (.*)$", line):
+                if m.group(1) == VOLUME:
+                    out["claim"] = f"epoch {m.group(2)}: {m.group(3)}"
+            elif m := re.search(r"HE active in ([\d.]+)s", line):
+                out["activated_s"] = float(m.group(1))
+        return out or None
 
     def say(self, text: str, style: str = "") -> None:
         self.narrator.say(text, style)
@@ -232,7 +258,7 @@ class Story:
         self.wait(f"the client acknowledged by {took}", lambda: self.acked_by(took, start), 30)
         t_client = time.monotonic()
         vol = self.volume(took)
-        he = self.topo.he_status(took)
+        he = self.topo.he_status(took).get("takeover") or self.he_activation(took, wall)
         evs = self.cluster_events(took, wall)
         dead = next(
             (
@@ -244,6 +270,8 @@ class Story:
             ),
             None,
         )
+        if he and he.get("claim"):
+            self.say(f"{took}'s HE claimed the volume at {he['claim']}")
         self.say(
             f"{took} took over: HE epoch {epoch0} -> {vol['epoch']} (fences {old}'s HE), "
             f"hierarchy running after {t_running - start:.2f} s, app answering after "
@@ -267,7 +295,7 @@ class Story:
                 "takeover": {
                     "epoch_before": epoch0,
                     "epoch_after": vol["epoch"],
-                    "he": he.get("takeover"),
+                    "he": he,
                     "recoveries": {s["name"]: s["recovery"] for s in vol["ses"]},
                 },
                 "_start": start,
@@ -329,7 +357,7 @@ class Story:
             "60",
         )
         self.say(f"$ ophiura cluster switchover {HIERARCHY} --to {target}")
-        start = time.monotonic()
+        start, wall = time.monotonic(), time.time()
         res = subprocess.run(
             argv, capture_output=True, text=True, timeout=90, env=topo.env(), check=False
         )
@@ -356,6 +384,7 @@ class Story:
                 "hierarchy_running_s": round(t_running - start, 3),
                 "app_answering_s": round(t_client - start, 3),
                 "epoch_after": vol["epoch"],
+                "he": self.he_activation(target, wall),
                 "_start": start,
             }
         )
