@@ -992,7 +992,8 @@ def plots(report: dict[str, Any], outdir: Path) -> list[Path]:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     ax = axes[1]
-    for key, label in (("read_miss", "read miss"), ("read_hit", "read hit")):
+    miss = "read miss" if report.get("read_miss_cache") == "keep" else "read miss (disk)"
+    for key, label in (("read_miss", miss), ("read_hit", "read hit")):
         for q, style in ((1, "o-"), (2, "s-")):
             pts = sorted((r["near_ms"], r[key]) for r in dark if r["quorum"] == q and r[key])
             if pts:
@@ -1016,7 +1017,8 @@ def plots(report: dict[str, Any], outdir: Path) -> list[Path]:
     plt.close(fig)
 
     # 2. throughput, 8 threads
-    keys = [("read_hit_8t", "read hit"), ("read_miss_8t", "read miss"), ("write_8t", "write")]
+    miss = "read miss" if report.get("read_miss_cache") == "keep" else "read miss (disk)"
+    keys = [("read_hit_8t", "read hit"), ("read_miss_8t", miss), ("write_8t", "write")]
     sel = [("direct", base)]
     for r in rows:
         if r["quorum"] and (r["near_ms"] in (0.0, 1.0, 8.0) or r["key"].endswith("inet")):

@@ -44,3 +44,31 @@ def test_client_availability_counts_only_long_gaps() -> None:
     a = client_availability(_ledger(times), 0.0, 20.0)
     assert OUTAGE_THRESHOLD < 2.0
     assert abs(a["unavailable_s"] - 2.0) < 1e-6 and abs(a["availability"] - 0.9) < 1e-6
+
+
+def test_client_availability_figures_are_counted_like_ophiura_avail() -> None:
+    """Percent truncated, nines counted, downtime a year: the same block as `ophiura avail`,
+    so the client's figure sits in one table with the promised and log-measured ones."""
+    times = [i / 10 for i in range(0, 101)] + [12.0 + i / 10 for i in range(0, 81)]
+    a = client_availability(_ledger(times), 0.0, 20.0)
+    assert a["nines"] == 1 and a["percent"] == "90%"
+    assert abs(a["downtime_per_year_s"] - 0.1 * 365 * 86400) < 1e-6
+    # a 0.2 s gap is below the threshold: no downtime at all, so no class of nines either
+    times = [i / 10 for i in range(0, 1001)]
+    times.remove(50.0)
+    full = client_availability(_ledger(times), 0.0, 100.0)
+    assert full["percent"] == "100%" and full["nines"] is None and full["unavailable_s"] == 0
+    empty = client_availability(Ledger(), 5.0, 5.0)
+    assert empty["availability"] is None and empty["window_s"] == 0
+
+
+def test_outage_counts_only_what_happened_during_the_event() -> None:
+    times = [i / 10 for i in range(1, 50)]
+    led = _ledger(times, fails=(0.5, 3.0, 7.0))
+    o = outage(led, 2.0, 4.0)
+    assert o["failed_requests"] == 1  # 0.5 was before the event, 7.0 after its end
+    # nothing acknowledged before the event: the gap cannot be measured, and says so
+    assert outage(led, 0.0, 4.0)["outage_s"] is None
+    assert verify(Ledger(), {"records": []})["lost"] == 0
+    everything_lost = verify(led, {"records": []})
+    assert everything_lost["lost"] == len(times) and everything_lost["verified"] == 0

@@ -5,7 +5,8 @@ namespaces), `app` (the record application the cluster keeps available), `client
 records, keeps the ledger of acknowledged ones), `scenario` (the story), `poller` + `view`
 (the live view), `report` (JSON and human report), `target` (the older SCSI target tour).
 
-Cleanup is the first concern of `run`: whatever happens (an exception, Ctrl-C, SIGTERM), every
+Cleanup is the first concern of `run`: whatever happens (an exception, Ctrl-C, SIGTERM, the
+terminal closing: SIGHUP), every
 process started, every namespace created and the temp dir are gone when it returns.
 """
 
@@ -25,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-EXIT_OK, EXIT_LOST, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 130, 143
+EXIT_OK, EXIT_LOST, EXIT_INTERRUPTED = 0, 1, 130
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass
@@ -40,11 +42,16 @@ class Options:
 
 
 class _Terminated(BaseException):
-    """SIGTERM, turned into an exception so that the same cleanup runs as for Ctrl-C."""
+    """SIGTERM or SIGHUP, turned into an exception so that the same cleanup runs as for
+    Ctrl-C; the exit status is 128 + the signal, as if it had killed us."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.code = 128 + signum
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
-    raise _Terminated()
+    raise _Terminated(signum)
 
 
 def run(opts: Options) -> int:
@@ -67,32 +74,49 @@ def run(opts: Options) -> int:
         console.print(f"[red]cannot use namespaces: {why_not}[/]")
         return 2
     run_id = f"{os.getpid() % 100000:x}{secrets.token_hex(2)}"
-    tmp = Path(tempfile.mkdtemp(prefix=f"ophiura-demo-{run_id}-"))
-    topo = Topology(tmp, run_id, use_netns, dashboard=opts.dashboard)
-    if not use_netns:
-        topo.left_out.insert(0, f"network namespaces: {why_not or 'asked for --no-netns'}")
-    print(f"ophiura demo: run {run_id}, mode {topo.mode}, temp dir {tmp}", flush=True)
-    poller = Poller(topo)
-    # the live view needs a terminal (or FORCE_COLOR); a pipe or a log file gets plain lines
-    live = not opts.headless and console.is_terminal
-    narrator: PlainNarrator = LiveView(topo, poller, console) if live else PlainNarrator()
-    story = Story(topo, narrator, poller, pace=Pace().scaled(opts.pace))
-    report: dict[str, Any] = {
-        "ok": False,
-        "run_id": run_id,
-        "mode": topo.mode,
-        "left_out": topo.left_out,
-        "n": len(topo.ses),
-        "q": 2,
-        "nodes": list(topo.nodes),
-        "events": story.events,
-        "records": None,
-        "availability": None,
-        "dashboard": None,
-        "error": None,
-        "logs": str(tmp / "logs") if opts.keep else None,
+    # (under nohup SIGHUP stays ignored: that is what was asked for)
+    old_handlers = {
+        sig: signal.signal(sig, _on_sigterm)
+        for sig in STOP_SIGNALS
+        if signal.getsignal(sig) is not signal.SIG_IGN
     }
-    old_term = signal.signal(signal.SIGTERM, _on_sigterm)
+    tmp = Path(tempfile.mkdtemp(prefix=f"ophiura-demo-{run_id}-"))
+    try:  # nothing runs yet, but the temp dir exists: an interrupt here must not leave it
+        topo = Topology(tmp, run_id, use_netns, dashboard=opts.dashboard)
+        if not use_netns:
+            topo.left_out.insert(
+                0, f"network namespaces (one per machine): {why_not or 'asked for --no-netns'}"
+            )
+        print(f"ophiura demo: run {run_id}, mode {topo.mode}, temp dir {tmp}", flush=True)
+        poller = Poller(topo)
+        # the live view needs a terminal (or FORCE_COLOR); a pipe or a log file gets plain lines
+        live = not opts.headless and console.is_terminal
+        narrator: PlainNarrator = LiveView(topo, poller, console) if live else PlainNarrator()
+        story = Story(topo, narrator, poller, pace=Pace().scaled(opts.pace))
+        report: dict[str, Any] = {
+            "ok": False,
+            "run_id": run_id,
+            "mode": topo.mode,
+            "left_out": topo.left_out,
+            "n": len(topo.ses),
+            "q": 2,
+            "nodes": list(topo.nodes),
+            "events": story.events,
+            "records": None,
+            "availability": None,
+            "dashboard": None,
+            "error": None,
+            "logs": str(tmp / "logs") if opts.keep else None,
+        }
+    except (KeyboardInterrupt, _Terminated) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _restore(old_handlers)
+        print(f"ophiura demo: interrupted; run {run_id} cleaned up", flush=True)
+        return exc.code if isinstance(exc, _Terminated) else EXIT_INTERRUPTED
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _restore(old_handlers)
+        raise
     code = EXIT_LOST
     rendered = False
     t0 = time.monotonic()
@@ -122,10 +146,10 @@ def run(opts: Options) -> int:
         code = EXIT_OK if report["ok"] else EXIT_LOST
     except (KeyboardInterrupt, _Terminated) as exc:
         report["error"] = "interrupted"
-        code = EXIT_TERMINATED if isinstance(exc, _Terminated) else EXIT_INTERRUPTED
+        code = exc.code if isinstance(exc, _Terminated) else EXIT_INTERRUPTED
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not stop cleanup
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for sig in (signal.SIGINT, *old_handlers):  # a second Ctrl-C must not stop cleanup
+            signal.signal(sig, signal.SIG_IGN)
         poller.stop()
         narrator.stop()
         if story.client is not None:  # interrupted mid-story: close its connections first
@@ -135,11 +159,11 @@ def run(opts: Options) -> int:
         if code == EXIT_OK and opts.linger and report["dashboard"]:
             render(report, console)
             rendered = True
-            _linger(console, report["dashboard"])
+            _linger(console, report["dashboard"], tuple(old_handlers))
         topo.close()
         if not opts.keep:
             shutil.rmtree(tmp, ignore_errors=True)
-        signal.signal(signal.SIGTERM, old_term)
+        _restore(old_handlers)
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if report["error"] != "interrupted":
         if not rendered:
@@ -153,6 +177,11 @@ def run(opts: Options) -> int:
             print(f"ophiura demo: cannot write the JSON report: {exc}", file=sys.stderr)
             code = code or EXIT_LOST
     return code
+
+
+def _restore(handlers: dict[int, Any]) -> None:
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
 
 
 def _availability(story: Any, topo: Any, availability: Any, hierarchy: str) -> dict[str, Any]:
@@ -188,14 +217,14 @@ def _dashboard(topo: Any, hierarchy: str, opts: Options) -> str | None:
     return f"{url} (served by each node; gone with the demo unless --linger)"
 
 
-def _linger(console: Any, where: str) -> None:
-    """Keep the cluster up for a look at the dashboard, until Ctrl-C or SIGTERM."""
+def _linger(console: Any, where: str, stop_signals: tuple[int, ...]) -> None:
+    """Keep the cluster up for a look at the dashboard, until Ctrl-C, SIGTERM or SIGHUP."""
 
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, interrupt)
-    signal.signal(signal.SIGTERM, interrupt)
+    for sig in (signal.SIGINT, *stop_signals):
+        signal.signal(sig, interrupt)
     console.print(f"cluster still running; dashboard: {where}\npress Ctrl-C to stop and clean up")
     try:
         while True:
@@ -203,5 +232,5 @@ def _linger(console: Any, where: str) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for sig in (signal.SIGINT, *stop_signals):
+            signal.signal(sig, signal.SIG_IGN)

@@ -50,7 +50,7 @@ def se_addr(i: int) -> str:
 def unavailable() -> str | None:
     """Why namespaces cannot be used here (None when they can)."""
     if os.geteuid() != 0:
-        return "network namespaces and floating IPs need root"
+        return "they need root"
     for tool in ("ip", "arping"):
         if shutil.which(tool) is None:
             pkg = "iproute2" if tool == "ip" else "arping"

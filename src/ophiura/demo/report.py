@@ -256,31 +256,29 @@ def _render_availability(con: Console, a: dict[str, Any]) -> None:
             src or "",
         )
 
-    s, c = a["promised_storage"], a["promised_cluster"]
+    s, c, asm = a["promised_storage"], a["promised_cluster"], a["assumptions"]
     row(
-        f"promised: storage, N={s['n']} Q={s['q']}, each SE up "
-        f"{float(s['se_availability']):.0%} (StarFish Eq. 1)",
+        f"promised, storage: N={s['n']} Q={s['q']}, SEs up {float(s['se_availability']):.0%}",
         s,
         a["promised_storage_error"],
         a["promised_storage_args"],
     )
     row(
-        f"promised: cluster of {c['nodes'] if c else 3} nodes, each failing every "
-        f"{a['assumptions']['node_uptime']} and repaired in {a['assumptions']['node_downtime']}, "
-        "with this run's detection + recovery (Bottomley Eq. 3)",
+        f"promised, cluster: {c['nodes'] if c else 3} nodes failing every "
+        f"{asm['node_uptime']}, repaired in {asm['node_downtime']}",
         c,
         a["promised_cluster_error"],
         a["promised_cluster_args"],
     )
     m = a["measured_cluster"]
     row(
-        f"measured: hierarchy {a['hierarchy']} from the nodes' event logs",
+        f"measured: {a['hierarchy']} in the nodes' event logs",
         m,
         a["measured_cluster_error"],
         None
         if m is None
         else f"{m['outage_count']} outages, {m['down_s']:.3f} s down of {m['observed_s']:.1f} s "
-        "(ophiura avail --measured over the client's window)",
+        "(ophiura avail --measured)",
     )
     cl = a["measured_client"]
     row(
@@ -292,8 +290,11 @@ def _render_availability(con: Console, a: dict[str, Any]) -> None:
     )
     con.print(t)
     con.print(
-        "  The promises rest on the assumptions above, not on this run; a run that crashes "
-        "something every few seconds measures far below them, by design."
+        "  Promised: StarFish Eq. 1 for the storage; Bottomley Eq. 3 for the cluster, with the "
+        "detection and recovery times this run measured. Both rest on the assumed SE and node "
+        "failure rates above, not on this run, which crashes something every few seconds and "
+        "so measures far below them, by design. Measured: over the client's window; the event "
+        "logs count the app up once its process has started, the client once it answers."
     )
 
 

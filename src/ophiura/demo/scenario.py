@@ -150,6 +150,7 @@ class Story:
             f"nodes {', '.join(topo.nodes)} (priority in that order), hierarchy "
             f"{HIERARCHY}: [{chain}]"
         )
+        self.say("the app keeps its records on the volume, through NBD (no FUSE needed)")
         first = topo.nodes[0]
         took = self.wait(
             f"{HIERARCHY} running on {first}",
