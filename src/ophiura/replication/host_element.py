@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import signal
 import tempfile
 import time
@@ -63,6 +64,9 @@ class HostElement:
         self.takeover_info: dict[str, Any] | None = None
         self._activation_started: float | None = None
         self._lock = asyncio.Lock()  # admin operations only (never on the I/O path)
+        # The SCSI state's local copy (the SEs hold the real one): a scratch dir unless given,
+        # removed on stop so that short-lived HEs (tests, benchmarks) leave nothing behind.
+        self._scratch_state = config.state_dir is None
         self._state_root = config.state_dir or Path(tempfile.mkdtemp(prefix="ophiura-he-"))
         if self.warning:
             log.warning("!!! %s !!!", self.warning)
@@ -83,6 +87,8 @@ class HostElement:
         self.volumes.clear()
         for s in self.sessions:
             await s.close()
+        if self._scratch_state:
+            shutil.rmtree(self._state_root, ignore_errors=True)
 
     async def run_until_signalled(self) -> None:
         stop = asyncio.Event()
