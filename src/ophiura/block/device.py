@@ -40,6 +40,36 @@ class Extent:
     mapped: bool
 
 
+class DeviceGeometry:
+    """The read-only shape every concrete backend reports: set once in its __init__."""
+
+    _block_size: int
+    _physical_block_size: int
+    _size: int
+    _thin: bool
+    _read_only: bool
+
+    @property
+    def block_size(self) -> int:
+        return self._block_size
+
+    @property
+    def physical_block_size(self) -> int:
+        return self._physical_block_size
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def thin(self) -> bool:
+        return self._thin
+
+    @property
+    def read_only(self) -> bool:
+        return self._read_only
+
+
 @runtime_checkable
 class BlockDevice(Protocol):
     """Storage as the SCSI layer sees it. Every method that may block is a coroutine."""

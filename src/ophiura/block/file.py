@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ophiura.block.device import (
     BlockDeviceError,
+    DeviceGeometry,
     Extent,
     MediumError,
     NoSpaceError,
@@ -75,7 +76,7 @@ def translate_os_error(exc: OSError, what: str) -> BlockDeviceError:
     return MediumError(message, exc.errno)
 
 
-class FileBlockDevice:
+class FileBlockDevice(DeviceGeometry):
     """One file, one LUN. The file is created sparse and grown to `size` if needed."""
 
     def __init__(
@@ -127,26 +128,6 @@ class FileBlockDevice:
         self._read_only = read_only
         self._pool = IoThreads(io_threads, name=f"io-{self.path.name}")
         self._nowait_reads = hasattr(os, "RWF_NOWAIT")
-
-    @property
-    def block_size(self) -> int:
-        return self._block_size
-
-    @property
-    def physical_block_size(self) -> int:
-        return self._physical_block_size
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    @property
-    def thin(self) -> bool:
-        return self._thin
-
-    @property
-    def read_only(self) -> bool:
-        return self._read_only
 
     def _check(self, offset: int, length: int) -> None:
         if offset < 0 or length < 0 or offset + length > self._size:

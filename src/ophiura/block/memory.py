@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ophiura.block.device import BlockDeviceError, Extent, ReadOnlyError
+from ophiura.block.device import BlockDeviceError, DeviceGeometry, Extent, ReadOnlyError
 
 
-class MemoryBlockDevice:
+class MemoryBlockDevice(DeviceGeometry):
     """Sparse in memory: only written blocks take space, so a 1 TiB test LUN is free."""
 
     def __init__(
@@ -33,26 +33,6 @@ class MemoryBlockDevice:
         self._blocks: dict[int, bytes] = {}
         self._zero = bytes(block_size)
         self.flushes = 0  # observable by tests: SYNCHRONIZE CACHE really reached us
-
-    @property
-    def block_size(self) -> int:
-        return self._block_size
-
-    @property
-    def physical_block_size(self) -> int:
-        return self._physical_block_size
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    @property
-    def thin(self) -> bool:
-        return self._thin
-
-    @property
-    def read_only(self) -> bool:
-        return self._read_only
 
     def _check(self, offset: int, length: int) -> None:
         bs = self._block_size
