@@ -165,11 +165,12 @@ def run(opts: Options) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
         _restore(old_handlers)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    if report["error"] != "interrupted":
-        if not rendered:
-            render(report, console)
-    else:
+    if report["error"] == "interrupted":
         print(f"ophiura demo: interrupted; run {run_id} cleaned up", flush=True)
+    elif rendered:  # before lingering
+        print(f"ophiura demo: run {run_id} cleaned up", flush=True)
+    else:
+        render(report, console)
     if opts.json_path is not None:
         try:
             opts.json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")

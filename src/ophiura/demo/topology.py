@@ -177,6 +177,8 @@ class Topology:
         src = str(Path(ophiura.__file__).resolve().parents[1])
         env["PYTHONPATH"] = src + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env[MARKER] = self.run_id
+        # whatever they put in a temp dir goes in ours, and goes with it
+        env["TMPDIR"] = str(self.tmp / "tmp")
         env.pop("OPHIURA_CLUSTER_CONFIG", None)
         if node:
             env["OPHIURA_NODE"] = node
@@ -232,7 +234,7 @@ class Topology:
     # ------------------------------------------------------------------ bring-up
 
     def start(self) -> None:
-        self.tmp.mkdir(parents=True, exist_ok=True)
+        (self.tmp / "tmp").mkdir(parents=True, exist_ok=True)
         if self.use_netns:
             self.lab = netns.Lab(self.run_id, self.nodes, self.ses)
             self.lab.create()
