@@ -70,6 +70,13 @@ async def run_command(argv: list[str], timeout: float) -> tuple[int, str]:
 _METADATA: dict[str, frozenset[str] | None] = {}
 
 
+def agent_path(agent: str) -> str | None:
+    """Where a fence agent is: $PATH, then the sbin directories Debian installs them in (an
+    ordinary user's PATH, e.g. for `ophiura cluster validate`, often lacks /usr/sbin)."""
+    search = os.pathsep.join(filter(None, (os.environ.get("PATH"), "/usr/sbin", "/sbin")))
+    return shutil.which(agent, path=search)
+
+
 def metadata_parameters(agent: str, timeout: float = 10.0) -> frozenset[str] | None:
     """The parameter names an agent's `-o metadata` lists (cached); None if it cannot say (not
     installed, or not a fence-agents program)."""
@@ -77,7 +84,7 @@ def metadata_parameters(agent: str, timeout: float = 10.0) -> frozenset[str] | N
         names: frozenset[str] | None = None
         try:
             res = subprocess.run(
-                [agent, "-o", "metadata"],
+                [agent_path(agent) or agent, "-o", "metadata"],
                 capture_output=True,
                 timeout=timeout,
                 check=False,
@@ -104,7 +111,7 @@ def check_device(dev: FenceDevice) -> list[str]:
     does not list (a typo would otherwise surface only when a node must be fenced)."""
     if dev.agent == "exec":
         return []
-    if shutil.which(dev.agent) is None:
+    if agent_path(dev.agent) is None:
         return [f"fence device {dev.name}: agent {dev.agent} not found (Debian: fence-agents)"]
     names = metadata_parameters(dev.agent)
     if names is None:
@@ -132,7 +139,8 @@ async def fence_with(dev: FenceDevice, node: str, action: str = "off") -> tuple[
         if node in dev.plugs or params is None or {"plug", "port"} & params:
             lines.append(f"plug={plug}")
         lines += [f"{k}={v}" for k, v in dev.params.items()]
-        rc, out = await _run([dev.agent], ("\n".join(lines) + "\n").encode(), env, dev.timeout)
+        argv = [agent_path(dev.agent) or dev.agent]
+        rc, out = await _run(argv, ("\n".join(lines) + "\n").encode(), env, dev.timeout)
     return rc == 0, f"{dev.name}: exit {rc}" + (f": {out}" if out else "")
 
 
