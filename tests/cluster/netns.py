@@ -40,6 +40,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ophiura.demo.netns import (  # the primitives the demo's namespace topology shares
+    CMD_TIMEOUT,
+    enter_netns,
+    kill_netns_processes,
+    list_netns,
+    sh,
+)
+
 T = TypeVar("T")
 
 PREFIX = "oph-"
@@ -52,8 +60,6 @@ NETWORKS = {  # network -> (node address(i), prefix length, device inside a host
     "b": (lambda i: f"{NET}.{140 + i}", 26, "ethB"),
     "s": (lambda i: f"{NET}.{210 + i}", 26, "ethS"),
 }
-CLONE_NEWNET = 0x40000000
-CMD_TIMEOUT = 20.0
 
 
 def unavailable() -> str | None:
@@ -94,46 +100,12 @@ def missing_tools(**tools: str) -> str | None:
     return f"not installed: {', '.join(still)}" if still else None
 
 
-def sh(*argv: str, check: bool = True, timeout: float = CMD_TIMEOUT) -> str:
-    res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    if check and res.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} exited {res.returncode}: {res.stderr.strip()}")
-    return res.stdout
-
-
-def list_netns() -> list[str]:
-    out = sh("ip", "netns", "list", check=False)
-    return [line.split()[0] for line in out.splitlines() if line.strip()]
-
-
-def netns_pids(ns: str) -> list[int]:
-    out = sh("ip", "netns", "pids", ns, check=False)
-    return [int(w) for w in out.split() if w.isdigit()]
-
-
-def kill_netns_processes(ns: str, timeout: float = 3.0) -> None:
-    """SIGKILL every process inside `ns` (all of them ours: we created the namespace)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pids = [p for p in netns_pids(ns) if p != os.getpid()]
-        if not pids:
-            return
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.05)
-
-
 def cleanup_stale(run_id: str) -> None:
     """Delete the namespaces of one run id (an earlier, interrupted use of the same id)."""
     for ns in list_netns():
         if ns.startswith(f"{PREFIX}{run_id}-"):
             kill_netns_processes(ns)
             sh("ip", "netns", "del", ns, check=False)
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def in_netns(ns: str, fn: Callable[..., T], *args: Any, timeout: float = 30.0) -> T:
@@ -143,13 +115,7 @@ def in_netns(ns: str, fn: Callable[..., T], *args: Any, timeout: float = 30.0) -
 
     def run() -> None:
         try:
-            fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns({ns}): {os.strerror(err)}")
-            finally:
-                os.close(fd)
+            enter_netns(ns)
             box["value"] = fn(*args)
         except BaseException as exc:  # handed to the caller
             box["error"] = exc

@@ -95,6 +95,17 @@ def kill_netns_processes(ns: str, timeout: float = 3.0) -> None:
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+def enter_netns(ns: str) -> None:
+    """Move the calling thread into network namespace `ns` (sockets it opens then live there)."""
+    fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns({ns}): {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
 class NsLoop:
     """An event loop on its own thread, inside network namespace `ns` (None: where we are).
 
@@ -116,13 +127,7 @@ class NsLoop:
     def _run(self) -> None:
         try:
             if self.ns is not None:
-                fd = os.open(f"/run/netns/{self.ns}", os.O_RDONLY)
-                try:
-                    if _libc.setns(fd, CLONE_NEWNET) != 0:
-                        err = ctypes.get_errno()
-                        raise OSError(err, f"setns({self.ns}): {os.strerror(err)}")
-                finally:
-                    os.close(fd)
+                enter_netns(self.ns)
         except BaseException as exc:  # handed to the constructor
             self._error = exc
             self._ready.set()
