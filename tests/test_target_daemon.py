@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from tests.scsi import cdbs
 
 from ophiura.block.file import FileBlockDevice
 from ophiura.iscsi.initiator import IscsiInitiator
@@ -37,12 +38,6 @@ class StallingFileDevice(FileBlockDevice):
         super()._write_blocking(data, offset, fua)
 
 
-def write10(lba: int, blocks: int) -> bytes:
-    return (
-        bytes([0x2A, 0]) + lba.to_bytes(4, "big") + bytes([0]) + blocks.to_bytes(2, "big") + b"\0"
-    )
-
-
 async def test_stalled_disk_freezes_only_its_own_commands(tmp_path: Path) -> None:
     stalled = StallingFileDevice(tmp_path / "stalled.img", size=8 * MiB)
     healthy = FileBlockDevice(tmp_path / "healthy.img", size=8 * MiB)
@@ -56,7 +51,7 @@ async def test_stalled_disk_freezes_only_its_own_commands(tmp_path: Path) -> Non
         other = await IscsiInitiator.connect("127.0.0.1", server.port, HEALTHY, "iqn.x:b")
         await victim.test_unit_ready()
         await other.test_unit_ready()
-        stuck = await victim.start_scsi(0, write10(8, 8), data_out=os.urandom(4096))
+        stuck = await victim.start_scsi(0, cdbs.write(10, 8, 8), data_out=os.urandom(4096))
         assert await asyncio.to_thread(stalled.stalled.wait, 5), "the write never reached disk"
 
         # While that write hangs, another session does real I/O, bounded in time.
@@ -96,7 +91,7 @@ async def test_full_disk_gives_space_allocation_failed_and_target_lives(tmp_path
             "127.0.0.1", daemon.server.port, daemon.config.iqn, "iqn.x:full"
         )
         await ini.test_unit_ready()
-        result = await ini.scsi(0, write10(0, 1), data_out=bytes(512))
+        result = await ini.scsi(0, cdbs.write(10, 0, 1), data_out=bytes(512))
         assert result.status == Status.CHECK_CONDITION
         assert result.sense_key == 0x07  # DATA PROTECT
         assert result.asc_ascq == (0x27, 0x07)  # SPACE ALLOCATION FAILED WRITE PROTECT

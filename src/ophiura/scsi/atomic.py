@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from ophiura.scsi.api import Command, Response
 from ophiura.scsi.logical_unit import MAX_COMPARE_AND_WRITE_BLOCKS, LogicalUnit
-from ophiura.scsi.sbc import first_difference
+from ophiura.scsi.sbc import data_blocks, first_difference
 from ophiura.scsi.sense import invalid_cdb, miscompare
 
 if TYPE_CHECKING:
@@ -96,14 +96,12 @@ async def write_atomic16(t: ScsiTarget, lu: LogicalUnit, cmd: Command) -> Respon
     if blocks > lu.max_atomic_blocks:
         raise invalid_cdb(12)
     lu.check_writable()
-    bs = lu.block_size
-    spdtl = blocks * bs
-    # Short Data-Out (EDTL < SPDTL): the whole blocks that arrived, as for WRITE (sbc.py).
-    count = min(len(cmd.data_out), spdtl) // bs
-    if count == 0:
+    spdtl = blocks * lu.block_size
+    # Short Data-Out (EDTL < SPDTL): the whole blocks that arrived, as for WRITE.
+    data = data_blocks(lu, cmd, blocks)
+    if not len(data):
         return Response(data_out_length=spdtl)
-    data = memoryview(cmd.data_out)[: count * bs]
-    rng = await lu.guard.begin_atomic(lba, lba + count)
+    rng = await lu.guard.begin_atomic(lba, lba + len(data) // lu.block_size)
     try:
         await lu.write_locked(lba, data, bool(c[1] & 0x08))
     finally:

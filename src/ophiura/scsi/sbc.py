@@ -78,7 +78,7 @@ async def read16(t: ScsiTarget, lu: LogicalUnit, cmd: Command) -> Response:
 # -- WRITE ----------------------------------------------------------------------------------
 
 
-def _data_blocks(lu: LogicalUnit, cmd: Command, blocks: int) -> memoryview | bytes:
+def data_blocks(lu: LogicalUnit, cmd: Command, blocks: int) -> memoryview | bytes:
     """The Data-Out the CDB describes, cut to whole blocks that actually arrived."""
     data = cmd.data_out
     want = blocks * lu.block_size
@@ -97,7 +97,7 @@ async def _write(
         raise invalid_cdb(tl_byte)
     lu.check_writable()
     spdtl = blocks * lu.block_size
-    data = _data_blocks(lu, cmd, blocks)
+    data = data_blocks(lu, cmd, blocks)
     if len(data):
         await lu.write(lba, data, fua)
     return Response(data_out_length=spdtl)
@@ -142,7 +142,7 @@ async def _write_verify(lu: LogicalUnit, cmd: Command, lba: int, blocks: int, tl
     if bytchk > 1:
         raise invalid_cdb(1, 2)
     response = await _write(lu, cmd, lba, blocks, True, tl)
-    data = _data_blocks(lu, cmd, blocks)
+    data = data_blocks(lu, cmd, blocks)
     if bytchk and len(data):
         # Verify what the medium now holds against what we were sent.
         stored = await lu.read(lba, len(data) // lu.block_size)
@@ -183,7 +183,7 @@ async def _verify(lu: LogicalUnit, cmd: Command, lba: int, blocks: int, tl: int)
         # a file-backed LU back adds I/O and proves nothing more.
         return Response()
     if bytchk == 1:
-        data = _data_blocks(lu, cmd, blocks)
+        data = data_blocks(lu, cmd, blocks)
         spdtl = blocks * bs
         expected = data
         count = len(data) // bs
