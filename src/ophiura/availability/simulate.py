@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -101,6 +102,42 @@ def _streams(seed: int, count: int) -> list[random.Random]:
     return [random.Random(master.getrandbits(64)) for _ in range(count)]
 
 
+def _replicate(
+    run: Callable[[random.Random], tuple[float, int, int, float]],
+    *,
+    model: str,
+    years: float,
+    replications: int,
+    seed: int,
+    confidence: float,
+    formula: Fraction | None,
+    formula_name: str,
+) -> SimResult:
+    """`run` (one replication: availability, outages, events, down time) once per seeded
+    stream, pooled into one result with its interval."""
+    t0 = time.perf_counter()
+    samples, outages, events, down = [], 0, 0, 0.0
+    for rng in _streams(seed, replications):
+        a, o, e, d = run(rng)
+        samples.append(a)
+        outages += o
+        events += e
+        down += d
+    return SimResult(
+        model=model,
+        interval=mean_interval(samples, confidence),
+        replications=replications,
+        years=years,
+        seed=seed,
+        outages=outages,
+        events=events,
+        mean_outage_s=down / outages if outages else None,
+        wall_s=time.perf_counter() - t0,
+        formula=formula,
+        formula_name=formula_name,
+    )
+
+
 def _quorum_run(
     rng: random.Random, n: int, q: int, lam: float, mu: float, horizon: float
 ) -> tuple[float, int, int, float]:
@@ -160,24 +197,13 @@ def simulate_quorum(
     mu = 1.0 / se_mttr_s
     lam = float(rho_f) * mu
     horizon = years * YEAR_S / replications
-    t0 = time.perf_counter()
-    samples, outages, events, down = [], 0, 0, 0.0
-    for rng in _streams(seed, replications):
-        a, o, e, d = _quorum_run(rng, n, q, lam, mu, horizon)
-        samples.append(a)
-        outages += o
-        events += e
-        down += d
-    return SimResult(
+    return _replicate(
+        lambda rng: _quorum_run(rng, n, q, lam, mu, horizon),
         model=f"quorum N={n} Q={q} rho={float(rho_f):g}",
-        interval=mean_interval(samples, confidence),
-        replications=replications,
         years=years,
+        replications=replications,
         seed=seed,
-        outages=outages,
-        events=events,
-        mean_outage_s=down / outages if outages else None,
-        wall_s=time.perf_counter() - t0,
+        confidence=confidence,
         formula=eq1(rho_f, q, n),
         formula_name="Eq. 1",
     )
@@ -278,26 +304,15 @@ def simulate_cluster(
     _check_run(years, replications, 1.0)
     horizon = years * YEAR_S / replications
     warmup = 10 * (uptime_s + downtime_s)
-    t0 = time.perf_counter()
-    samples, outages, events, down = [], 0, 0, 0.0
-    for rng in _streams(seed, replications):
-        a, o, e, d = _cluster_run(
+    return _replicate(
+        lambda rng: _cluster_run(
             rng, nodes, uptime_s, downtime_s, detect_s, recover_s, horizon, warmup
-        )
-        samples.append(a)
-        outages += o
-        events += e
-        down += d
-    return SimResult(
+        ),
         model=f"cluster nodes={nodes}",
-        interval=mean_interval(samples, confidence),
-        replications=replications,
         years=years,
+        replications=replications,
         seed=seed,
-        outages=outages,
-        events=events,
-        mean_outage_s=down / outages if outages else None,
-        wall_s=time.perf_counter() - t0,
+        confidence=confidence,
         formula=formula,
         formula_name="Eq. 3",
     )
