@@ -26,6 +26,7 @@ from ophiura.availability import report as rpt
 from ophiura.availability.units import exact, parse_duration, parse_instant, parse_probability
 
 Result = tuple[dict[str, Any], Callable[..., None], dict[str, Any]]
+NINES_QUESTIONS = ("nines_of", "klass", "downtime_per_year", "failures_per_year")
 
 
 def _int_list(text: str, opt: str) -> list[int]:
@@ -143,10 +144,7 @@ def avail(**o: Any) -> None:
     Formulas and sources: docs/availability.md.
     """
     modes = {
-        "nines": any(
-            o[k] is not None
-            for k in ("nines_of", "klass", "downtime_per_year", "failures_per_year")
-        ),
+        "nines": any(o[k] is not None for k in NINES_QUESTIONS),
         "table": o["as_table"],
         "starfish": not o["as_table"]
         and (o["se_availability"] is not None or o["rho"] is not None),
@@ -179,9 +177,7 @@ def avail(**o: Any) -> None:
             "cluster": _cluster_mode,
             "measured": _measured_mode,
         }[mode](o)
-    except (starfish.ModelError, cluster_model.ClusterModelError) as exc:
-        raise click.UsageError(str(exc)) from None
-    except measured.LogError as exc:
+    except (starfish.ModelError, cluster_model.ClusterModelError, measured.LogError) as exc:
         raise click.UsageError(str(exc)) from None
     if o["plot_path"] is not None:
         data["plot"] = str(_plot(o))
@@ -189,8 +185,7 @@ def avail(**o: Any) -> None:
 
 
 def _nines_mode(o: dict[str, Any]) -> Result:
-    given = [k for k in ("nines_of", "klass", "downtime_per_year", "failures_per_year")
-             if o[k] is not None]  # fmt: skip
+    given = [k for k in NINES_QUESTIONS if o[k] is not None]
     if len(given) > 1:
         raise click.UsageError("give one of --nines, --class, --downtime-per-year, "
                                "--failures-per-year")  # fmt: skip

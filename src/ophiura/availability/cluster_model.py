@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from ophiura.availability.nines import Availability
+from ophiura.availability.nines import Availability, restore_time
+from ophiura.availability.units import YEAR_S
 
 
 class ClusterModelError(ValueError):
@@ -50,7 +51,7 @@ class ClusterResult:
     @property
     def t_restore(self) -> Fraction:
         """Bottomley Eq. 1: what a failover costs, T_detect + T_recover."""
-        return self.t_detect + self.t_recover
+        return restore_time(self.t_detect, self.t_recover)
 
     @property
     def node(self) -> Availability:
@@ -74,7 +75,7 @@ class ClusterResult:
             "detect_s": float(self.t_detect),
             "recover_s": float(self.t_recover),
             "restore_s": float(self.t_restore),
-            "failures_per_year": float(Fraction(365 * 86400) / (self.t_up + self.t_down)),
+            "failures_per_year": float(Fraction(YEAR_S) / (self.t_up + self.t_down)),
             "downtime_per_failure_s": float(self.downtime_per_failure),
             "node": self.node.to_json(),
             "eq3": self.cluster.to_json(),

@@ -170,9 +170,7 @@ class StarfishResult:
             "rho": float(self.rho),
             "rho_exact": decimal_str(self.rho),
             "load_convention": self.convention,
-            "se_availability": None
-            if self.se_availability is None
-            else decimal_str(self.se_availability),
+            "se_availability": _dec(self.se_availability),
             "single_se": self.single_se.to_json(),
             "eq1": self.write.to_json(),
             "reliability": self.reliability.to_json(),
@@ -269,9 +267,7 @@ class Table:
             "equation": "eq2" if self.rho_he is not None else "eq1",
             "load_convention": self.convention,
             "rho_he": None if self.rho_he is None else float(self.rho_he),
-            "he_availability": None
-            if self.he_availability is None
-            else decimal_str(self.he_availability),
+            "he_availability": _dec(self.he_availability),
             "columns": [{"q": q, "n": n} for q, n in self.columns],
             "rows": [r.to_json() for r in self.rows],
         }
