@@ -121,15 +121,6 @@ class RecordClient:
             resp.raise_for_status()
             return json.loads(await resp.text())
 
-    async def health(self, timeout: float = 2.0) -> dict[str, Any]:
-        timeouts = aiohttp.ClientTimeout(total=timeout)
-        async with (
-            aiohttp.ClientSession(timeout=timeouts) as s,
-            s.get(f"{self.base}/health") as resp,
-        ):
-            resp.raise_for_status()
-            return json.loads(await resp.text())
-
 
 def verify(ledger: Ledger, stored: dict[str, Any]) -> dict[str, Any]:
     """Acknowledged records against what the app reads back: lost = acked but absent or with
