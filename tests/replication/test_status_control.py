@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -13,17 +12,7 @@ from click.testing import CliRunner
 from ophiura.cli import main
 from ophiura.replication.control import ControlError, control_call
 
-from .he_harness import SECRET, SeHandle, he_config, secret_file, spawn_ses, start_he, wait_all_up
-
-
-@pytest.fixture
-async def ses(tmp_path: Path) -> AsyncIterator[list[SeHandle]]:
-    handles = await spawn_ses(tmp_path)
-    try:
-        yield handles
-    finally:
-        for h in handles:
-            h.terminate()
+from .he_harness import SECRET, SeHandle, he_config, secret_file, start_he, wait_all_up
 
 
 async def test_status_volume_admin_and_auth(ses: list[SeHandle], tmp_path: Path) -> None:

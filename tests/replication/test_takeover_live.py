@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,22 +23,12 @@ from .he_harness import (
     free_port,
     he_config,
     secret_file,
-    spawn_ses,
     start_he,
     wait_all_up,
     wait_for,
+    wait_port,
     writer_loop,
 )
-
-
-@pytest.fixture
-async def ses(tmp_path: Path) -> AsyncIterator[list[SeHandle]]:
-    handles = await spawn_ses(tmp_path)
-    try:
-        yield handles
-    finally:
-        for h in handles:
-            h.terminate()
 
 
 async def test_standby_takeover_fences_the_old_he(ses: list[SeHandle], tmp_path: Path) -> None:
@@ -137,18 +126,6 @@ def _he_cmd(ses: list[SeHandle], tmp: Path, nbd: int, control: int, *extra: str)
     return cmd
 
 
-async def _wait_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            _, w = await asyncio.open_connection("127.0.0.1", port)
-            w.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {port}")
-
-
 async def test_kill9_active_he_then_takeover_loses_no_ack(
     ses: list[SeHandle], tmp_path: Path
 ) -> None:
@@ -160,8 +137,8 @@ async def test_kill9_active_he_then_takeover_loses_no_ack(
     he1 = subprocess.Popen(_he_cmd(ses, tmp_path, nbd1, ctl1), stderr=log1)
     he2 = subprocess.Popen(_he_cmd(ses, tmp_path, nbd2, ctl2, "--standby"), stderr=log2)
     try:
-        await _wait_port(ctl2)
-        await _wait_port(nbd1)
+        await wait_port(ctl2)
+        await wait_port(nbd1)
         client = await NbdClient.connect("127.0.0.1", nbd1, "vol")
         ledger = Ledger(errors=(NbdClientError, OSError, ConnectionError))
         stop = asyncio.Event()

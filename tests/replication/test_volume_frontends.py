@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,7 +16,6 @@ from ophiura.nbd.constants import Errno
 from .he_harness import (
     SeHandle,
     he_config,
-    spawn_ses,
     start_he,
     wait_all_up,
     wait_for,
@@ -26,16 +24,6 @@ from .he_harness import (
 IQN = "iqn.2026-11.org.ophiura:vol"
 DATA_PROTECT = 0x7
 WRITE_PROTECTED = (0x27, 0x00)
-
-
-@pytest.fixture
-async def ses(tmp_path: Path) -> AsyncIterator[list[SeHandle]]:
-    handles = await spawn_ses(tmp_path)
-    try:
-        yield handles
-    finally:
-        for h in handles:
-            h.terminate()
 
 
 async def test_read_only_over_iscsi_and_nbd(ses: list[SeHandle], tmp_path: Path) -> None:
