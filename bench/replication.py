@@ -288,23 +288,24 @@ def micro_direct(uri: str, args: argparse.Namespace, label: str, backing: Path) 
     for w in MICROS:
         if args.only and w.key not in args.only:
             continue
-        try:
-            if w.key == "read_hit":
-                warm(uri, args.workdir / "fio-warm.json")
-            _cold(w, args, [backing])
-            m = run_micro(
-                w, uri, args.size, args.seconds, args.workdir / f"fio-direct-{w.key}.json"
-            )
-        except WorkloadError as exc:
-            run.errors[w.key] = str(exc)
-            say(f"   {w.title}: ERROR {exc}")
-            continue
-        run.results[w.key] = m
-        _say_result(w, m)
+        _micro_into(run, w, uri, args, [backing], "direct")
     return run
 
 
-def _say_result(w: Micro, m: FioMeasurement) -> None:
+def _micro_into(
+    run: ConfigRun, w: Micro, uri: str, args: argparse.Namespace, files: list[Path], tag: str
+) -> None:
+    """Warm or drop the caches `w` needs, run it, record and report the result or its error."""
+    try:
+        if w.key == "read_hit":
+            warm(uri, args.workdir / "fio-warm.json")
+        _cold(w, args, files)
+        m = run_micro(w, uri, args.size, args.seconds, args.workdir / f"fio-{tag}-{w.key}.json")
+    except WorkloadError as exc:
+        run.errors[w.key] = str(exc)
+        say(f"   {w.title}: ERROR {exc}")
+        return
+    run.results[w.key] = m
     say(
         f"   {w.title}: {m.latency_ms:.3f} ms mean, p50 {m.lat_p50_us / 1000:.3f} ms, "
         f"{m.mib_per_s:,.1f} MiB/s ({m.iops:,.0f} IOPS)"
@@ -327,19 +328,7 @@ def micro_replicated(cluster: Cluster, cfg: Config, args: argparse.Namespace) ->
             continue
         uri = cluster.uri()
         for w in todo:
-            try:
-                if w.key == "read_hit":
-                    warm(uri, args.workdir / "fio-warm.json")
-                _cold(w, args, cluster.data_files())
-                m = run_micro(
-                    w, uri, args.size, args.seconds, args.workdir / f"fio-{cfg.key}-{w.key}.json"
-                )
-            except WorkloadError as exc:
-                run.errors[w.key] = str(exc)
-                say(f"   {w.title}: ERROR {exc}")
-                continue
-            run.results[w.key] = m
-            _say_result(w, m)
+            _micro_into(run, w, uri, args, cluster.data_files(), cfg.key)
         with contextlib.suppress(Exception):
             st = cluster.status()
             vol = next(v for v in st["volumes"] if v["name"] == VOLUME)
