@@ -43,7 +43,13 @@ from ophiura.replication.se_session import (
     ReplicaState,
     SeSession,
 )
-from ophiura.replication.write_queue import BlockSeqMap, OpKind, WriteOp, WriteQueue
+from ophiura.replication.write_queue import (
+    ENTRY_OVERHEAD,
+    BlockSeqMap,
+    OpKind,
+    WriteOp,
+    WriteQueue,
+)
 
 log = logging.getLogger(__name__)
 
@@ -347,7 +353,7 @@ class HostElementVolume(ReplicaLife):
             raise BlockDeviceError(f"{self.name}: volume is closed")
         if self.fenced or self.counting() < self.quorum:
             await self._wait_writable()  # returns only when writable
-        cost = (len(data) if data is not None else 0) + 64
+        cost = (len(data) if data is not None else 0) + ENTRY_OVERHEAD  # == WriteOp.cost
         if not self.queue.fits(cost):
             await self._make_room(cost)
         # ---- no await from here to the sends: sequence order == send order on every SE ----
@@ -391,9 +397,6 @@ class HostElementVolume(ReplicaLife):
 
     async def _wait_writable(self) -> None:
         """Fail fast when read-only, except while SEs are still attaching (just connected)."""
-        if self.fenced or self.counting() >= self.quorum:
-            self._raise_if_unwritable()
-            return
         deadline = time.monotonic() + self.config.attach_wait
         while self.counting() < self.quorum and not self.fenced:
             attaching = any(
@@ -409,8 +412,6 @@ class HostElementVolume(ReplicaLife):
     async def _make_room(self, cost: int) -> None:
         """Backpressure (StarFish §3): evict what every live SE acked; throttle; fail laggards."""
         queue = self.queue
-        if queue.fits(cost):
-            return
         deadline = time.monotonic() + self.config.backpressure_timeout
         blocked_since: float | None = None
         while not queue.fits(cost):

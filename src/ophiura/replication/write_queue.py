@@ -122,13 +122,6 @@ class WriteQueue:
             out.append(op)
         return out
 
-    def evict_one(self) -> WriteOp:
-        """Drop the oldest entry unconditionally (its laggards were declared failed)."""
-        op = self._entries.popleft()
-        self.used -= op.cost
-        self.evicted_upto = op.seq
-        return op
-
 
 def chunks_of(offset: int, length: int, chunk: int) -> range:
     return range(offset // chunk, (offset + max(length, 1) - 1) // chunk + 1)
