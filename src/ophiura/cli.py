@@ -99,7 +99,8 @@ def target(
     nbd_export: str,
 ) -> None:
     """Serve BACKING as LUN 0 of an iSCSI target until SIGTERM or SIGINT."""
-    from ophiura.target_daemon import DEFAULT_IQN, TargetConfig, TargetDaemon, run_event_loop
+    from ophiura.serve import run_event_loop
+    from ophiura.target_daemon import DEFAULT_IQN, TargetConfig, TargetDaemon
 
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
     credentials = _chap(chap)

@@ -8,9 +8,7 @@ file and exit 0.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from ophiura.iscsi.chap import Credentials
 from ophiura.iscsi.server import IscsiServer
 from ophiura.nbd.server import NbdServer
 from ophiura.scsi.target import ScsiTarget
+from ophiura.serve import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -103,23 +102,10 @@ class TargetDaemon:
             self.device = None
 
     async def run_until_signalled(self) -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         await self.start()
         try:
             await stop.wait()
         finally:
             log.info("stopping")
             await self.stop()
-
-
-def run_event_loop(main) -> None:  # type: ignore[no-untyped-def]
-    """Run `main()` on uvloop when installed (measurably faster here), else asyncio."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main())
-        return
-    uvloop.run(main())

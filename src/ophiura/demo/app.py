@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import signal
 import struct
 import time
 from typing import Any
@@ -32,6 +31,7 @@ import google_crc32c
 from aiohttp import web
 
 from ophiura.nbd.client import NbdClient, NbdClientError, NbdError
+from ophiura.serve import stop_on_signals
 
 log = logging.getLogger("ophiura.demo.app")
 
@@ -235,10 +235,8 @@ async def serve(args: argparse.Namespace) -> None:
     await runner.setup()
     await web.TCPSite(runner, host, int(port), reuse_address=True).start()
     log.info("node %s: serving records on %s", args.node, args.listen)
-    stop = asyncio.Event()
+    stop = stop_on_signals()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     lost = loop.create_task(app.lost.wait())
     await asyncio.wait([loop.create_task(stop.wait()), lost], return_when=asyncio.FIRST_COMPLETED)
     await runner.cleanup()

@@ -86,7 +86,7 @@ def _secret(path: Path | None) -> bytes:
 def he(config_file: Path | None, **flags: Any) -> None:
     """Run a host element: replicate volumes to SEs, serve them over iSCSI and NBD."""
     from ophiura.replication.host_element import HostElement
-    from ophiura.target_daemon import run_event_loop
+    from ophiura.serve import run_event_loop
 
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
     values: dict[str, Any] = load_toml(config_file) if config_file else {}

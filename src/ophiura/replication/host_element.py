@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-import signal
 import tempfile
 import time
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from ophiura.replication.scsi_state import (
 from ophiura.replication.se_session import SeSession
 from ophiura.replication.takeover import TakeoverError, claim_volume
 from ophiura.replication.volume import HostElementVolume, VolumeConfig
+from ophiura.serve import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +91,7 @@ class HostElement:
             shutil.rmtree(self._state_root, ignore_errors=True)
 
     async def run_until_signalled(self) -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         await self.start()
         try:
             await stop.wait()

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 from pathlib import Path
 
 import click
@@ -31,12 +29,10 @@ def _size(value: str, what: str) -> int:
 
 async def _serve(se_kwargs: dict[str, object]) -> None:
     from ophiura.replication.storage_element import StorageElement
+    from ophiura.serve import stop_on_signals
 
     se = StorageElement(**se_kwargs)  # type: ignore[arg-type]
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     await se.start()
     # A line for scripts and tests that start us with port 0.
     print(f"SE {se.name} listening on {se.host}:{se.port}", flush=True)
@@ -105,7 +101,7 @@ def se(
         "log_size": _size(log_size, "--log-size"),
         "recovery_rate": _size(recovery_rate, "--recovery-rate"),
     }
-    from ophiura.target_daemon import run_event_loop
+    from ophiura.serve import run_event_loop
 
     try:
         run_event_loop(lambda: _serve(kwargs))
