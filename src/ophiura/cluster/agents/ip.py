@@ -63,21 +63,24 @@ class IpSpec:
 
 
 class IpAgent:
-    async def _addresses(self, spec: IpSpec, timeout: float) -> tuple[set[str] | None, str, bool]:
-        """(addresses on the device or None when it is missing, output, device is UP)."""
+    async def _addresses(self, spec: IpSpec, timeout: float) -> tuple[set[str] | None, str]:
+        """(addresses on the device or None when it is missing, output)."""
         res = await run_process(spec.ip("-o", "addr", "show", "dev", spec.nic), timeout)
         if res.returncode != 0:
-            return None, res.output, False
-        link = await run_process(spec.ip("-o", "link", "show", "dev", spec.nic), timeout)
-        flags = link.output.split("<", 1)[1].split(">", 1)[0] if "<" in link.output else ""
-        up = "UP" in flags.split(",")
+            return None, res.output
         found = set()
         for line in res.output.splitlines():
             words = line.split()
             for i, w in enumerate(words[:-1]):
                 if w in ("inet", "inet6"):
                     found.add(words[i + 1].split("/", 1)[0])
-        return found, res.output, up
+        return found, res.output
+
+    async def _up(self, spec: IpSpec, timeout: float) -> bool:
+        """The device's link is UP (only a deep monitor asks: start and stop need not)."""
+        link = await run_process(spec.ip("-o", "link", "show", "dev", spec.nic), timeout)
+        flags = link.output.split("<", 1)[1].split(">", 1)[0] if "<" in link.output else ""
+        return "UP" in flags.split(",")
 
     async def start(self, resource: Resource, timeout: float) -> Outcome:
         t0 = time.monotonic()
@@ -85,7 +88,7 @@ class IpAgent:
             spec = IpSpec(resource)
         except ParamError as exc:
             return config_error(exc, t0)
-        have, output, _ = await self._addresses(spec, timeout)
+        have, output = await self._addresses(spec, timeout)
         if have is None:
             return done(OcfCode.ERR_INSTALLED, t0, f"device {spec.nic} not found", output)
         if str(spec.address) not in have:
@@ -140,7 +143,7 @@ class IpAgent:
             spec = IpSpec(resource)
         except ParamError as exc:
             return config_error(exc, t0)
-        have, _, _ = await self._addresses(spec, timeout)
+        have, _ = await self._addresses(spec, timeout)
         if have is None or str(spec.address) not in have:
             return done(OcfCode.SUCCESS, t0)  # a missing device holds no address
         res = await run_process(
@@ -163,12 +166,12 @@ class IpAgent:
             spec = IpSpec(resource)
         except ParamError as exc:
             return config_error(exc, t0)
-        have, output, up = await self._addresses(spec, timeout)
+        have, output = await self._addresses(spec, timeout)
         if have is None:
             return done(OcfCode.ERR_GENERIC, t0, f"device {spec.nic} is gone", output)
         if str(spec.address) not in have:
             return done(OcfCode.NOT_RUNNING, t0, f"{spec.cidr} not on {spec.nic}")
-        if resource.monitor_depth >= 10 and not up:
+        if resource.monitor_depth >= 10 and not await self._up(spec, timeout):
             return done(OcfCode.ERR_GENERIC, t0, f"{spec.nic} is down", output)
         return done(OcfCode.SUCCESS, t0)
 
