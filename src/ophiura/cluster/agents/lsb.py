@@ -81,10 +81,8 @@ class LsbAgent:
         env.update({f"OCF_RESKEY_{k}": v for k, v in resource.params.items() if k != NETNS})
         return env
 
-    async def _run(
-        self, resource: Resource, action: str, timeout: float, mapper: Callable[[int], OcfCode]
-    ) -> Outcome:
-        t0 = time.monotonic()
+    def _script(self, resource: Resource, t0: float) -> Path | Outcome:
+        """The resource's init script, or why there is none (ERR_CONFIGURED, ERR_INSTALLED)."""
         try:
             path = self.path(resource.kind)
         except ValueError as exc:
@@ -93,6 +91,15 @@ class LsbAgent:
             return Outcome(
                 OcfCode.ERR_INSTALLED, time.monotonic() - t0, reason=f"no init script {path}"
             )
+        return path
+
+    async def _run(
+        self, resource: Resource, action: str, timeout: float, mapper: Callable[[int], OcfCode]
+    ) -> Outcome:
+        t0 = time.monotonic()
+        path = self._script(resource, t0)
+        if isinstance(path, Outcome):
+            return path
         argv = [*netns_prefix(resource.params.get(NETNS)), str(path), action]
         result = await run_process(argv, timeout, env=self._env(resource), cwd="/")
         return to_outcome(result, mapper, f"{path} {action}")
@@ -111,14 +118,9 @@ class LsbAgent:
 
     async def validate(self, resource: Resource, timeout: float) -> Outcome:
         t0 = time.monotonic()
-        try:
-            path = self.path(resource.kind)
-        except ValueError as exc:
-            return Outcome(OcfCode.ERR_CONFIGURED, 0.0, reason=str(exc))
-        if not path.is_file():
-            return Outcome(
-                OcfCode.ERR_INSTALLED, time.monotonic() - t0, reason=f"no init script {path}"
-            )
+        path = self._script(resource, t0)
+        if isinstance(path, Outcome):
+            return path
         if not os.access(path, os.X_OK):
             return Outcome(
                 OcfCode.ERR_PERM, time.monotonic() - t0, reason=f"{path} is not executable"
