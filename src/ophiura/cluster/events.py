@@ -76,6 +76,18 @@ def alert_env(event: Mapping[str, Any], recipient: str) -> dict[str, str]:
     return env
 
 
+def _stop_worker(
+    q: queue.Queue[dict[str, Any] | None], thread: threading.Thread | None, timeout: float
+) -> None:
+    """Ask a queue's worker thread to finish what is queued and end; wait up to `timeout`."""
+    if thread is not None:
+        try:
+            q.put(None, timeout=timeout)
+        except queue.Full:
+            return
+        thread.join(timeout)
+
+
 class EventLog:
     """Appends events to `<dir>/events-YYYY-MM-DD.jsonl` from a writer thread; keeps recent ones."""
 
@@ -142,12 +154,7 @@ class EventLog:
                 log.warning("cannot remove old event log %s: %s", old, exc)
 
     def stop(self, timeout: float = 2.0) -> None:
-        if self._thread is not None:
-            try:
-                self._q.put(None, timeout=timeout)
-            except queue.Full:
-                return
-            self._thread.join(timeout)
+        _stop_worker(self._q, self._thread, timeout)
 
 
 class Notifications:
@@ -227,9 +234,4 @@ class Notifications:
                 smtp.send_message(msg)
 
     def stop(self, timeout: float = 2.0) -> None:
-        if self._thread is not None:
-            try:
-                self._q.put(None, timeout=timeout)
-            except queue.Full:
-                return
-            self._thread.join(timeout)
+        _stop_worker(self._q, self._thread, timeout)

@@ -225,9 +225,7 @@ class DiskWatchdogAgent:
         if first.is_alive() or code != OcfCode.SUCCESS:
             st.stop.set()
             return done(OcfCode.ERR_GENERIC, t0, reason or f"first round on {spec.device} hung")
-        st.thread = threading.Thread(
-            target=st.loop, name=f"disk-watchdog-{resource.name}", daemon=True
-        )
+        st.thread = threading.Thread(target=st.loop, name=name, daemon=True)
         st.thread.start()
         self._running[resource.name] = st
         return done(OcfCode.SUCCESS, t0, f"round took {st.last_latency * 1e3:.2f} ms")
