@@ -35,7 +35,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -98,6 +98,18 @@ def missing_tools(**tools: str) -> str | None:
         ensure_tools(*absent.values())
     still = [f"{prog} ({pkg})" for prog, pkg in absent.items() if shutil.which(prog) is None]
     return f"not installed: {', '.join(still)}" if still else None
+
+
+def open_lab(storage: bool = True, **tools: str) -> Iterator[Lab]:
+    """A `lab` fixture's body: skip (and say why) unless namespaces and `tools` are usable."""
+    import pytest  # here, not at the top: bench/failover.py imports this module too
+
+    why = unavailable() or missing_tools(**tools)
+    if why:
+        print(f"SKIP: {why}")
+        pytest.skip(why)
+    with Lab(storage=storage) as lab:
+        yield lab
 
 
 def cleanup_stale(run_id: str) -> None:

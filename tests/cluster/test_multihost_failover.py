@@ -22,21 +22,15 @@ from .netns import (
     HttpClient,
     Lab,
     NsCluster,
-    missing_tools,
+    open_lab,
     pr_holder,
-    unavailable,
     web_hierarchy,
 )
 
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    why = unavailable() or missing_tools(arping="arping")
-    if why:
-        print(f"SKIP: {why}")
-        pytest.skip(why)
-    with Lab() as lab:
-        yield lab
+    yield from open_lab(arping="arping")
 
 
 @pytest.mark.timeout(90)

@@ -16,21 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from .netns import CLIENT_ADDR, NET, VIP, Lab, NsCluster, missing_tools, unavailable, web_hierarchy
+from .netns import CLIENT_ADDR, NET, VIP, Lab, NsCluster, open_lab, web_hierarchy
 
 DOWN = f"{NET}.99"  # on network A, held by no host
 
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    why = unavailable() or missing_tools(
-        arping="arping", fence_heuristics_ping="fence-agents", ping="iputils-ping"
+    yield from open_lab(
+        storage=False, arping="arping", fence_heuristics_ping="fence-agents", ping="iputils-ping"
     )
-    if why:
-        print(f"SKIP: {why}")
-        pytest.skip(why)
-    with Lab(storage=False) as lab:
-        yield lab
 
 
 def ping(name: str, target: str) -> str:

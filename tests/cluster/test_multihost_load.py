@@ -23,9 +23,8 @@ from .netns import (
     VIP,
     Lab,
     NsCluster,
-    missing_tools,
+    open_lab,
     pr_holder,
-    unavailable,
     web_hierarchy,
     write_as,
 )
@@ -38,12 +37,7 @@ HOG = "import time\nend = time.monotonic() + float(__import__('sys').argv[1])\n"
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    why = unavailable() or missing_tools(arping="arping")
-    if why:
-        print(f"SKIP: {why}")
-        pytest.skip(why)
-    with Lab() as lab:
-        yield lab
+    yield from open_lab(arping="arping")
 
 
 def trouble(c: NsCluster, since: float) -> list[str]:

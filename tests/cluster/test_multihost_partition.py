@@ -22,9 +22,8 @@ from .netns import (
     VIP,
     Lab,
     NsCluster,
-    missing_tools,
+    open_lab,
     pr_holder,
-    unavailable,
     web_hierarchy,
 )
 
@@ -34,12 +33,7 @@ DB_LUN = TARGET_PORT + 1
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    why = unavailable() or missing_tools(arping="arping", nft="nftables")
-    if why:
-        print(f"SKIP: {why}")
-        pytest.skip(why)
-    with Lab() as lab:
-        yield lab
+    yield from open_lab(arping="arping", nft="nftables")
 
 
 def hook(tmp: Path) -> str:

@@ -26,6 +26,7 @@ from ophiura.cluster.watchdog import Watchdog, WatchdogError
 from .kit import config_dict
 from .live import LiveCluster, cluster_toml
 from .test_live_local import running
+from .test_live_quorum import config
 
 
 class Reader:
@@ -115,19 +116,6 @@ def test_validate_watchdog_timeout() -> None:
     assert not any("watchdog" in p for p in validate(parse(d)))
 
 
-HIER = """
-[[hierarchies]]
-name = "web"
-nodes = ["n1", "n2"]
-
-[[hierarchies.resources]]
-name = "app"
-kind = "python:tests.cluster.fake_agent:FakeAgent"
-params = {{ dir = "{markers}" }}
-monitor_interval = 0.3
-"""
-
-
 @pytest.fixture
 def two(tmp_path: Path) -> Iterator[tuple[LiveCluster, dict[str, Reader], Path]]:
     """n1, n2 in quorate mode with a tie-breaker they never hold: alone, a node has no quorum."""
@@ -140,7 +128,7 @@ def two(tmp_path: Path) -> Iterator[tuple[LiveCluster, dict[str, Reader], Path]]
     )
     c = LiveCluster(
         tmp_path,
-        cluster_toml(tmp_path, ["n1", "n2"], HIER.format(markers=markers), extra_cluster=extra),
+        cluster_toml(tmp_path, ["n1", "n2"], config(markers), extra_cluster=extra),
     )
     c.start_all()
     try:
