@@ -61,7 +61,7 @@ def run(opts: Options) -> int:
     from ophiura.demo.poller import Poller
     from ophiura.demo.report import availability, render
     from ophiura.demo.scenario import Pace, Story, StoryError
-    from ophiura.demo.topology import HIERARCHY, Topology, TopologyError
+    from ophiura.demo.topology import HIERARCHY, QUORUM, Topology, TopologyError
     from ophiura.demo.view import LiveView, PlainNarrator
 
     # a pipe or a log file gets the report at a readable width, not 80 columns
@@ -99,7 +99,7 @@ def run(opts: Options) -> int:
             "mode": topo.mode,
             "left_out": topo.left_out,
             "n": len(topo.ses),
-            "q": 2,
+            "q": QUORUM,
             "nodes": list(topo.nodes),
             "events": story.events,
             "records": None,
@@ -186,6 +186,8 @@ def _restore(handlers: dict[int, Any]) -> None:
 
 
 def _availability(story: Any, topo: Any, availability: Any, hierarchy: str) -> dict[str, Any]:
+    from ophiura.demo.topology import QUORUM
+
     ledger = story.client.ledger
     first, end = ledger.acked[0].sent, story.client_stopped
     to_wall = time.time() - time.monotonic()
@@ -197,7 +199,7 @@ def _availability(story: Any, topo: Any, availability: Any, hierarchy: str) -> d
         (first + to_wall, end + to_wall),
         sorted((topo.tmp / "state").glob("*/events")),
         len(topo.ses),
-        2,
+        QUORUM,
         hierarchy,
         failover,
         topo.deadline,

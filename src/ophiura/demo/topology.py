@@ -38,6 +38,7 @@ from ophiura.demo import netns
 
 NODES = ("n1", "n2", "n3")
 SES = ("a", "b", "c")
+QUORUM = 2  # N=3, Q=2: a majority, so no acknowledged write is lost with one SE
 VOLUME = "demo"
 VOLUME_SIZE = "32M"
 HIERARCHY = "demo"
@@ -285,7 +286,7 @@ class Topology:
     def write_configs(self) -> None:
         ses = ", ".join(f'"{s}={h}:{p}"' for s, (h, p) in self.se_addrs.items())
         self.he_file.write_text(
-            f"# the HE of every node: N=3, Q=2\nquorum = 2\nse = [{ses}]\n"
+            f"# the HE of every node: N={len(SES)}, Q={QUORUM}\nquorum = {QUORUM}\nse = [{ses}]\n"
             f'volume = ["{VOLUME}:{VOLUME_SIZE}"]\nnbd = "{self.nbd[0]}:{self.nbd[1]}"\n'
             f'cache = "8M"\nqueue = "16M"\n'
         )
