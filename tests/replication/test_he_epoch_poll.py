@@ -23,7 +23,7 @@ from ophiura.replication.volume import HostElementVolume, VolumeConfig
 class FakeClient:
     """Answers pings and LIST_VOLUMES from `epochs`; counts requests."""
 
-    epochs: dict[str, int] = field(default_factory=dict)
+    epochs: dict[str, tuple[int, int]] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
     rtt: float = 0.001
     fail: bool = False
@@ -38,7 +38,9 @@ class FakeClient:
         self.calls.append("list")
         if self.fail:
             raise SeUnavailable("x", "list volumes", "down")
-        return [VolumeState(v, e, 0, 1 << 20, 512, "up") for v, e in self.epochs.items()]
+        return [
+            VolumeState(v, e[0], 0, 1 << 20, 512, "up", he_id=e[1]) for v, e in self.epochs.items()
+        ]
 
     async def close(self) -> None:
         pass
@@ -59,22 +61,22 @@ async def _ping_for(session: SeSession, seconds: float) -> None:
 
 
 async def test_plain_ping_without_epoch_listeners() -> None:
-    client = FakeClient({"vol": 1})
+    client = FakeClient({"vol": (1, 0)})
     session = _connected("a", client, 0.02)
     await _ping_for(session, 0.2)
     assert client.calls and set(client.calls) == {"ping"} and session.polls == 0
 
 
 async def test_poll_is_one_request_per_interval_and_reports_epochs() -> None:
-    client = FakeClient({"vol": 3, "vol.scsi": 3, "other": 9})
+    client = FakeClient({"vol": (3, 0), "vol.scsi": (3, 0), "other": (9, 0)})
     session = _connected("a", client, 0.02)
     seen: list[dict[str, int]] = []
 
     class Owner:
-        def listener(self, s: SeSession, epochs: dict[str, int]) -> None:
+        def listener(self, s: SeSession, epochs: dict[str, tuple[int, int]]) -> None:
             seen.append(epochs)
 
-        def broken(self, s: SeSession, epochs: dict[str, int]) -> None:
+        def broken(self, s: SeSession, epochs: dict[str, tuple[int, int]]) -> None:
             raise RuntimeError("a buggy volume must not stop the pings")
 
     owner = Owner()
@@ -85,7 +87,7 @@ async def test_poll_is_one_request_per_interval_and_reports_epochs() -> None:
     assert set(client.calls) == {"list"}
     assert 2 <= len(client.calls) <= 0.2 / 0.02 + 2
     assert len(seen) == session.polls == len(client.calls)
-    assert seen[0] == {"vol": 3, "vol.scsi": 3, "other": 9}
+    assert seen[0] == {"vol": (3, 0), "vol.scsi": (3, 0), "other": (9, 0)}
     session.remove_listeners(owner)  # a closed volume: back to plain pings
     client.calls.clear()
     session.state = SessionState.CONNECTED
@@ -94,7 +96,7 @@ async def test_poll_is_one_request_per_interval_and_reports_epochs() -> None:
 
 
 async def test_failed_poll_drops_the_connection() -> None:
-    client = FakeClient({"vol": 1}, fail=True)
+    client = FakeClient({"vol": (1, 0)}, fail=True)
     session = _connected("a", client, 0.02)
     session.on_epochs(lambda s, e: None)
     await asyncio.wait_for(session._ping_until_lost(), 2.0)
@@ -108,7 +110,7 @@ def _volume(sessions: list[SeSession], epoch: int) -> HostElementVolume:
 
 
 async def test_newer_epoch_on_any_se_fences_an_idle_volume() -> None:
-    clients = [FakeClient({"vol": 4, "vol.scsi": 4}) for _ in range(3)]
+    clients = [FakeClient({"vol": (4, 0), "vol.scsi": (4, 0)}) for _ in range(3)]
     sessions = [_connected(n, c, 0.02) for n, c in zip("abc", clients, strict=True)]
     vol = _volume(sessions, epoch=4)
     for r in vol.replicas.values():  # only the poll listener: no attach, no I/O
@@ -117,12 +119,12 @@ async def test_newer_epoch_on_any_se_fences_an_idle_volume() -> None:
     vol.on_state_change = lambda v: changes.append(v.fenced)
     # our own epoch (or an older one, or another volume's newer one): nothing happens
     for s in sessions:
-        s._epochs_seen({"vol": 4, "vol.scsi": 7, "x": 99})
-    sessions[0]._epochs_seen({"vol": 3})
+        s._epochs_seen({"vol": (4, 0), "vol.scsi": (7, 0), "x": (99, 0)})
+    sessions[0]._epochs_seen({"vol": (3, 0)})
     sessions[1]._epochs_seen({})
     assert not vol.fenced and changes == []
     # one SE (not a majority) at a newer epoch is enough: only a claim raises it
-    clients[2].epochs["vol"] = 5
+    clients[2].epochs["vol"] = (5, 0)
     task = asyncio.create_task(sessions[2]._ping_until_lost())
     t0 = time.monotonic()
     while not vol.fenced and time.monotonic() - t0 < 2.0:
@@ -131,13 +133,13 @@ async def test_newer_epoch_on_any_se_fences_an_idle_volume() -> None:
     sessions[2]._wake.set()
     await asyncio.wait_for(task, 2.0)
     assert vol.fenced and changes == [True]
-    assert vol.fence_reason == "SE c holds epoch 5 > ours 4"
+    assert vol.fence_reason == "SE c holds ballot (5, 0) > ours (4, 0)"
     assert vol.read_only and vol.status()["fenced"]
     with pytest.raises(Fenced):
         await vol.write(0, b"x" * 512)
     assert vol.latest_seq == 0  # refused before a sequence number was taken
-    sessions[0]._epochs_seen({"vol": 6})  # fenced once; the first reason stays
-    assert changes == [True] and "epoch 5" in (vol.fence_reason or "")
+    sessions[0]._epochs_seen({"vol": (6, 0)})  # fenced once; the first reason stays
+    assert changes == [True] and "(5, 0)" in (vol.fence_reason or "")
     await vol.close()
     assert all(not s._epoch_listeners for s in sessions)
 
@@ -146,7 +148,7 @@ async def test_closed_volume_ignores_polls() -> None:
     sessions = [_connected(n, FakeClient(), 0.02) for n in "ab"]
     vol = _volume(sessions, epoch=2)
     vol.closed = True
-    vol._epochs_polled(sessions[0], {"vol": 3})
+    vol._epochs_polled(sessions[0], {"vol": (3, 0)})
     assert not vol.fenced
 
 
@@ -185,14 +187,16 @@ class AttachingClient(FakeClient):
     """Enough of an SE for a volume to attach (caught up) and write; `hang` never answers."""
 
     def __init__(self, hang: bool = False) -> None:
-        super().__init__({"vol": 1})
+        super().__init__({"vol": (1, 0)})
         self.hang = hang
         self.writes: list[int] = []
 
     async def open_volume(self, volume: str, size: int, block_size: int) -> VolumeState:
         return VolumeState(volume, 1, 0, size, block_size, "up")
 
-    async def write(self, volume: str, epoch: int, seq: int, offset: int, data: Any) -> int:
+    async def write(
+        self, volume: str, epoch: int, seq: int, offset: int, data: Any, **ballot: int
+    ) -> int:
         self.writes.append(seq)
         if self.hang:
             await asyncio.get_running_loop().create_future()  # an SE that stopped answering

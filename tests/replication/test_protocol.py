@@ -78,7 +78,7 @@ def test_messages_round_trip_out_of_order_ids() -> None:
     client, server = pair()
     data = bytes(range(256)) * 16
     msgs = [
-        p.Write(7, "vol", 3, 42, 4096, data),
+        p.Write(7, "vol", 3, 0xABC, 41, 42, 4096, data),
         p.OpenVolume(1, "vol", 1 << 30, 4096),
         p.Recover(9, "vol", 3, "replay", "se2", "127.0.0.1", 7701, 100, 5 << 20),
         p.Ping(2, "x"),
@@ -97,7 +97,7 @@ def test_messages_round_trip_out_of_order_ids() -> None:
 def test_write_data_is_not_copied_on_send() -> None:
     client, _ = pair()
     data = bytearray(b"d" * 4096)
-    buffers = client.send(p.Write(1, "v", 1, 1, 0, data))
+    buffers = client.send(p.Write(1, "v", 1, 0, 0, 1, 0, data))
     assert any(b is data for b in buffers)
 
 
@@ -118,7 +118,7 @@ def test_reordered_frames_are_rejected() -> None:
 
 def test_tampered_frame_is_rejected_and_connection_stays_failed() -> None:
     client, server = pair()
-    f = bytearray(frame(client, p.Write(1, "v", 1, 1, 0, b"a" * 512)))
+    f = bytearray(frame(client, p.Write(1, "v", 1, 0, 0, 1, 0, b"a" * 512)))
     f[40] ^= 1
     with pytest.raises(p.BadMac):
         server.receive_data(bytes(f))
@@ -168,11 +168,11 @@ def test_fuzz_random_bytes_before_auth_raise_only_protocol_errors(blob: bytes) -
 @given(st.binary(max_size=400), st.integers(min_value=0, max_value=400))
 def test_fuzz_authenticated_garbage_and_truncation(blob: bytes, cut: int) -> None:
     client, server = pair()
-    good = frame(client, p.Write(1, "v", 1, 1, 0, blob))
+    good = frame(client, p.Write(1, "v", 1, 0, 0, 1, 0, blob))
     try:
         out = server.receive_data(good[:cut])
         out += server.receive_data(good[cut:])
-        assert out == [p.Write(1, "v", 1, 1, 0, blob)]
+        assert out == [p.Write(1, "v", 1, 0, 0, 1, 0, blob)]
         server.receive_data(blob)
     except p.ProtocolError:
         pass

@@ -85,9 +85,9 @@ async def test_stale_epoch_rejected_after_set_epoch(tmp_path: Path) -> None:
             await old.set_epoch("v", 1)
         with pytest.raises(StaleEpoch):
             await old.trim("v", 1, 2, 0, 4096)
-        assert await new.write("v", 2, 2, 0, block(2)) == 2
-        # a write presenting a newer epoch adopts it too
-        assert await new.write("v", 3, 3, 0, block(3)) == 3
+        assert await new.write("v", 2, 2, 0, block(2), base=1) == 2
+        # a write presenting a newer ballot adopts it too, with the base it carries
+        assert await new.write("v", 3, 3, 0, block(3), base=2) == 3
         assert (await new.volume_state("v")).epoch == 3
 
 

@@ -98,7 +98,7 @@ async def test_acked_writes_past_the_metadata_checkpoint_survive_kill_9(tmp_path
             for seq in acked[-4096:]:
                 assert await c2.read("v", (seq % 4096) * 4096, 4096) == block(seq), seq
             # fencing survived too: the old epoch is refused
-            with pytest.raises(SeError, match="stale epoch"):
+            with pytest.raises(SeError, match="stale ballot"):
                 await c2.write("v", 2, 1201, 0, block(1))
     finally:
         if se.proc is not None:

@@ -66,6 +66,7 @@ async def test_kill9_right_after_the_recovery_log_reset_keeps_acked_writes(
                 _snapshot(tmp_path, "b", snap)  # kill -9 here, before anything else
 
         rlog.reset = reset_then_crash  # type: ignore[method-assign]
+        await cb.set_epoch("v", 1, base=0)  # the owner establishes its ballot first
         await cb.recover("v", 1, "replay", ("a", "127.0.0.1", a.port), 20)
         await wait_state(cb, "v", {"up"})
     async with running_se(snap, "b") as b2, client_for(b2) as c2:
@@ -198,9 +199,10 @@ async def test_replay_source_log_stays_contiguous_after_a_resumed_recovery(
             await write([ca, cb], s)
         for s in range(11, 101):
             await write([ca], s)
-        # a has only 100 of the 150 asked for: the replay stops "peer stuck" (gap)
+        # a has only 100 of the 150 asked for: the replay stops "peer stuck"
+        await cb.set_epoch("v", 1, base=0)  # the owner establishes its ballot first
         await cb.recover("v", 1, "replay", ("a", "127.0.0.1", a.port), 150)
-        st = await wait_state(cb, "v", {"gap"})
+        st = await wait_state(cb, "v", {"interrupted-replay"})
         assert "interrupted" in st.detail
         for s in range(101, 151):
             await write([ca], s)
@@ -208,6 +210,7 @@ async def test_replay_source_log_stays_contiguous_after_a_resumed_recovery(
             await write([ca, cb], s)  # b logs 151..160 (after the old target)
         for s in range(161, 201):
             await write([ca], s)
+        await cb.set_epoch("v", 1, base=0)  # the owner establishes its ballot first
         await cb.recover("v", 1, "replay", ("a", "127.0.0.1", a.port), 200)  # jump to 201
         for s in range(201, 211):
             await write([ca, cb], s)
@@ -262,6 +265,7 @@ async def test_recovery_reports_up_only_with_everything_applied(tmp_path: Path) 
             real_sync()
 
         disk.sync_data = slow_sync  # type: ignore[method-assign]
+        await cb.set_epoch("v", 1, base=0)  # the owner establishes its ballot first
         await cb.recover("v", 1, "full", ("a", "127.0.0.1", a.port), 50)
         seq, seen_up = 50, []
         deadline = time.monotonic() + 20

@@ -77,6 +77,7 @@ async def test_replay_recovery_from_peer_log_ends_identical(tmp_path: Path) -> N
         for _ in range(90):  # b is down for 11..100
             await w.write([ca])
         assert (await cb.volume_state("v")).applied_seq == 10
+        await cb.set_epoch("v", 1, base=0)  # the owner establishes its ballot first
         await cb.recover("v", 1, "replay", ("a", "127.0.0.1", a.port), 100)
         # current writes keep flowing to both during the recovery, on the same blocks
         for _ in range(50):
@@ -104,11 +105,13 @@ async def test_log_gone_when_peer_log_wrapped_then_full_recovery(tmp_path: Path)
             await w.write([ca, cb])
         for _ in range(500):  # > 1 MiB of records: a's log wraps past seq 11
             await w.write([ca])
+        await cb.set_epoch("v", 1, base=0)  # the owner establishes its ballot first
         await cb.recover("v", 1, "replay", ("a", "127.0.0.1", a.port), w.seq)
-        st = await wait_state(cb, "v", {"gap"})
+        st = await wait_state(cb, "v", {"interrupted-replay"})
         assert "log-gone" in st.detail and st.applied_seq == 10
         with pytest.raises(VolumeRecovering):
             await cb.read("v", 0, BS)  # not up to date: serves no reads
+        await cb.set_epoch("v", 1, base=0)  # the owner establishes its ballot first
         await cb.recover("v", 1, "full", ("a", "127.0.0.1", a.port), w.seq)
         for _ in range(20):
             await w.write([ca, cb])
@@ -132,6 +135,7 @@ async def test_full_recovery_under_writes_rate_limited_with_progress(tmp_path: P
             await w.write([ca])
         await cb.open_volume("v", size)  # a new, empty SE
         start = time.monotonic()
+        await cb.set_epoch("v", 1, base=0)  # the owner establishes its ballot first
         await cb.recover("v", 1, "full", ("a", "127.0.0.1", a.port), w.seq, rate=rate)
         seen: list[VolumeState] = []
         writer_done = asyncio.Event()
@@ -142,7 +146,7 @@ async def test_full_recovery_under_writes_rate_limited_with_progress(tmp_path: P
                 await asyncio.sleep(0.002)
 
         task = asyncio.create_task(keep_writing())
-        st = await wait_state(cb, "v", {"up", "gap"}, seen=seen)
+        st = await wait_state(cb, "v", {"up", "interrupted-full"}, seen=seen)
         elapsed = time.monotonic() - start
         writer_done.set()
         await task
@@ -166,10 +170,11 @@ async def test_full_recovery_resumes_after_the_peer_goes_away(tmp_path: Path) ->
             for _ in range(300):
                 await w.write([ca])
             await cb.open_volume("v", size)
+            await cb.set_epoch("v", 1, base=0)  # the owner establishes its ballot first
             await cb.recover("v", 1, "full", ("a", "127.0.0.1", a.port), w.seq, rate=8 * MiB)
             await asyncio.sleep(0.4)
             port = a.port
-        st = await wait_state(cb, "v", {"gap"})  # the peer stopped mid-copy
+        st = await wait_state(cb, "v", {"interrupted-full"})  # the peer stopped mid-copy
         done_before = st.recovery_done
         assert 0 < done_before < size and "interrupted" in st.detail
         async with (
@@ -179,6 +184,7 @@ async def test_full_recovery_resumes_after_the_peer_goes_away(tmp_path: Path) ->
             ) as a2,
             client_for(a2) as ca,
         ):
+            await cb.set_epoch("v", 1, base=0)  # the owner establishes its ballot first
             await cb.recover("v", 1, "full", ("a", "127.0.0.1", a2.port), w.seq)
             seen: list[VolumeState] = []
             st = await wait_state(cb, "v", {"up"}, seen=seen)

@@ -1,8 +1,10 @@
 """Replicated volumes behind the real frontends: iSCSI (DATA PROTECT when read-only), NBD
-(EPERM), and persistent SCSI state (PR with APTPL) replicated through the SEs across takeover."""
+(EPERM), and persistent SCSI state (every registration and reservation) replicated through the
+SEs across takeover."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from ophiura.nbd.client import NbdClient, NbdError
 from ophiura.nbd.constants import Errno
 
 from .he_harness import (
+    HeProcess,
     SeHandle,
     he_config,
     start_he,
@@ -95,3 +98,50 @@ async def test_pr_state_survives_takeover(ses: list[SeHandle], tmp_path: Path) -
     finally:
         await old.stop()
         await new.stop()
+
+
+async def test_pr_change_is_on_the_ses_before_good(ses: list[SeHandle], tmp_path: Path) -> None:
+    """Issue 9, failure 6: registrations without APTPL, and a PREEMPT AND ABORT answered GOOD
+    just before the HE is killed (-9, no clean stop), are what the next HE enforces: the
+    preempted host stays fenced. Before, only APTPL state was replicated, by a 0.1 s poll
+    after GOOD, so the new HE knew no registration at all and let the preempted host write."""
+    for d in ("old", "new"):
+        (tmp_path / d).mkdir()
+    old = HeProcess(ses, tmp_path / "old", volumes=("vol:8M",))
+    new = HeProcess(ses, tmp_path / "new", volumes=("vol:8M",))
+    h1 = h2 = None
+    try:
+        await old.start()
+        h1 = await IscsiInitiator.connect("127.0.0.1", old.iscsi, IQN, "iqn.2026-11.t:h1")
+        h2 = await IscsiInitiator.connect("127.0.0.1", old.iscsi, IQN, "iqn.2026-11.t:h2")
+        for ini in (h1, h2):
+            await ini.test_unit_ready()
+        assert (await h1.persistent_reserve_out(pr.PrOut.REGISTER, sa_key=0xA)).ok
+        assert (await h2.persistent_reserve_out(pr.PrOut.REGISTER, sa_key=0xB)).ok
+        we = pr.PrType.WRITE_EXCLUSIVE
+        assert (await h1.persistent_reserve_out(pr.PrOut.RESERVE, key=0xA, pr_type=we)).ok
+        r = await h2.persistent_reserve_out(
+            pr.PrOut.PREEMPT_AND_ABORT, key=0xB, sa_key=0xA, pr_type=we
+        )
+        assert r.ok
+        assert old.proc is not None
+        old.proc.kill()  # at once: no poll, no clean stop gets to run
+        old.proc.wait(5)
+        await new.start()
+        h1 = await IscsiInitiator.connect("127.0.0.1", new.iscsi, IQN, "iqn.2026-11.t:h1")
+        with contextlib.suppress(ScsiCommandError):  # the new nexus' unit attention
+            await h1.test_unit_ready()
+        keys = await h1.persistent_reserve_in(pr.PrIn.READ_KEYS)
+        assert keys.keys == [0xB]
+        res = await h1.persistent_reserve_in(pr.PrIn.READ_RESERVATION)
+        assert res.key == 0xB
+        with pytest.raises(ScsiCommandError) as err:
+            await h1.write(0, b"x" * 512)
+        assert err.value.result.status == 0x18  # RESERVATION CONFLICT: still fenced
+    finally:
+        for ini in (h1, h2):
+            if ini is not None:
+                with contextlib.suppress(Exception):  # the old HE is gone, its sessions too
+                    await ini.logout()
+        old.terminate()
+        new.terminate()

@@ -119,7 +119,7 @@ class Story:
                 continue
             if when < since_wall - 1:
                 continue
-            if m := re.search(r"claimed (\S+) at epoch (\d+): (.*)$", line):
+            if m := re.search(r"claimed (\S+) with ballot \((\d+), [0-9a-f]+\): (.*)$", line):
                 if m.group(1) == VOLUME:
                     out["claim"] = f"epoch {m.group(2)}: {m.group(3)}"
             elif m := re.search(r"HE active in ([\d.]+)s", line):

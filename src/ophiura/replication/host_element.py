@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import shutil
 import tempfile
 import time
@@ -62,6 +63,9 @@ class HostElement:
         self.control = ControlServer(self.handle, secret, *config.control)
         self.warning = config_warning(len(config.ses), config.quorum)
         self.takeover_info: dict[str, Any] | None = None
+        # This process's half of every ballot it claims: random, so two HEs (or one HE and
+        # its restarted self) never claim the same ballot, whatever their names.
+        self.he_id = secrets.randbits(63) | 1
         self._activation_started: float | None = None
         self._lock = asyncio.Lock()  # admin operations only (never on the I/O path)
         # The SCSI state's local copy (the SEs hold the real one): a scratch dir unless given,
@@ -184,8 +188,10 @@ class HostElement:
         cfg = self.config
         bs = cfg.block_size
         claim, mclaim = await asyncio.gather(
-            claim_volume(self.sessions, name, size, bs, cfg.quorum),
-            claim_volume(self.sessions, meta_volume_name(name), META_SIZE, bs, cfg.quorum),
+            claim_volume(self.sessions, name, size, bs, cfg.quorum, he_id=self.he_id),
+            claim_volume(
+                self.sessions, meta_volume_name(name), META_SIZE, bs, cfg.quorum, he_id=self.he_id
+            ),
         )
         data = HostElementVolume(
             VolumeConfig(
@@ -199,6 +205,7 @@ class HostElement:
             ),
             self.sessions,
             epoch=claim.epoch,
+            he_id=claim.he_id,
             next_seq=claim.base_seq + 1,
             epoch_base=claim.base_seq,
         )
@@ -214,6 +221,7 @@ class HostElement:
             ),
             self.sessions,
             epoch=mclaim.epoch,
+            he_id=mclaim.he_id,
             next_seq=mclaim.base_seq + 1,
             epoch_base=mclaim.base_seq,
         )
@@ -230,6 +238,7 @@ class HostElement:
             raise
         iqn = cfg.iqn(name)
         scsi = ScsiTarget(iqn, {0: data}, state_dir=state_dir)
+        mirror.serve_pr(scsi.logical_unit(0))  # a PR OUT completes once Q SEs hold it
         mirror.start()
         vol = ExportedVolume(name, data, meta, mirror, scsi, iqn, state_dir)
         self.volumes[name] = vol

@@ -37,6 +37,8 @@ class VolumeMeta:
     size: int
     block_size: int
     epoch: int = 0
+    he_id: int = 0  # the ballot is (epoch, he_id): the owner this SE obeys
+    base_seq: int = 0  # the ballot's base once established (protocol NO_BASE: only claimed)
     applied_seq: int = 0  # every write <= this is durable here (data file or replay log)
     data_synced_seq: int = 0  # log records <= this are durably in the data file too
     recovery: dict[str, Any] | None = None  # kind, upto, peer, cursor: resumable recovery

@@ -36,6 +36,7 @@ from ophiura.replication.protocol_messages import (  # noqa: F401 - re-exported
     KIND_TRIM,
     KIND_WRITE,
     KIND_ZERO,
+    NO_BASE,
     Ack,
     AuthOk,
     Chunk,
@@ -74,7 +75,7 @@ from ophiura.replication.protocol_messages import (  # noqa: F401 - re-exported
     unpack_log_records,
 )
 
-VERSION = 2  # 2: VOLUME_STATE carries log_first_seq (a version 1 peer is refused at HELLO)
+VERSION = 3  # 3: ballots (epoch, he_id) and bases; 2: log_first_seq. Other versions are refused
 MAGIC = b"OPHIURA1"
 NONCE_BYTES = 32
 MAC_BYTES = 16

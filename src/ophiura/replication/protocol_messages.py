@@ -101,26 +101,38 @@ class OpenVolume(Message):
     block_size: int = 512
 
 
-@_msg(3, "QsQ")
+@_msg(3, "QsQQQ")
 @dataclass(slots=True)
 class SetEpoch(Message):
+    """Claim (base_seq = NO_BASE) or establish (base_seq = the owner's first seq - 1) a ballot.
+
+    The ballot is `(epoch, he_id)`, ordered lexicographically: an SE adopts only a strictly
+    greater one, durably, before it answers; establishing the adopted ballot with its base
+    truncates what the SE holds above the base (see docs/replication-protocol.md)."""
+
     req_id: int
     volume: str
     epoch: int
+    he_id: int = 0
+    base_seq: int = (1 << 64) - 1  # NO_BASE
 
 
-@_msg(4, "QsQQQb")
+@_msg(4, "QsQQQQQb")
 @dataclass(slots=True)
 class Write(Message):
+    """Applied only under the SE's current ballot `(epoch, he_id)` whose base is `base_seq`."""
+
     req_id: int
     volume: str
     epoch: int
+    he_id: int
+    base_seq: int
     seq: int
     offset: int
     data: bytes | bytearray | memoryview
 
 
-@_msg(5, "QsQQQQB")
+@_msg(5, "QsQQQQQQB")
 @dataclass(slots=True)
 class Trim(Message):
     """TRIM (zero=0: the range may read back as zeros, space is released) or WRITE_ZEROES."""
@@ -128,22 +140,29 @@ class Trim(Message):
     req_id: int
     volume: str
     epoch: int
+    he_id: int
+    base_seq: int
     seq: int
     offset: int
     length: int
     zero: int = 0
 
 
-@_msg(6, "QsQI")
+@_msg(6, "QsQIQQ")
 @dataclass(slots=True)
 class Read(Message):
+    """With a ballot (epoch > 0) the SE serves it only to its current owner: a fenced HE's
+    reads fail at once. epoch 0: a diagnostic read (status tools), no ballot check."""
+
     req_id: int
     volume: str
     offset: int
     length: int
+    epoch: int = 0
+    he_id: int = 0
 
 
-@_msg(7, "QsQsssHQQ")
+@_msg(7, "QsQsssHQQQ")
 @dataclass(slots=True)
 class Recover(Message):
     """Tell an SE to catch up from a peer: kind is "replay" (peer's log) or "full" (copy)."""
@@ -157,6 +176,7 @@ class Recover(Message):
     peer_port: int
     upto_seq: int
     rate: int = 0  # bytes/s; 0 = the SE's configured default
+    he_id: int = 0
 
 
 @_msg(8, "Qs")
@@ -216,7 +236,7 @@ class Pong(Message):
     note: str = ""
 
 
-@_msg(65, "QQQQIQQsssQ")
+@_msg(65, "QQQQIQQsssQQQ")
 @dataclass(slots=True)
 class VolumeStateMsg(Message):
     req_id: int
@@ -232,13 +252,19 @@ class VolumeStateMsg(Message):
     # Oldest seq a peer can replay from this SE's log (LOG_READ from any s >= it works); lets
     # the HE choose replay or full from facts. 0 = not reported. Added in protocol version 2.
     log_first_seq: int = 0
+    # The SE's ballot is (epoch, he_id); base_seq is its base once established, else NO_BASE.
+    he_id: int = 0
+    base_seq: int = 0
 
 
-@_msg(66, "QQ")
+@_msg(66, "QQQ")
 @dataclass(slots=True)
 class StaleEpochMsg(Message):
+    """The request's ballot is older than the SE's current `(current_epoch, current_he_id)`."""
+
     req_id: int
     current_epoch: int
+    current_he_id: int = 0
 
 
 @_msg(67, "QQ")
@@ -325,6 +351,12 @@ class ErrorCode:
     IO_ERROR = 7
     VOLUME_FAILED = 8
     EXISTS = 9
+    NOT_OWNER = 10  # a newer ballot not adopted here yet, or another base: attach again
+    NOT_HELD = 11  # a resent seq this SE does not hold (a recovery must bring it)
+
+
+# SetEpoch.base_seq / VolumeStateMsg.base_seq: the ballot is claimed, its base not yet fixed.
+NO_BASE = (1 << 64) - 1
 
 
 # Packed log records inside LOG_RECORDS: seq, epoch, offset, length, kind, data_len, data.

@@ -45,7 +45,8 @@ class RecoveryView:
     queue_first_seq: int  # oldest seq still in the HE write queue (latest+1 when empty)
     peers: tuple[PeerView, ...] = ()
     epoch_base: int | None = None  # seq at which the current epoch began (takeover point)
-    se_state: str = "up"  # as the SE reports it: up, recovering-replay, recovering-full, gap
+    # as the SE reports it: up, gap, recovering-replay|full, interrupted-replay|full
+    se_state: str = "up"
     se_wiped: bool = False  # the SE has no data for this volume (new, or its files were lost)
 
 
@@ -63,22 +64,27 @@ def choose_recovery(v: RecoveryView) -> RecoveryPlan:
     diverged = applied > v.latest_seq or (
         v.se_epoch < v.current_epoch and v.epoch_base is not None and applied > v.epoch_base
     )
-    if v.se_state == "recovering-full" or v.se_wiped or diverged:
+    full_pending = v.se_state in ("recovering-full", "interrupted-full")
+    if full_pending or v.se_wiped or diverged:
         if v.se_wiped and applied == v.latest_seq == 0:
             return RecoveryPlan(RecoveryKind.NONE, "new volume", resend_from=1)
         why = (
-            "interrupted full copy"
-            if v.se_state == "recovering-full"
+            f"full copy to finish ({v.se_state})"
+            if full_pending
             else "diverged tail from an older epoch"
             if diverged
             else "new or wiped SE"
         )
         return _from_peer(v, RecoveryKind.FULL, why)
+    # An SE whose replay was stopped holds its recovered prefix and the writes after the
+    # replay's target, not those between: resending from the prefix cannot fill that hole
+    # (the SE's stream is past it), only the replay can. Never quick, never "up to date".
+    replay_pending = v.se_state in ("recovering-replay", "interrupted-replay")
     if applied == v.latest_seq and v.se_state in ("up", "gap"):
         return RecoveryPlan(RecoveryKind.NONE, "up to date", resend_from=applied + 1)
     if applied == 0 and v.latest_seq > 0 and v.queue_first_seq > 1:
         return _from_peer(v, RecoveryKind.FULL, "empty SE")
-    if v.se_state != "recovering-replay" and applied + 1 >= v.queue_first_seq:
+    if not replay_pending and applied + 1 >= v.queue_first_seq:
         return RecoveryPlan(
             RecoveryKind.QUICK,
             f"writes {applied + 1}..{v.latest_seq} are in the HE queue",

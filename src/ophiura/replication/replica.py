@@ -130,14 +130,14 @@ class ReplicaLife:
         if self.on_state_change is not None:
             self.on_state_change(self)
 
-    def _epochs_polled(self, session: SeSession, epochs: dict[str, int]) -> None:
-        """The session's periodic poll: a newer epoch on ANY SE proves another HE claimed this
-        volume (`takeover.claim_volume` raises it before anything else), so fence at once; an
-        idle HE would otherwise learn it only when its next write is refused."""
-        epoch = epochs.get(self.name)
-        if epoch is None or epoch <= self.epoch or self.fenced or self.closed:
+    def _epochs_polled(self, session: SeSession, ballots: dict[str, tuple[int, int]]) -> None:
+        """The session's periodic poll: a newer ballot on ANY SE proves another HE claimed
+        this volume (`takeover.claim_volume` raises it before anything else), so fence at once;
+        an idle HE would otherwise learn it only when its next write is refused."""
+        ballot = ballots.get(self.name)
+        if ballot is None or ballot <= (self.epoch, self.he_id) or self.fenced or self.closed:
             return
-        self._fence(f"SE {session.name} holds epoch {epoch} > ours {self.epoch}")
+        self._fence(f"SE {session.name} holds ballot {ballot} > ours {(self.epoch, self.he_id)}")
 
     async def _reattach_later(self, r: Replica, inc: int) -> None:
         await asyncio.sleep(self.config.reattach_delay)
@@ -174,15 +174,21 @@ class ReplicaLife:
             try:
                 vs = await client.open_volume(self.name, self._size, self.config.block_size)
                 fresh = vs.epoch == 0 and vs.applied_seq == 0
-                if vs.epoch > self.epoch:
-                    self._fence(f"SE {r.name} holds epoch {vs.epoch} > ours {self.epoch}")
+                ours = (self.epoch, self.he_id)
+                if vs.ballot > ours:
+                    self._fence(f"SE {r.name} holds ballot {vs.ballot} > ours {ours}")
                     self._transition(r, ReplicaEvent.FENCED)
                     return
-                if vs.epoch < self.epoch:
-                    se_epoch = vs.epoch
-                    vs = await client.set_epoch(self.name, self.epoch)
-                else:
-                    se_epoch = vs.epoch
+                se_epoch = vs.epoch
+                if vs.ballot != ours or vs.base_seq != self.base:
+                    # Adopt and establish our ballot before deciding anything: an SE holding
+                    # an older ballot's writes above our base truncates them now and reports
+                    # it (interrupted-full), on this attach and on every later one.
+                    vs = await client.set_epoch(
+                        self.name, self.epoch, he_id=self.he_id, base=self.base
+                    )
+                if vs.size < self._size:  # grown while this SE was away
+                    vs = await client.resize_volume(self.name, self._size)
             except self._stale as exc:
                 self._fence(f"SE {r.name}: {exc}")
                 if r.incarnation == inc:
@@ -302,7 +308,12 @@ class ReplicaLife:
     async def _recover_cmd(self, client: Any, plan: RecoveryPlan) -> None:
         peer = self.replicas[plan.peer or ""].session.spec
         await client.recover(
-            self.name, self.epoch, plan.kind.value, (peer.name, peer.host, peer.port), plan.upto
+            self.name,
+            self.epoch,
+            plan.kind.value,
+            (peer.name, peer.host, peer.port),
+            plan.upto,
+            he_id=self.he_id,
         )
 
     async def _drive_recovery(
@@ -331,7 +342,7 @@ class ReplicaLife:
                     return
                 if (
                     plan.kind is RecoveryKind.REPLAY
-                    and vs.state == "gap"
+                    and vs.state in ("gap", "interrupted-replay")
                     and vs.detail.startswith("log-gone")
                 ):
                     # The SE pulls after RECOVER answered OK, so a peer log that is gone shows

@@ -14,10 +14,12 @@ torn write of one slot leaves the other intact. A slot is
 
 padded to the slot size. On restore the valid slot with the higher generation wins.
 
-The SCSI layer writes its files itself; `ScsiStateMirror` notices changes by polling (every
-`interval`, default 0.1 s) and writes them through. The window in which a just-changed
-reservation exists only on the active HE is that interval (documented in docs/replication.md);
-a hook from the SCSI layer would close it.
+Persistent reservations are the data fence of the hosts above, so they are never polled:
+the SCSI layer hands every change (every registration and reservation, APTPL or not) to
+`save_pr` through `LogicalUnit.pr_store`, and the PR OUT command completes only once Q SEs hold
+the new slot (a quorum-acknowledged write). A PREEMPT AND ABORT followed at once by an HE crash
+is therefore never forgotten by the next HE. Saved mode pages, which protect no data, are still
+written through by polling (every `interval`, default 0.1 s).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from pathlib import Path
 import google_crc32c
 
 from ophiura.block.device import BlockDevice, BlockDeviceError
+from ophiura.scsi.logical_unit import LogicalUnit
+from ophiura.scsi.pr_state import PrState
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +45,8 @@ _HEADER = struct.Struct(">8sQII")
 SLOT_SIZE = 128 * 1024
 META_SIZE = 2 * SLOT_SIZE
 META_SUFFIX = ".scsi"
-STATE_FILES = ("lun0.pr.json", "lun0.mode.json")
+PR_FILE = "lun0.pr.json"
+STATE_FILES = (PR_FILE, "lun0.mode.json")
 
 
 class ScsiStateError(Exception):
@@ -138,6 +143,10 @@ class ScsiStateMirror:
         self.synced: dict[str, str] = {}
         self.last_error: str | None = None
         self._task: asyncio.Task[None] | None = None
+        self._write_lock = asyncio.Lock()  # one slot write at a time: generations in order
+        # files written through `save_pr` (hooked), never by the poll: the local file of a
+        # hooked name is not what the SEs must hold
+        self.hooked: set[str] = set()
 
     async def restore(self) -> dict[str, str]:
         """Read both slots from the SEs and write the newest state into state_dir."""
@@ -163,16 +172,35 @@ class ScsiStateMirror:
 
     async def sync_once(self) -> bool:
         """Write the files through if they changed; True when a new generation was written."""
-        files = await asyncio.to_thread(read_state_files, self.state_dir, self.names)
-        if files == self.synced:
-            return False
+        polled = tuple(n for n in self.names if n not in self.hooked)
+        files = await asyncio.to_thread(read_state_files, self.state_dir, polled)
+        async with self._write_lock:
+            files.update({n: t for n, t in self.synced.items() if n in self.hooked})
+            if files == self.synced:
+                return False
+            await self._write(files)
+        return True
+
+    def serve_pr(self, lu: LogicalUnit) -> None:
+        """Make every PR change of `lu` go through `save_pr` (and no longer through the poll)."""
+        self.hooked.add(PR_FILE)
+        lu.pr_store = self.save_pr
+
+    async def save_pr(self, state: PrState) -> None:
+        """`LogicalUnit.pr_store`: the whole PR state on Q SEs before the command completes."""
+        text = json.dumps(state.to_json(), sort_keys=True)
+        async with self._write_lock:
+            files = dict(self.synced)
+            files[PR_FILE] = text
+            await self._write(files)
+
+    async def _write(self, files: dict[str, str]) -> None:
         generation = self.generation + 1
         slot = encode_slot(generation, files)
         await self.meta.write((generation % 2) * SLOT_SIZE, slot)
         self.generation = generation
         self.synced = files
         log.info("replicated SCSI state generation %d (%s)", generation, ", ".join(sorted(files)))
-        return True
 
     def start(self) -> None:
         if self._task is None:

@@ -53,6 +53,12 @@ class VolumeState:
     # Oldest seq a peer can replay from this SE's log: a replay from s works iff s >= it
     # (the next seq when the log is empty). None when the SE did not say.
     log_first_seq: int | None = None
+    he_id: int = 0  # the SE's ballot is (epoch, he_id)
+    base_seq: int = 0  # its base once established; p.NO_BASE while only claimed
+
+    @property
+    def ballot(self) -> tuple[int, int]:
+        return (self.epoch, self.he_id)
 
     @classmethod
     def from_msg(cls, m: p.VolumeStateMsg) -> VolumeState:
@@ -67,6 +73,8 @@ class VolumeState:
             m.recovery_total,
             m.detail,
             m.log_first_seq or None,
+            m.he_id,
+            m.base_seq,
         )
 
 
@@ -82,11 +90,18 @@ class SeError(Exception):
 
 
 class StaleEpoch(SeError):
-    """The SE has a newer epoch: this HE was fenced by a takeover."""
+    """The SE holds a newer ballot: this HE was fenced by a takeover."""
 
-    def __init__(self, se: str, what: str, current_epoch: int) -> None:
-        super().__init__(se, what, f"stale epoch; the SE is at epoch {current_epoch}")
+    def __init__(self, se: str, what: str, current_epoch: int, current_he_id: int = 0) -> None:
+        super().__init__(
+            se, what, f"stale ballot; the SE is at epoch {current_epoch} (owner {current_he_id:x})"
+        )
         self.current_epoch = current_epoch
+        self.current_he_id = current_he_id
+
+    @property
+    def current(self) -> tuple[int, int]:
+        return (self.current_epoch, self.current_he_id)
 
 
 class SeUnavailable(SeError):
@@ -335,7 +350,7 @@ class SeClient:
 
     def _raise(self, reply: Any, what: str) -> None:
         if isinstance(reply, p.StaleEpochMsg):
-            raise StaleEpoch(self.name, what, reply.current_epoch)
+            raise StaleEpoch(self.name, what, reply.current_epoch, reply.current_he_id)
         if isinstance(reply, p.Error):
             kind = VolumeRecovering if reply.code == p.ErrorCode.RECOVERING else SeError
             raise kind(self.name, what, reply.message, reply.code)
@@ -361,33 +376,64 @@ class SeClient:
         )
         return VolumeState.from_msg(reply)
 
-    async def set_epoch(self, volume: str, epoch: int) -> VolumeState:
-        what = f"set epoch {epoch} on {volume}"
-        reply = await self._call(p.SetEpoch(self._id(), volume, epoch), what, p.VolumeStateMsg)
+    async def set_epoch(
+        self, volume: str, epoch: int, *, he_id: int = 0, base: int = p.NO_BASE
+    ) -> VolumeState:
+        """Claim the ballot (epoch, he_id) (`base=p.NO_BASE`), or claim and establish it with
+        its base: the SE then drops what it holds above `base` from an older ballot."""
+        what = f"set ballot ({epoch}, {he_id:x}) on {volume}"
+        msg = p.SetEpoch(self._id(), volume, epoch, he_id, base)
+        reply = await self._call(msg, what, p.VolumeStateMsg)
         return VolumeState.from_msg(reply)
 
-    async def write(self, volume: str, epoch: int, seq: int, offset: int, data: Any) -> int:
+    async def write(
+        self,
+        volume: str,
+        epoch: int,
+        seq: int,
+        offset: int,
+        data: Any,
+        *,
+        he_id: int = 0,
+        base: int = 0,
+    ) -> int:
         """Returns `seq` once the SE made the write durable. `data` is sent without a copy."""
-        rid = self._id()
-        reply = await self._request(p.Write(rid, volume, epoch, seq, offset, data), "write")
+        reply = await self.write_nowait(volume, epoch, seq, offset, data, he_id=he_id, base=base)
         if type(reply) is not p.Ack:
             self._raise(reply, f"write seq {seq} to {volume}")
         return reply.seq
 
     def write_nowait(
-        self, volume: str, epoch: int, seq: int, offset: int, data: Any
+        self,
+        volume: str,
+        epoch: int,
+        seq: int,
+        offset: int,
+        data: Any,
+        *,
+        he_id: int = 0,
+        base: int = 0,
     ) -> asyncio.Future[Any]:
         """`write` without a coroutine: the request is on the wire (or in the emulated link)
         when this returns; the future gets the SE's reply, to be checked by `check_ack`."""
-        return self._request(p.Write(self._id(), volume, epoch, seq, offset, data), "write")
+        msg = p.Write(self._id(), volume, epoch, he_id, base, seq, offset, data)
+        return self._request(msg, "write")
 
     def trim_nowait(
-        self, volume: str, epoch: int, seq: int, offset: int, length: int, zero: bool = False
+        self,
+        volume: str,
+        epoch: int,
+        seq: int,
+        offset: int,
+        length: int,
+        zero: bool = False,
+        *,
+        he_id: int = 0,
+        base: int = 0,
     ) -> asyncio.Future[Any]:
         what = f"{'write zeroes' if zero else 'trim'} seq {seq} on {volume}"
-        return self._request(
-            p.Trim(self._id(), volume, epoch, seq, offset, length, int(zero)), what
-        )
+        msg = p.Trim(self._id(), volume, epoch, he_id, base, seq, offset, length, int(zero))
+        return self._request(msg, what)
 
     def check_ack(self, reply: Any, op: Any) -> None:
         """Raise what `write`/`trim` would for a reply that is not an Ack."""
@@ -395,19 +441,38 @@ class SeClient:
             self._raise(reply, f"seq {op.seq} ({op.kind.name.lower()})")
 
     async def trim(
-        self, volume: str, epoch: int, seq: int, offset: int, length: int, zero: bool = False
+        self,
+        volume: str,
+        epoch: int,
+        seq: int,
+        offset: int,
+        length: int,
+        zero: bool = False,
+        *,
+        he_id: int = 0,
+        base: int = 0,
     ) -> int:
         what = f"{'write zeroes' if zero else 'trim'} seq {seq} on {volume}"
-        msg = p.Trim(self._id(), volume, epoch, seq, offset, length, int(zero))
-        return (await self._call(msg, what, p.Ack)).seq
+        reply = await self.trim_nowait(
+            volume, epoch, seq, offset, length, zero, he_id=he_id, base=base
+        )
+        if type(reply) is not p.Ack:
+            self._raise(reply, what)
+        return reply.seq
 
-    async def read(self, volume: str, offset: int, length: int) -> bytes:
-        return (await self.read_with_seq(volume, offset, length))[1]
+    async def read(
+        self, volume: str, offset: int, length: int, *, ballot: tuple[int, int] = (0, 0)
+    ) -> bytes:
+        return (await self.read_with_seq(volume, offset, length, ballot=ballot))[1]
 
-    async def read_with_seq(self, volume: str, offset: int, length: int) -> tuple[int, bytes]:
-        """(applied_seq when read, data): lets the HE check the SE had the latest write."""
+    async def read_with_seq(
+        self, volume: str, offset: int, length: int, *, ballot: tuple[int, int] = (0, 0)
+    ) -> tuple[int, bytes]:
+        """(applied_seq when read, data): lets the HE check the SE had the latest write.
+        With a `ballot`, only the SE's current owner is served (a fenced HE gets StaleEpoch)."""
         what = f"read {length} bytes at {offset} of {volume}"
-        reply = await self._call(p.Read(self._id(), volume, offset, length), what, p.Data)
+        msg = p.Read(self._id(), volume, offset, length, ballot[0], ballot[1])
+        reply = await self._call(msg, what, p.Data)
         return reply.applied_seq, reply.data
 
     async def recover(
@@ -418,11 +483,13 @@ class SeClient:
         peer: tuple[str, str, int],
         upto_seq: int,
         rate: int = 0,
+        *,
+        he_id: int = 0,
     ) -> None:
         """Start recovery (kind "replay" or "full") from `peer` (name, host, port)."""
         name, host, port = peer
         what = f"recover {volume} ({kind} from {name} up to seq {upto_seq})"
-        msg = p.Recover(self._id(), volume, epoch, kind, name, host, port, upto_seq, rate)
+        msg = p.Recover(self._id(), volume, epoch, kind, name, host, port, upto_seq, rate, he_id)
         await self._call(msg, what, p.Ok)
 
     async def volume_state(self, volume: str) -> VolumeState:

@@ -59,6 +59,8 @@ class Op:
     length: int
     data: bytes
     fut: asyncio.Future[int] | None = None
+    he_id: int = 0  # with `epoch`: the ballot the HE wrote it under
+    base: int = 0  # that ballot's base (see se_store.Volume.adopt)
 
 
 @dataclass(slots=True)

@@ -126,7 +126,14 @@ class RecoveryManager:
             )
         if vol.state == "failed":
             raise VolumeError(vol.detail, p.ErrorCode.VOLUME_FAILED)
-        vol.check_epoch(msg.epoch)
+        # Only the owner, after establishing its ballot's base (the attach does): a recovery
+        # jumps the stream, and a base fixed after that would take the jump for a diverged tail.
+        vol.check_owner(msg.epoch, msg.he_id)
+        if vol.base == p.NO_BASE:
+            raise VolumeError(
+                f"volume {vol.name}: establish the ballot's base before RECOVER",
+                p.ErrorCode.NOT_OWNER,
+            )
         peer = (msg.peer_name, msg.peer_host, msg.peer_port)
         rate = msg.rate or self.se.recovery_rate
         upto = msg.upto_seq

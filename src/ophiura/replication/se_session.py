@@ -130,8 +130,8 @@ class SessionState(StrEnum):
 
 Listener = Callable[["SeSession"], Awaitable[None]]
 LostListener = Callable[["SeSession"], None]
-# `listener(session, {volume: epoch})` after every poll of the SE's volumes (see `_poll`)
-EpochListener = Callable[["SeSession", dict[str, int]], None]
+# `listener(session, {volume: (epoch, he_id)})` after every poll of the SE's volumes (see `_poll`)
+EpochListener = Callable[["SeSession", dict[str, tuple[int, int]]], None]
 
 
 class SeSession:
@@ -203,7 +203,7 @@ class SeSession:
         self._lost_listeners.append(listener)
 
     def on_epochs(self, listener: EpochListener) -> None:
-        """`listener(session, {volume: epoch})` runs synchronously after every volume poll."""
+        """`listener(session, {volume: (epoch, he_id)})` runs synchronously after each poll."""
         self._epoch_listeners.append(listener)
 
     def remove_listeners(self, owner: object) -> None:
@@ -321,9 +321,9 @@ class SeSession:
                 self.lost(f"{'poll' if poll else 'ping'}: {exc or type(exc).__name__}", gen)
                 return
             if poll and gen == self.generation:
-                self._epochs_seen({vs.volume: vs.epoch for vs in states})
+                self._epochs_seen({vs.volume: vs.ballot for vs in states})
 
-    def _epochs_seen(self, epochs: dict[str, int]) -> None:
+    def _epochs_seen(self, epochs: dict[str, tuple[int, int]]) -> None:
         self.polls += 1
         for listener in list(self._epoch_listeners):
             try:

@@ -26,7 +26,7 @@ from typing import Any
 
 from ophiura.block.io_threads import IoThreads
 from ophiura.replication import se_disk
-from ophiura.replication.protocol import ErrorCode
+from ophiura.replication.protocol import NO_BASE, ErrorCode
 from ophiura.replication.replay_log import LogRecord
 from ophiura.replication.se_disk import Op, VolumeDisk
 
@@ -58,9 +58,15 @@ class VolumeError(Exception):
 
 
 class StaleEpochError(VolumeError):
-    def __init__(self, volume: str, presented: int, current: int) -> None:
-        super().__init__(f"volume {volume}: epoch {presented} is older than {current}")
+    """The request's ballot `(epoch, he_id)` is older than the volume's: its sender is fenced."""
+
+    def __init__(self, volume: str, presented: tuple[int, int], current: tuple[int, int]) -> None:
+        super().__init__(f"volume {volume}: ballot {_fmt(presented)} is older than {_fmt(current)}")
         self.current = current
+
+
+def _fmt(ballot: tuple[int, int]) -> str:
+    return f"({ballot[0]}, {ballot[1]:x})"
 
 
 @dataclass
@@ -93,7 +99,12 @@ class Volume:
         self._batch_bytes = max(1, self.disk.log.capacity // 4)
         self.size = 0
         self.block_size = 512
+        # The ballot (epoch, he_id) this SE obeys, and its base: every seq <= base predates
+        # the ballot; every seq above it held here was written under it (`adopt` truncates
+        # the rest). NO_BASE: claimed by a new owner that has not fixed its base yet.
         self.epoch = 0
+        self.he_id = 0
+        self.base = 0
         self.next_seq = 1  # the next current write this volume can apply
         self.durable_seq = 0  # highest current write that is durable
         self.prefix_seq = 0  # every write <= this is admitted here (== next_seq - 1 when up)
@@ -133,7 +144,8 @@ class Volume:
             self.disk.shutdown()
             raise
         meta = loaded.meta
-        self.size, self.block_size, self.epoch = meta.size, meta.block_size, meta.epoch
+        self.size, self.block_size = meta.size, meta.block_size
+        self.epoch, self.he_id, self.base = meta.epoch, meta.he_id, meta.base_seq
         applied = loaded.applied
         self.prefix_seq = applied
         top = loaded.current_top
@@ -149,7 +161,12 @@ class Volume:
     # -- commit loop (event loop side) -------------------------------------------------------
 
     def _meta_updates(self) -> dict[str, Any]:
-        updates: dict[str, Any] = {"epoch": self.epoch, "size": self.size}
+        updates: dict[str, Any] = {
+            "epoch": self.epoch,
+            "he_id": self.he_id,
+            "base_seq": self.base,
+            "size": self.size,
+        }
         if self.recovery is None and self.state != "gap":
             updates["applied_seq"] = self.next_seq - 1
         return updates
@@ -275,31 +292,139 @@ class Volume:
                 ErrorCode.OUT_OF_RANGE,
             )
 
-    def check_epoch(self, epoch: int) -> None:
-        if epoch < self.epoch:
-            raise StaleEpochError(self.name, epoch, self.epoch)
-        if epoch > self.epoch:
-            self.epoch = epoch  # adopted durably by the commit that acknowledges this op
+    @property
+    def ballot(self) -> tuple[int, int]:
+        return (self.epoch, self.he_id)
+
+    def adopt(self, epoch: int, he_id: int, base: int) -> bool:
+        """Take the ballot (epoch, he_id) if it is strictly greater, and fix its base.
+
+        Adopted durably by the commit that answers the request (the slot is written before
+        the reply). Equal ballots come from one owner only: an SE never adopts an equal one
+        from "someone else", because the he_id is part of the ballot. A base fixed once is
+        final for the ballot; fixing it truncates what this SE holds above it (`_establish`).
+        True when it just did (the volume now waits for a full copy).
+        """
+        ballot = (epoch, he_id)
+        if ballot < self.ballot:
+            raise StaleEpochError(self.name, ballot, self.ballot)
+        if ballot > self.ballot:
+            self.epoch, self.he_id, self.base = epoch, he_id, NO_BASE
             self._meta_dirty = True
             self._fence_buffer()
+        if base == NO_BASE:
+            return False
+        if self.base == NO_BASE:
+            return self._establish(base)
+        if base != self.base:
+            raise VolumeError(
+                f"volume {self.name}: ballot {_fmt(ballot)} has base {self.base}, not {base}",
+                ErrorCode.NOT_OWNER,
+            )
+        return False
+
+    def check_owner(self, epoch: int, he_id: int) -> None:
+        """A request only the current owner may make (RECOVER, a fenced READ)."""
+        ballot = (epoch, he_id)
+        if ballot < self.ballot:
+            raise StaleEpochError(self.name, ballot, self.ballot)
+        if ballot > self.ballot:
+            raise VolumeError(
+                f"volume {self.name}: ballot {_fmt(ballot)} is not adopted here "
+                f"(current {_fmt(self.ballot)}): claim it first",
+                ErrorCode.NOT_OWNER,
+            )
+
+    def _establish(self, base: int) -> bool:
+        """Fix the new ballot's base. Everything admitted here above it came from an older
+        ballot and was never re-issued by the new owner: it must go. Those writes are already
+        in the data file, so the volume cannot keep its prefix either: it waits for a full
+        copy (recovery state persisted before the reply, like the ballot)."""
+        self.base = base
+        self._meta_dirty = True
+        top = self.next_seq - 1
+        if top <= base:
+            return False
+        why = (
+            f"diverged: seqs {base + 1}..{top} came from an older ballot; "
+            f"the owner's base is {base}: full recovery needed"
+        )
+        log.warning("volume %s: %s", self.name, why)
+        rec = self.recovery
+        if rec is not None and rec.task is not None:
+            rec.task.cancel()
+        self.recovery = None
+        stale = StaleEpochError(self.name, (0, 0), self.ballot)
+        for op in self._buffer.values():
+            if op.fut is not None and not op.fut.done():
+                op.fut.set_exception(stale)
+        self._buffer.clear()
+        self._buffer_bytes = 0
+        for _, fut in self._dup_waiters + self._prefix_waiters:
+            if not fut.done():
+                fut.set_exception(VolumeError(why, ErrorCode.NOT_HELD))
+        self._dup_waiters, self._prefix_waiters = [], []
+        self.next_seq = base + 1
+        self.durable_seq = min(self.durable_seq, base)
+        self.prefix_seq = 0
+        self.state, self.detail = "gap", why
+        self.recovery_meta = {"kind": "full", "upto": base, "peer": ["", "", 0], "cursor": 0}
+        state = dict(self.recovery_meta)
+        disk = self.disk
+
+        def truncate() -> None:
+            disk.reset_log()  # the old ballot's records are never replayed or served
+            disk.write_meta(recovery=state, applied_seq=0)
+
+        self.call(truncate)
+        return True
+
+    def _holds(self, seq: int) -> bool | None:
+        """For a resent seq below `next_seq`: True if this SE holds it (durable or on its way),
+        False if it never will without a recovery, None if a running recovery brings it."""
+        if seq <= self.prefix_seq:
+            return True
+        rec = self.recovery
+        if rec is not None:
+            return None if seq <= rec.upto else True
+        if self.recovery_meta is not None:
+            return seq > int(self.recovery_meta.get("upto", 0))
+        return True
 
     def submit(self, op: Op) -> asyncio.Future[int]:
         """Queue a write; the future resolves with its seq once durable here."""
         if self.state == "failed":
             raise VolumeError(self.detail, ErrorCode.VOLUME_FAILED)
-        self.check_epoch(op.epoch)
+        if op.base == NO_BASE:
+            raise VolumeError("a write needs an established base", ErrorCode.BAD_REQUEST)
+        if self.adopt(op.epoch, op.he_id, op.base):
+            raise VolumeError(self.detail, ErrorCode.NOT_HELD)
         self._check(op.offset, op.length)
+        seq = op.seq
+        if seq <= self.base:
+            raise VolumeError(
+                f"volume {self.name}: seq {seq} is not above the ballot's base {self.base}",
+                ErrorCode.BAD_REQUEST,
+            )
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         op.fut = fut
-        seq = op.seq
         if seq == self.next_seq:
             self._admit(op)
             if self._buffer:
                 self._drain_buffer()
         elif seq < self.next_seq:
-            rec = self.recovery
-            if rec is not None and self.prefix_seq < seq <= rec.upto:
+            # A resend (the HE re-attached, or retried). Above the base every seq held here was
+            # written under this ballot (`_establish`), and one owner never gives a seq two
+            # contents: acknowledge it again iff it is really here.
+            held = self._holds(seq)
+            if held is None:
                 self._prefix_waiters.append((seq, fut))
+            elif not held:
+                raise VolumeError(
+                    f"volume {self.name}: seq {seq} is not held here ({self.detail or 'gap'}); "
+                    "it needs recovery",
+                    ErrorCode.NOT_HELD,
+                )
             elif seq <= self.durable_seq:
                 fut.set_result(seq)
             else:
@@ -343,13 +468,15 @@ class Volume:
             self._admit(op)
 
     def _fence_buffer(self) -> None:
-        """A newer epoch arrived: buffered writes of older epochs must never be applied."""
+        """A newer ballot arrived: buffered writes of older ones must never be applied."""
         for seq, op in list(self._buffer.items()):
-            if op.epoch < self.epoch:
+            if (op.epoch, op.he_id) < self.ballot:
                 del self._buffer[seq]
                 self._buffer_bytes -= len(op.data)
                 if op.fut is not None and not op.fut.done():
-                    op.fut.set_exception(StaleEpochError(self.name, op.epoch, self.epoch))
+                    op.fut.set_exception(
+                        StaleEpochError(self.name, (op.epoch, op.he_id), self.ballot)
+                    )
 
     def jump_stream(self, upto: int) -> None:
         """Recovery will bring everything <= upto: current writes continue at upto + 1.
@@ -375,15 +502,20 @@ class Volume:
         if self._prefix_waiters:
             self._prefix_waiters = self._release(self._prefix_waiters, self.prefix_seq)
 
-    async def set_epoch(self, epoch: int) -> None:
-        self.check_epoch(epoch)
-        await self.call(lambda: None)  # the commit carrying the new epoch is durable
+    async def set_epoch(self, epoch: int, he_id: int = 0, base: int = NO_BASE) -> None:
+        self.adopt(epoch, he_id, base)
+        await self.call(lambda: None)  # the commit carrying the new ballot is durable
 
     # -- reads and peer service --------------------------------------------------------------
 
-    def read_cached(self, offset: int, length: int) -> tuple[int, bytearray, int]:
+    def read_cached(
+        self, offset: int, length: int, ballot: tuple[int, int] = (0, 0)
+    ) -> tuple[int, bytearray, int]:
         """(seq, buffer, bytes filled): a read from the page cache, on the event loop, with
-        no thread hop; `read` finishes it (on a thread) when not all of it was cached."""
+        no thread hop; `read` finishes it (on a thread) when not all of it was cached.
+        With a ballot (epoch > 0) only the current owner is served: a fenced HE is told."""
+        if ballot[0]:
+            self.check_owner(*ballot)
         if self.recovery is not None or self.state in ("failed", "gap"):
             raise VolumeError(
                 f"volume {self.name} is {self.state_name()} here and serves no reads",
@@ -394,8 +526,10 @@ class Volume:
         buf = bytearray(length)
         return seq, buf, self.disk.read_nowait(buf, offset) if length else 0
 
-    async def read(self, offset: int, length: int) -> tuple[int, bytearray]:
-        seq, buf, done = self.read_cached(offset, length)
+    async def read(
+        self, offset: int, length: int, ballot: tuple[int, int] = (0, 0)
+    ) -> tuple[int, bytearray]:
+        seq, buf, done = self.read_cached(offset, length, ballot)
         if done < length:
             await self._reads.run(self.disk.read_into, buf, offset, done)
         return seq, buf
@@ -448,11 +582,23 @@ class Volume:
     # -- state ----------------------------------------------------------------------------
 
     def state_name(self) -> str:
+        """What STATUS reports; the HE chooses the recovery from it (and applied_seq):
+
+        - `up`; `gap`: waiting for a resend to fill a hole (the HE's queue can);
+        - `recovering-replay|full`: a pull from a peer is running;
+        - `interrupted-replay|full`: a recovery was stopped (peer lost, log gone, SE restart,
+          or a diverged tail truncated) and only RECOVER of that kind can finish it — the
+          writes between the recovered prefix and its target are NOT here;
+        - `failed`: a disk error.
+        """
         if self.state == "failed":
             return "failed"
-        if self.recovery is not None and self.recovery.task is not None:
-            return f"recovering-{self.recovery.kind}"
-        if self.state == "gap" or self.recovery is not None or self._buffer:
+        rec = self.recovery
+        if rec is not None:
+            return f"{'recovering' if rec.task is not None else 'interrupted'}-{rec.kind}"
+        if self.recovery_meta is not None:
+            return f"interrupted-{self.recovery_meta.get('kind', 'full')}"
+        if self.state == "gap" or self._buffer:
             return "gap"
         return "up"
 
@@ -477,6 +623,8 @@ class Volume:
         return {
             "volume": self.name,
             "epoch": self.epoch,
+            "he_id": self.he_id,
+            "base_seq": self.base,
             "applied_seq": self.applied_seq(),
             "size": self.size,
             "block_size": self.block_size,

@@ -144,7 +144,17 @@ class _ServerConnection(asyncio.Protocol):
             return
         try:
             vol = self.se.volume(msg.volume)
-            op = Op(p.KIND_WRITE, msg.seq, msg.epoch, msg.offset, len(msg.data), msg.data)  # type: ignore[arg-type]
+            op = Op(
+                p.KIND_WRITE,
+                msg.seq,
+                msg.epoch,
+                msg.offset,
+                len(msg.data),
+                msg.data,  # type: ignore[arg-type]
+                None,
+                msg.he_id,
+                msg.base_seq,
+            )
             fut = vol.submit(op)
         except VolumeError as exc:
             self.send(self._error(rid, exc))
@@ -178,7 +188,7 @@ class _ServerConnection(asyncio.Protocol):
         if vol is None or msg.length > p.MAX_DATA:
             return False
         try:
-            seq, buf, done = vol.read_cached(msg.offset, msg.length)
+            seq, buf, done = vol.read_cached(msg.offset, msg.length, (msg.epoch, msg.he_id))
         except VolumeError:
             return False  # `_handle` answers it, with the same error
         if done < msg.length:
@@ -189,7 +199,7 @@ class _ServerConnection(asyncio.Protocol):
     @staticmethod
     def _error(rid: int, exc: VolumeError) -> p.Message:
         if isinstance(exc, StaleEpochError):
-            return p.StaleEpochMsg(rid, exc.current)
+            return p.StaleEpochMsg(rid, exc.current[0], exc.current[1])
         return p.Error(rid, exc.code, str(exc))
 
     # -- everything else -----------------------------------------------------------------
@@ -344,15 +354,17 @@ class StorageElement:
         vol = await self.ready_volume(msg.volume)
         if isinstance(msg, p.Trim):
             kind = p.KIND_ZERO if msg.zero else p.KIND_TRIM
-            seq = await vol.submit(Op(kind, msg.seq, msg.epoch, msg.offset, msg.length, b""))
+            op = Op(kind, msg.seq, msg.epoch, msg.offset, msg.length, b"", None, msg.he_id)
+            op.base = msg.base_seq
+            seq = await vol.submit(op)
             return p.Ack(rid, seq)
         if isinstance(msg, p.Read):
             if msg.length > p.MAX_DATA:
                 raise VolumeError(f"read of {msg.length} bytes too large", p.ErrorCode.BAD_REQUEST)
-            seq, data = await vol.read(msg.offset, msg.length)
+            seq, data = await vol.read(msg.offset, msg.length, (msg.epoch, msg.he_id))
             return p.Data(rid, seq, data)
         if isinstance(msg, p.SetEpoch):
-            await vol.set_epoch(msg.epoch)
+            await vol.set_epoch(msg.epoch, msg.he_id, msg.base_seq)
             return self._state(rid, vol)
         if isinstance(msg, p.Status):
             return self._state(rid, vol)
@@ -396,6 +408,8 @@ class StorageElement:
             s["state"],
             s["detail"],
             s["log_first_seq"],
+            s["he_id"],
+            s["base_seq"],
         )
 
     async def open_volume(self, name: str, size: int, block_size: int) -> Volume:

@@ -8,6 +8,17 @@ any Q SEs intersect that majority when 2Q > N, the old HE can never again collec
 applied sequence numbers the SEs report *in their answer to set_epoch* are therefore final for
 the old epoch: their maximum is at least the last acknowledged write.
 
+The epoch alone is not enough: two standbys that overlap both read E and both propose E+1.
+The claim is therefore a *ballot* `(epoch, he_id)`, ordered lexicographically, with a he_id
+random per HE process (63 bits): an SE adopts only a strictly greater ballot, so of two
+claimants with the same epoch at most one holds any given SE, and the one that loses a majority
+is fenced at its first write (or sooner, by the epoch poll). A claimant refused with the SE's
+current ballot retries above it.
+
+The claim fixes no base: `HostElementVolume` establishes `(ballot, base_seq)` on every SE it
+attaches, and an SE holding writes above the base from an older ballot truncates them then
+(`se_store.Volume.adopt`).
+
 The plan is pure (`plan_claim`), the I/O is `claim_volume`.
 """
 
@@ -35,6 +46,7 @@ class TakeoverError(Exception):
 class Claim:
     volume: str
     epoch: int
+    he_id: int
     base_seq: int  # highest applied seq among the SEs at the new epoch: new writes follow it
     size: int
     block_size: int
@@ -64,9 +76,11 @@ async def claim_volume(
     block_size: int,
     quorum: int,
     *,
+    he_id: int,
     timeout: float = 5.0,
 ) -> Claim:
-    """Open the volume on every connected SE, raise its epoch, read the highest seq."""
+    """Open the volume on every connected SE, claim a new ballot, read the highest seq."""
+    from ophiura.replication.protocol import NO_BASE
     from ophiura.replication.se_client import SeError, StaleEpoch
 
     n = len(sessions)
@@ -100,10 +114,13 @@ async def claim_volume(
     for _ in range(MAX_EPOCH_RACES):
         targets = [s for s in live if s.name in states and s.connected]
         results = await asyncio.gather(
-            *(call(s, s.client.set_epoch(volume, epoch)) for s in targets)
+            *(
+                call(s, s.client.set_epoch(volume, epoch, he_id=he_id, base=NO_BASE))
+                for s in targets
+            )
         )
         stale = [r.current_epoch for r in results if isinstance(r, StaleEpoch)]
-        if stale:  # another HE raised it meanwhile: go above it (and let the SEs decide)
+        if stale:  # another HE claimed meanwhile: go above it (and let the SEs decide)
             epoch = max(stale) + 1
             continue
         accepted = {
@@ -119,6 +136,7 @@ async def claim_volume(
     claim = Claim(
         volume=volume,
         epoch=epoch,
+        he_id=he_id,
         base_seq=base,
         size=vol_size,
         block_size=bs,
@@ -127,9 +145,10 @@ async def claim_volume(
         missing=tuple(sorted(s.name for s in sessions if s.name not in accepted)),
     )
     log.info(
-        "claimed %s at epoch %d: last seq %d (SEs %s%s)",
+        "claimed %s with ballot (%d, %x): last seq %d (SEs %s%s)",
         volume,
         epoch,
+        he_id,
         base,
         ", ".join(f"{k}={v}" for k, v in sorted(applied.items())),
         f"; unreachable {', '.join(claim.missing)}" if claim.missing else "",

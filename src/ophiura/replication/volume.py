@@ -118,6 +118,7 @@ class HostElementVolume(ReplicaLife):
         sessions: Sequence[SeSession],
         *,
         epoch: int,
+        he_id: int = 0,
         next_seq: int = 1,
         epoch_base: int | None = None,
     ) -> None:
@@ -132,7 +133,11 @@ class HostElementVolume(ReplicaLife):
         self.name = config.name
         self._size = config.size
         self.quorum = config.quorum
+        # The ballot this HE owns the volume by, and its base: every SE it attaches is told
+        # both (`ReplicaLife._attach`), every write and owner read carries them.
         self.epoch = epoch
+        self.he_id = he_id
+        self.base = next_seq - 1
         self.epoch_base = epoch_base
         self.replicas = {s.name: Replica(s) for s in sessions}
         self.queue = WriteQueue(config.queue_bytes, next_seq)
@@ -283,6 +288,8 @@ class HostElementVolume(ReplicaLife):
 
     async def read(self, offset: int, length: int) -> bytes:
         self._check(offset, length)
+        if self.fenced:  # another HE owns the volume: its writes may already be newer
+            raise Fenced(f"{self.name}: fenced: {self.fence_reason}")
         if length == 0:
             return b""
         hit = self.cache.lookup(offset, length)
@@ -330,7 +337,10 @@ class HostElementVolume(ReplicaLife):
             inc, client = r.incarnation, r.client
             try:
                 self.reads += 1
-                data = await client.read(self.name, offset, length)
+                data = await client.read(self.name, offset, length, ballot=(self.epoch, self.he_id))
+            except self._stale as exc:
+                self._fence(f"SE {r.name}: {exc}")
+                raise Fenced(f"{self.name}: fenced: {self.fence_reason}") from exc
             except self._transport as exc:
                 why = f"read {offset}+{length}: {exc or type(exc).__name__}"
                 failures.append(f"{r.name}: {why}")
@@ -495,10 +505,25 @@ class HostElementVolume(ReplicaLife):
             if not hasattr(client, "write_nowait"):  # a client with only the coroutines
                 fut = asyncio.ensure_future(self._send_coro(client, op))
             elif op.kind is OpKind.WRITE:
-                fut = client.write_nowait(self.name, self.epoch, op.seq, op.offset, op.data)
+                fut = client.write_nowait(
+                    self.name,
+                    self.epoch,
+                    op.seq,
+                    op.offset,
+                    op.data,
+                    he_id=self.he_id,
+                    base=self.base,
+                )
             else:
                 fut = client.trim_nowait(
-                    self.name, self.epoch, op.seq, op.offset, op.length, op.kind is OpKind.ZERO
+                    self.name,
+                    self.epoch,
+                    op.seq,
+                    op.offset,
+                    op.length,
+                    op.kind is OpKind.ZERO,
+                    he_id=self.he_id,
+                    base=self.base,
                 )
         except self._transport as exc:  # the connection is gone: handled in a later turn
             fut = self._loop.create_future()  # type: ignore[union-attr]
@@ -540,11 +565,14 @@ class HostElementVolume(ReplicaLife):
                     inflight.popleft()
 
     async def _send_coro(self, client: Any, op: WriteOp) -> None:
+        ballot = {"he_id": self.he_id, "base": self.base}
         if op.kind is OpKind.WRITE:
-            await client.write(self.name, self.epoch, op.seq, op.offset, op.data)
+            await client.write(self.name, self.epoch, op.seq, op.offset, op.data, **ballot)
         else:
             zero = op.kind is OpKind.ZERO
-            await client.trim(self.name, self.epoch, op.seq, op.offset, op.length, zero=zero)
+            await client.trim(
+                self.name, self.epoch, op.seq, op.offset, op.length, zero=zero, **ballot
+            )
 
     def _sent(
         self,
@@ -642,6 +670,8 @@ class HostElementVolume(ReplicaLife):
             "block_size": self.config.block_size,
             "quorum": self.quorum,
             "epoch": self.epoch,
+            "he_id": f"{self.he_id:x}",
+            "base_seq": self.base,
             "latest_seq": self.latest_seq,
             "acked_seq": self.acked_seq,
             "read_only": self.read_only,

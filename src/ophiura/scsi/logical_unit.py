@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from ophiura.block.device import (
@@ -78,6 +79,10 @@ class LogicalUnit:
         restored = None if self.pr_path is None else load(self.pr_path)
         self.pr: PrState = restored if restored is not None else PrState()
         self.pr_lock = asyncio.Lock()
+        # Where every PR change must be durable before its PR OUT completes, when the device
+        # replicates it (an HE: all registrations and reservations, APTPL or not, on Q SEs).
+        # None: only APTPL state is kept, in `pr_path` (SPC-4: the rest dies with the device).
+        self.pr_store: Callable[[PrState], Awaitable[None]] | None = None
         self.spc2_holder: tuple[str, str] | None = None
         self.ua = UnitAttentions()
         self.tasks = TaskSet()

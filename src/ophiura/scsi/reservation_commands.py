@@ -104,7 +104,13 @@ async def _decide_persist_commit(
         )
         if not effects.changed:
             return
-        if lu.pr_path is not None and (new.aptpl or old.aptpl):
+        if lu.pr_store is not None:
+            try:
+                await lu.pr_store(new)
+            except Exception as exc:  # the old state stays; the initiator may retry
+                log.error("LUN %d: cannot replicate reservations: %s", lu.lun, exc)
+                raise CheckCondition(SenseKey.HARDWARE_ERROR, Asc.INTERNAL_TARGET_FAILURE) from exc
+        elif lu.pr_path is not None and (new.aptpl or old.aptpl):
             try:
                 await asyncio.to_thread(pr_state.save, lu.pr_path, new)
             except OSError as exc:
