@@ -90,7 +90,12 @@ GUARD_CASES = [
     ("replayed seq", [proven(seq=5), packet(seq=5)], "replay"),
     ("older seq", [proven(seq=5), packet(seq=4)], "replay"),
     ("first packet has not heard us", [packet(echoes={})], "unechoed"),
-    ("echo of a challenge we never issued", [packet(echoes={"n1": 12345})], "stale-echo"),
+    ("echo of another start of ours: not heard us yet", [packet(echoes={"n1": 5})], "unechoed"),
+    (
+        "echo of a challenge we never issued",
+        [proven(seq=1), packet(incarnation=9, echoes={"n1": 12345})],
+        "stale-echo",
+    ),
     (
         "restart: new incarnation, seq from 1",
         [proven(seq=50), proven(incarnation=9)],
@@ -170,6 +175,15 @@ def test_guard_learns_the_challenge_to_echo() -> None:
     assert g.echoes() == {"n2": 78}
 
 
+def test_a_replaced_incarnation_teaches_no_stale_challenge() -> None:
+    g = guard()
+    g.check(packet(echoes={"n1": g.challenges()["n2"]}), 0)  # incarnation 7, proven
+    g.check(packet(incarnation=9, echoes={"n1": g.challenges()["n2"]}, challenges={"n1": 90}), 0)
+    with pytest.raises(HeartbeatError, match="stale-echo"):  # 7, replayed with its old challenge
+        g.check(packet(seq=50, challenges={"n1": 70}), 0)
+    assert g.echoes() == {"n2": 90}
+
+
 def test_a_restarted_receiver_refuses_every_captured_packet() -> None:
     """New guard, new challenges: nothing captured before it existed echoes them."""
     first = guard()
@@ -179,7 +193,8 @@ def test_a_restarted_receiver_refuses_every_captured_packet() -> None:
     for p in captured:
         with pytest.raises(HeartbeatError) as exc:
             again.check(p, 0)
-        assert exc.value.reason == "stale-echo"
+        assert exc.value.reason == "unechoed"  # as a peer that has not heard it yet
+    assert again.incarnation("n2") is None
 
 
 def test_packet_replayed_on_another_link_is_refused() -> None:

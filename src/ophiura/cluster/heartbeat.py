@@ -26,9 +26,11 @@ every heartbeat the last challenge it received from R.
 3. A restarted receiver draws new challenges: no packet captured before it started echoes them,
    so a replay cannot make a dead peer look alive to a freshly started daemon either.
 The challenge P echoes is learned from R's authenticated packets before R's incarnation is itself
-accepted (both sides start this way). A replayed old packet of R can make P echo a stale value
-for a moment: that delays P's acceptance by R until R's next genuine heartbeat (liveness, which an
-attacker who can inject can also deny by flooding), but never makes a stale packet accepted.
+accepted (both sides start this way). A replayed packet of an old incarnation of R can make P echo
+a stale value for a moment: that delays P's acceptance by R until R's next genuine heartbeat
+(liveness, which an attacker who can inject can also deny by flooding), but never makes a stale
+packet accepted. Replays of the accepted incarnation teach nothing (refused by seq first), nor do
+those of the last few it replaced (`retired`, bounded: safety never depends on it).
 A restarted peer is accepted one heartbeat after it first hears from us.
 
 Wire format (network order):  b"OPHB" | version u8 | link u8 | length u16 | JSON | HMAC[32]
@@ -41,6 +43,7 @@ import hmac
 import json
 import secrets
 import struct
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -196,6 +199,9 @@ def new_challenge() -> int:
     return secrets.randbits(63) | 1
 
 
+RETIRED_KEPT = 8
+
+
 @dataclass
 class _Peer:
     """What we accept from one peer: its incarnation, the last seq per link, our challenge."""
@@ -205,6 +211,9 @@ class _Peer:
     seqs: dict[int, int] = field(default_factory=dict)  # link -> highest seq accepted
     floor: int = -1  # seqs at or below this are older than the packet that proved the incarnation
     heard: int = 0  # its challenge to us, as last learned (echoed in our heartbeats)
+    # Incarnations it had before, newest last: their replays are refused before they can teach
+    # us a stale challenge to echo (liveness only; the echo check alone keeps them out).
+    retired: deque[int] = field(default_factory=lambda: deque(maxlen=RETIRED_KEPT))
 
 
 class ReplayGuard:
@@ -245,17 +254,23 @@ class ReplayGuard:
             if offered:
                 peer.heard = offered
             return
+        if hb.incarnation in peer.retired:
+            raise HeartbeatError("stale-echo", f"incarnation {hb.incarnation:x} was replaced")
         # Another incarnation: learn its challenge first (it may be a peer that has not heard
         # us yet, whose next packet echoes ours), then ask for proof that it is not a replay.
         if offered:
             peer.heard = offered
         echo = hb.echoes.get(self.me, 0)
-        if echo == 0:
+        if echo == 0 or (echo != peer.challenge and peer.incarnation is None):
+            # Normal after either side starts: the peer has not heard this daemon yet (an echo
+            # of our previous start looks the same, and so does a replay: refused either way).
             raise HeartbeatError("unechoed", f"incarnation {hb.incarnation:x} has not heard us yet")
         if echo != peer.challenge:
             raise HeartbeatError(
                 "stale-echo", f"incarnation {hb.incarnation:x} echoes a retired challenge"
             )
+        if peer.incarnation is not None:
+            peer.retired.append(peer.incarnation)
         peer.incarnation = hb.incarnation
         peer.challenge = new_challenge()
         peer.floor = hb.seq - 1  # the same send on another link (same seq) is still accepted
