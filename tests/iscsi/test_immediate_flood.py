@@ -17,8 +17,10 @@ import pytest
 
 from ophiura.iscsi import pdu as P
 from ophiura.iscsi.text import encode_text, parse_text
+from ophiura.scsi.api import TmfResult
 
 from .conftest import IQN
+from .fakes import MiniDevice
 from .test_live import login
 
 pytestmark = pytest.mark.timeout(60)
@@ -26,6 +28,7 @@ pytestmark = pytest.mark.timeout(60)
 BURST = 256 * 1024  # FirstBurstLength = MaxRecvDataSegmentLength of the target: one PDU
 CAP = 16  # the target's default max_immediate
 ENC = P.PduEncoder()
+NO_TAG = P.NO_TAG
 
 
 async def read_pdu(r: asyncio.StreamReader) -> tuple[bytes, bytes]:
@@ -70,17 +73,17 @@ def write10(
 
 
 async def outcomes(r: asyncio.StreamReader, itts: set[int]) -> dict[int, tuple[str, bytes]]:
-    """For each ITT, the target's first answer: an R2T (held), a Reject, or a SCSI Response."""
+    """For each ITT, the target's first answer: an R2T (held), a Reject, a SCSI Response or a
+    TMF response."""
     seen: dict[int, tuple[str, bytes]] = {}
     while not itts <= seen.keys():
         hdr, data = await read_pdu(r)
         op = hdr[0] & 0x3F
         if op == 0x3F:  # Reject: the ITT is in the rejected header it carries
             seen[struct.unpack(">I", data[16:20])[0]] = ("reject", hdr)
-        elif op in (0x31, 0x21):
-            seen.setdefault(
-                struct.unpack(">I", hdr[16:20])[0], ("r2t" if op == 0x31 else "rsp", hdr)
-            )
+        elif op in (0x31, 0x21, 0x22):
+            kind = {0x31: "r2t", 0x21: "rsp", 0x22: "tmf"}[op]
+            seen.setdefault(struct.unpack(">I", hdr[16:20])[0], (kind, hdr))
     return seen
 
 
@@ -147,4 +150,49 @@ async def test_unsolicited_budget_bounds_the_window_too(start_server: Any) -> No
     assert held_bytes(srv) <= 5 * BURST
     assert srv.counters["task-set-full"] == len(itts) - 4
     await still_works(srv)
+    w.close()
+
+
+class StuckTmfDevice(MiniDevice):
+    """Task management that does not return until released: TMFs pile up on the target."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def task_management(self, *args: Any) -> TmfResult:
+        await self.release.wait()
+        return await super().task_management(*args)
+
+
+async def test_task_management_flood_is_bounded(start_server: Any) -> None:
+    """Immediate TMFs bypass the window and each may wait for the tasks it ends: at most
+    max_immediate run at once, the rest are rejected; released, they all answer."""
+    dev = StuckTmfDevice()
+    srv = await start_server({IQN: dev})
+    r, w = await raw_login(srv.port, 9)
+    n = 4 * CAP
+    itts = set(range(0x400, 0x400 + n))
+    for itt in itts:  # immediate LUN RESET (function 5)
+        w.writelines(ENC.encode(0x42, 0x80 | 5, 0, 0, itt, NO_TAG, 1, 0))
+    rejected = await asyncio.wait_for(outcomes(r, set(range(0x400 + CAP, 0x400 + n))), 10)
+    assert all(k == "reject" for k, _ in rejected.values())
+    conn = next(iter(srv._connections))
+    assert conn._tmfs == CAP and srv.counters["tmf-rejected"] == n - CAP
+    dev.release.set()
+    done = await asyncio.wait_for(outcomes(r, set(range(0x400, 0x400 + CAP))), 10)
+    assert all(k == "tmf" and h[2] == 0 for k, h in done.values())
+    assert conn._tmfs == 0
+    w.close()
+
+
+async def test_abort_of_a_far_future_cmdsn_is_not_remembered(start_server: Any) -> None:
+    """ABORT TASK for a command that has not arrived is remembered only inside the window."""
+    srv = await start_server()
+    r, w = await raw_login(srv.port, 10)
+    for i, ref in enumerate([5, 2**30, 2**31 - 2]):  # one in the window, two far ahead
+        w.writelines(ENC.encode(0x42, 0x80 | 1, 0, 0, 0x500 + i, NO_TAG, 2**31, 0, ref))
+    seen = await asyncio.wait_for(outcomes(r, {0x500, 0x501, 0x502}), 10)
+    assert [seen[0x500 + i][1][2] for i in range(3)] == [0, 1, 1]  # complete; does not exist
+    assert next(iter(srv._connections))._aborted_cmdsn == {5}
     w.close()
