@@ -20,20 +20,35 @@ def packet(**kw: object) -> Heartbeat:
         cluster="c",
         node="n2",
         link=0,
-        boot=100,
         incarnation=7,
         seq=1,
-        sent=1000.0,
         state="online",
         hierarchies={"web": HierReport("running", 3, 1)},
         admin={"v": 1},
+        challenges={"n1": 11, "n3": 13},
+        echoes={"n1": 21},
     )
     base.update(kw)
     return Heartbeat(**base)  # type: ignore[arg-type]
 
 
 def guard() -> ReplayGuard:
-    return ReplayGuard("c", "n1", frozenset({"n2", "n3"}), max_skew=30.0)
+    return ReplayGuard("c", "n1", frozenset({"n2", "n3"}))
+
+
+ECHO = -1  # in a test packet: "echo the guard's current challenge to this node"
+
+
+def check(g: ReplayGuard, p: Heartbeat) -> None:
+    """Check `p`, filling an ECHO placeholder with the challenge `g` holds for its sender now."""
+    if p.echoes.get("n1") == ECHO:
+        p = dataclasses.replace(p, echoes={"n1": g.challenges()[p.node]})
+    g.check(p, p.link)
+
+
+def proven(**kw: object) -> Heartbeat:
+    """A packet of a (new) incarnation that echoes the receiver's current challenge."""
+    return packet(echoes={"n1": ECHO}, **kw)
 
 
 def test_round_trip() -> None:
@@ -71,24 +86,45 @@ def test_wrong_key_is_bad_mac() -> None:
 
 
 GUARD_CASES = [
-    ("fresh", [packet(seq=1), packet(seq=2)], None),
-    ("replayed seq", [packet(seq=5), packet(seq=5)], "replay"),
-    ("older seq", [packet(seq=5), packet(seq=4)], "replay"),
+    ("fresh", [proven(seq=1), packet(seq=2)], None),
+    ("replayed seq", [proven(seq=5), packet(seq=5)], "replay"),
+    ("older seq", [proven(seq=5), packet(seq=4)], "replay"),
+    ("first packet has not heard us", [packet(echoes={})], "unechoed"),
+    ("echo of another start of ours: not heard us yet", [packet(echoes={"n1": 5})], "unechoed"),
+    (
+        "echo of a challenge we never issued",
+        [proven(seq=1), packet(incarnation=9, echoes={"n1": 12345})],
+        "stale-echo",
+    ),
     (
         "restart: new incarnation, seq from 1",
-        [packet(seq=50), packet(boot=200, incarnation=9)],
+        [proven(seq=50), proven(incarnation=9)],
         None,
     ),
     (
-        "old incarnation replayed",
-        [packet(boot=200, incarnation=9), packet(seq=99)],
-        "old-incarnation",
+        "restart with a smaller random id is just as new",
+        [proven(incarnation=9, seq=50), proven(incarnation=3)],
+        None,
     ),
-    ("links tracked apart", [packet(seq=3), packet(seq=3, link=1)], None),
+    (
+        "old incarnation replayed: its echo is retired",
+        [proven(seq=1), proven(incarnation=9), packet(seq=99)],
+        "stale-echo",
+    ),
+    (
+        "the same send on the other link is accepted after the proof",
+        [proven(seq=8), packet(seq=8, link=1)],
+        None,
+    ),
+    (
+        "a packet sent before the proof is refused on every link",
+        [proven(seq=8), packet(seq=7, link=1)],
+        "replay",
+    ),
+    ("links tracked apart", [proven(seq=3), packet(seq=4, link=1), packet(seq=4)], None),
     ("foreign cluster", [packet(cluster="other")], "foreign-cluster"),
     ("unknown node", [packet(node="n9")], "unknown-node"),
     ("our own name", [packet(node="n1")], "own-name"),
-    ("stale stamp", [packet(sent=900.0)], "stale"),
 ]
 
 
@@ -98,19 +134,72 @@ GUARD_CASES = [
 def test_replay_guard(case: str, packets: list[Heartbeat], reason: str | None) -> None:
     g = guard()
     for p in packets[:-1]:
-        g.check(p, p.link, 1000.0)
+        check(g, p)
     last = packets[-1]
     if reason is None:
-        g.check(last, last.link, 1000.0)
+        check(g, last)
     else:
         with pytest.raises(HeartbeatError) as exc:
-            g.check(last, last.link, 1000.0)
+            check(g, last)
         assert exc.value.reason == reason
+
+
+def test_old_proof_is_retired_by_any_newer_incarnation() -> None:
+    """Incarnation 7's packet carried the challenge that proved it; after 9 is accepted, that very
+    packet (captured, replayed) is refused, as is one of 7 that echoed the challenge 9 consumed."""
+    g = guard()
+    c0 = g.challenges()["n2"]
+    old = packet(echoes={"n1": c0}, seq=1)
+    g.check(old, 0)
+    c1 = g.challenges()["n2"]
+    assert c1 != c0
+    old_later = packet(echoes={"n1": c1}, seq=2)  # 7 learned c1 and kept echoing it
+    g.check(old_later, 0)
+    g.check(packet(incarnation=9, echoes={"n1": c1}, seq=1), 0)  # restart, proven with c1
+    for replay in (old, old_later, dataclasses.replace(old_later, seq=10**6)):
+        with pytest.raises(HeartbeatError) as exc:
+            g.check(replay, 0)
+        assert exc.value.reason == "stale-echo"
+    assert g.incarnation("n2") == 9
+
+
+def test_guard_learns_the_challenge_to_echo() -> None:
+    g = guard()
+    with pytest.raises(HeartbeatError, match="unechoed"):
+        g.check(packet(echoes={}, challenges={"n1": 77}), 0)
+    assert g.echoes() == {"n2": 77}  # learned before the peer is proven: both sides start so
+    g.check(packet(echoes={"n1": g.challenges()["n2"]}, challenges={"n1": 78}), 0)
+    assert g.echoes() == {"n2": 78}
+    with pytest.raises(HeartbeatError, match="replay"):  # a replay teaches nothing
+        g.check(packet(seq=1, challenges={"n1": 79}), 0)
+    assert g.echoes() == {"n2": 78}
+
+
+def test_a_replaced_incarnation_teaches_no_stale_challenge() -> None:
+    g = guard()
+    g.check(packet(echoes={"n1": g.challenges()["n2"]}), 0)  # incarnation 7, proven
+    g.check(packet(incarnation=9, echoes={"n1": g.challenges()["n2"]}, challenges={"n1": 90}), 0)
+    with pytest.raises(HeartbeatError, match="stale-echo"):  # 7, replayed with its old challenge
+        g.check(packet(seq=50, challenges={"n1": 70}), 0)
+    assert g.echoes() == {"n2": 90}
+
+
+def test_a_restarted_receiver_refuses_every_captured_packet() -> None:
+    """New guard, new challenges: nothing captured before it existed echoes them."""
+    first = guard()
+    captured = [packet(echoes={"n1": first.challenges()["n2"]}, seq=s) for s in (1, 2, 3)]
+    first.check(captured[0], 0)
+    again = guard()
+    for p in captured:
+        with pytest.raises(HeartbeatError) as exc:
+            again.check(p, 0)
+        assert exc.value.reason == "unechoed"  # as a peer that has not heard it yet
+    assert again.incarnation("n2") is None
 
 
 def test_packet_replayed_on_another_link_is_refused() -> None:
     with pytest.raises(HeartbeatError, match="wrong-link"):
-        guard().check(packet(link=0), 1, 1000.0)
+        guard().check(packet(link=0), 1)
 
 
 @settings(max_examples=300, deadline=None)
@@ -145,7 +234,7 @@ json_values = st.recursive(
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.dictionaries(st.sampled_from([*list("cnbistha"), "st"]), json_values, max_size=9))
+@given(st.dictionaries(st.sampled_from([*list("cnishae"), "st", "ch"]), json_values, max_size=9))
 def test_fuzz_authenticated_json_never_crashes(body: dict) -> None:  # type: ignore[type-arg]
     import hashlib
     import hmac

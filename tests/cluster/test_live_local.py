@@ -71,18 +71,17 @@ def test_three_nodes(live: tuple[LiveCluster, Path]) -> None:
     c.wait_for("web on n1", lambda: web(c, "n2")["running_on"] == ["n1"], 15)
     assert running(markers) == ["app.n1"]
 
-    # 2. Heartbeats with a wrong MAC, or an old incarnation under the right key, are refused.
+    # 2. Heartbeats with a wrong MAC, or an unproven incarnation under the right key (it echoes
+    #    a challenge n2 never issued), are refused.
     n2_ring0 = c.cfg.links[0].addresses["n2"]
-    forged = hb.Heartbeat("live", "n1", 0, 1, 1, 10**9, time.time(), "online")
+    forged = hb.Heartbeat("live", "n1", 0, 1, 10**9, "online", echoes={"n2": 1})
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.sendto(hb.encode(forged, b"not the cluster key"), n2_ring0)
         s.sendto(hb.encode(forged, c.cfg.key("heartbeat")), n2_ring0)
         s.sendto(b"garbage", n2_ring0)
     c.wait_for(
         "rejections counted",
-        lambda: (
-            {"bad-mac", "old-incarnation", "short"} <= set(c.status("n2")["heartbeat"]["rejected"])
-        ),
+        lambda: {"bad-mac", "stale-echo", "short"} <= set(c.status("n2")["heartbeat"]["rejected"]),
         5,
     )
     assert any(e.get("task") == "heartbeat-rejected" for e in c.status("n2")["events"])
@@ -104,6 +103,19 @@ def test_three_nodes(live: tuple[LiveCluster, Path]) -> None:
     alerts = c.tmp / "alerts"
     c.wait_for("link-down notification", lambda: "n2 link link-down n1" in alerts.read_text(), 5)
     c.admin("n1", {"op": "block-link", "link": 1, "blocked": False})
+
+    # 3b. n1's wall clock steps an hour back, then two ahead: membership reads no wall clock, so
+    #     for three deadlines' worth of n1's heartbeats after each step nothing changes.
+    for step in (-3600, 7200):
+        c.admin("n1", {"op": "step-clock", "seconds": step})
+        t = c.cfg.timings
+        target = (
+            c.status("n1")["heartbeat"]["sent"] + 3 * len(c.cfg.links) * t.deadline / t.interval
+        )
+        c.wait_for("n1 beats on", lambda n=target: c.status("n1")["heartbeat"]["sent"] > n, 10)
+        st = c.status("n2")
+        assert st["nodes"]["n1"]["state"] == "up" and st["nodes"]["n1"]["links"]["ring1"] == "up"
+        assert st["hierarchies"]["web"]["running_on"] == ["n1"] and running(markers) == ["app.n1"]
 
     # 4. kill -9 n1's daemon (and its service, as a crash would): n2 takes over within ~1 s.
     t0 = time.monotonic()

@@ -44,7 +44,6 @@ class Timings:
     # (None: 5 s or one deadline, whichever is longer): a cold start where daemons come up a
     # second apart must not hand hierarchies to whoever was quickest.
     startup_grace: float | None = None
-    max_clock_skew: float = 30.0  # heartbeats stamped further off are refused (replay guard)
 
     @property
     def grace(self) -> float:
@@ -341,8 +340,10 @@ def parse(data: Mapping[str, Any], source: str = "", base: Path | None = None) -
         interval=_get(tt, "interval", float, "timings", 0.1),
         deadline=_get(tt, "deadline", float, "timings", 0.7),
         startup_grace=_get(tt, "startup_grace", float, "timings"),
-        max_clock_skew=_get(tt, "max_clock_skew", float, "timings", 30.0),
     )
+    # max_clock_skew: accepted so that older files still load, and ignored: heartbeats carry no
+    # wall-clock time (membership never depends on it; see cluster/heartbeat.py).
+    _get(tt, "max_clock_skew", float, "timings")
     nodes: dict[str, Node] = {}
     for i, nt in enumerate(data.get("nodes", [])):
         where = f"nodes[{i}]"

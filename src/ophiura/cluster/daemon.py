@@ -16,8 +16,8 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from ophiura.cluster import clock, fencing, membership
 from ophiura.cluster import decide as decider
-from ophiura.cluster import fencing, membership
 from ophiura.cluster.admin import AdminError, AdminServer
 from ophiura.cluster.config import ClusterConfig
 from ophiura.cluster.events import EventLog, Notifications
@@ -381,6 +381,11 @@ class NodeDaemon:
         elif op == "block-link" and cfg.test_hooks:
             self.hb.block_link(int(req.get("link", 0)), bool(req.get("blocked", True)))
             self.emit("test", task="block-link", link=req.get("link"), desc=str(req.get("blocked")))
+        elif op == "step-clock" and cfg.test_hooks:
+            seconds = req.get("seconds")
+            if not isinstance(seconds, int | float) or isinstance(seconds, bool):
+                raise AdminError(f"step-clock: seconds must be a number, not {seconds!r}")
+            self.emit("test", task="step-clock", desc=f"wall clock {clock.step(seconds):+.3f} s")
         else:
             raise AdminError(f"unknown request {op!r}")
         return {"admin": self.admin.to_wire()}

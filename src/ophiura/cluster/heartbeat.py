@@ -2,10 +2,36 @@
 
 A packet carries what HATS's did (the sender's name, its state and the state of every job on
 it) plus what a hostile or merely confused network needs: the cluster name, the link it was sent
-on, an incarnation (random per daemon start, with the start time so a newer daemon wins) and a
-sequence number that only grows, all under HMAC-SHA256 with a key derived from the cluster
-secret. `ReplayGuard` refuses an old incarnation, a sequence already seen on that link, a packet
-stamped too far from our clock, and a packet that arrived on a link other than the one it names.
+on, an incarnation (random per daemon start), a sequence number that only grows, a challenge for
+each peer and the echo of each peer's challenge, all under HMAC-SHA256 with a key derived from the
+cluster secret.
+
+No wall-clock time is on the wire or in any check: a node whose clock steps (NTP, a VM resumed,
+an operator's `date -s`) or that restarts with its clock set back is heard exactly as before.
+
+Why a replayed packet is never accepted (`ReplayGuard`). An attacker on a heartbeat link can
+capture authenticated packets and send them again later, but cannot forge new ones. The receiver
+R keeps, for each peer P, the incarnation it has accepted, the highest sequence seen on each link,
+and a challenge `c` (63 random bits) that R sends to P in every heartbeat of its own. P echoes in
+every heartbeat the last challenge it received from R.
+1. Same incarnation: only a sequence higher than any seen on that link is accepted. A captured
+   packet of the current incarnation is therefore older than what R already holds: refused.
+2. Another incarnation (a restarted daemon, or a replay of an older one): accepted only if it
+   echoes R's *current* challenge for P; accepting it replaces `c` with a fresh random value and
+   sets every link's sequence mark of P to just below the accepted one. Any packet echoing `c`
+   was built after R issued `c`, that is after R accepted P's previous incarnation; a node runs
+   one daemon at a time, so that packet comes from the incarnation now accepted or a later one,
+   never an older one. Once `c` is replaced, every packet carrying it (captured or not) fails
+   this check forever, so an old incarnation can never come back, however many restarts ago.
+3. A restarted receiver draws new challenges: no packet captured before it started echoes them,
+   so a replay cannot make a dead peer look alive to a freshly started daemon either.
+The challenge P echoes is learned from R's authenticated packets before R's incarnation is itself
+accepted (both sides start this way). A replayed packet of an old incarnation of R can make P echo
+a stale value for a moment: that delays P's acceptance by R until R's next genuine heartbeat
+(liveness, which an attacker who can inject can also deny by flooding), but never makes a stale
+packet accepted. Replays of the accepted incarnation teach nothing (refused by seq first), nor do
+those of the last few it replaced (`retired`, bounded: safety never depends on it).
+A restarted peer is accepted one heartbeat after it first hears from us.
 
 Wire format (network order):  b"OPHB" | version u8 | link u8 | length u16 | JSON | HMAC[32]
 """
@@ -15,13 +41,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import secrets
 import struct
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 MAGIC = b"OPHB"
-VERSION = 1
+VERSION = 2  # 2: no wall-clock fields; challenge/echo instead of boot/sent
 HEADER = struct.Struct(">4sBBH")
 MAC_LEN = 32
 MAX_PAYLOAD = 60_000
@@ -64,23 +92,23 @@ class Heartbeat:
     cluster: str
     node: str
     link: int
-    boot: int  # daemon start, wall-clock ns: a restarted daemon outranks its old self
     incarnation: int  # random per daemon start
-    seq: int
-    sent: float  # wall clock, for the skew/replay window
+    seq: int  # grows by one per send, the same on every link
     state: str
     hierarchies: Mapping[str, HierReport] = field(default_factory=dict)
     admin: Mapping[str, Any] = field(default_factory=dict)  # gossiped admin state (daemon.py)
+    challenges: Mapping[str, int] = field(default_factory=dict)  # peer -> our challenge to it
+    echoes: Mapping[str, int] = field(default_factory=dict)  # peer -> its challenge we last heard
 
 
 def encode(hb: Heartbeat, key: bytes) -> bytes:
     body = {
         "c": hb.cluster,
         "n": hb.node,
-        "b": hb.boot,
         "i": hb.incarnation,
         "s": hb.seq,
-        "t": hb.sent,
+        "ch": dict(hb.challenges),
+        "e": dict(hb.echoes),
         "st": hb.state,
         "h": {
             k: [v.state, v.gen, v.failures, v.resources] + ([1] if v.taken else [])
@@ -129,9 +157,6 @@ def decode(data: bytes, key: bytes) -> Heartbeat:
         raise HeartbeatError("malformed", f"not JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise HeartbeatError("malformed", "not an object")
-    sent = body.get("t")
-    if not isinstance(sent, int | float) or isinstance(sent, bool):
-        raise HeartbeatError("malformed", "no send time")
     hiers: dict[str, HierReport] = {}
     raw_h = body.get("h", {})
     if not isinstance(raw_h, dict):
@@ -153,34 +178,63 @@ def decode(data: bytes, key: bytes) -> Heartbeat:
         cluster=_str(body.get("c"), "cluster"),
         node=_str(body.get("n"), "node"),
         link=link,
-        boot=_int(body.get("b"), "boot"),
         incarnation=_int(body.get("i"), "incarnation"),
         seq=_int(body.get("s"), "seq"),
-        sent=float(sent),
         state=_str(body.get("st"), "state"),
         hierarchies=hiers,
         admin=admin,
+        challenges=_node_ints(body.get("ch", {}), "challenges"),
+        echoes=_node_ints(body.get("e", {}), "echoes"),
     )
 
 
+def _node_ints(raw: Any, name: str) -> dict[str, int]:
+    if not isinstance(raw, dict) or len(raw) > 256:
+        raise HeartbeatError("malformed", f"{name} is not a small object")
+    return {_str(k, name): _int(v, name) for k, v in raw.items()}
+
+
+def new_challenge() -> int:
+    """63 random bits, never 0 (0 on the wire would be "nothing heard yet")."""
+    return secrets.randbits(63) | 1
+
+
+RETIRED_KEPT = 8
+
+
 @dataclass
-class _Track:
-    boot: int
-    incarnation: int
-    seq: int
+class _Peer:
+    """What we accept from one peer: its incarnation, the last seq per link, our challenge."""
+
+    challenge: int = field(default_factory=new_challenge)
+    incarnation: int | None = None
+    seqs: dict[int, int] = field(default_factory=dict)  # link -> highest seq accepted
+    floor: int = -1  # seqs at or below this are older than the packet that proved the incarnation
+    heard: int = 0  # its challenge to us, as last learned (echoed in our heartbeats)
+    # Incarnations it had before, newest last: their replays are refused before they can teach
+    # us a stale challenge to echo (liveness only; the echo check alone keeps them out).
+    retired: deque[int] = field(default_factory=lambda: deque(maxlen=RETIRED_KEPT))
 
 
 class ReplayGuard:
-    """Refuses stale, replayed, misrouted or foreign heartbeats. Not thread-safe: one owner."""
+    """Refuses replayed, misrouted or foreign heartbeats (see the module docstring for why a
+    replay cannot pass). Not thread-safe: one owner. Uses no clock at all."""
 
-    def __init__(self, cluster: str, me: str, peers: frozenset[str], max_skew: float) -> None:
+    def __init__(self, cluster: str, me: str, peers: frozenset[str]) -> None:
         self.cluster = cluster
         self.me = me
         self.peers = peers
-        self.max_skew = max_skew
-        self._tracks: dict[tuple[str, int], _Track] = {}
+        self._peers: dict[str, _Peer] = {p: _Peer() for p in peers}
 
-    def check(self, hb: Heartbeat, arrived_on: int, now_wall: float) -> None:
+    def challenges(self) -> dict[str, int]:
+        """Our current challenge to each peer: every heartbeat we send carries them."""
+        return {p: s.challenge for p, s in self._peers.items()}
+
+    def echoes(self) -> dict[str, int]:
+        """Each peer's challenge to us as we last heard it: every heartbeat we send echoes them."""
+        return {p: s.heard for p, s in self._peers.items() if s.heard}
+
+    def check(self, hb: Heartbeat, arrived_on: int) -> None:
         """Raise HeartbeatError unless `hb` is fresh; on success remember it."""
         if hb.cluster != self.cluster:
             raise HeartbeatError("foreign-cluster", hb.cluster)
@@ -190,14 +244,38 @@ class ReplayGuard:
             raise HeartbeatError("unknown-node", hb.node)
         if hb.link != arrived_on:
             raise HeartbeatError("wrong-link", f"names link {hb.link}, arrived on {arrived_on}")
-        if self.max_skew > 0 and abs(now_wall - hb.sent) > self.max_skew:
-            raise HeartbeatError("stale", f"stamped {now_wall - hb.sent:+.1f} s off our clock")
-        key = (hb.node, hb.link)
-        track = self._tracks.get(key)
-        if track is not None:
-            if hb.incarnation == track.incarnation:
-                if hb.seq <= track.seq:
-                    raise HeartbeatError("replay", f"seq {hb.seq} <= {track.seq}")
-            elif (hb.boot, hb.incarnation) < (track.boot, track.incarnation):
-                raise HeartbeatError("old-incarnation", f"boot {hb.boot} < {track.boot}")
-        self._tracks[key] = _Track(hb.boot, hb.incarnation, hb.seq)
+        peer = self._peers[hb.node]
+        offered = hb.challenges.get(self.me, 0)
+        if hb.incarnation == peer.incarnation:
+            last = peer.seqs.get(hb.link, peer.floor)
+            if hb.seq <= last:
+                raise HeartbeatError("replay", f"seq {hb.seq} <= {last}")
+            peer.seqs[hb.link] = hb.seq
+            if offered:
+                peer.heard = offered
+            return
+        if hb.incarnation in peer.retired:
+            raise HeartbeatError("stale-echo", f"incarnation {hb.incarnation:x} was replaced")
+        # Another incarnation: learn its challenge first (it may be a peer that has not heard
+        # us yet, whose next packet echoes ours), then ask for proof that it is not a replay.
+        if offered:
+            peer.heard = offered
+        echo = hb.echoes.get(self.me, 0)
+        if echo == 0 or (echo != peer.challenge and peer.incarnation is None):
+            # Normal after either side starts: the peer has not heard this daemon yet (an echo
+            # of our previous start looks the same, and so does a replay: refused either way).
+            raise HeartbeatError("unechoed", f"incarnation {hb.incarnation:x} has not heard us yet")
+        if echo != peer.challenge:
+            raise HeartbeatError(
+                "stale-echo", f"incarnation {hb.incarnation:x} echoes a retired challenge"
+            )
+        if peer.incarnation is not None:
+            peer.retired.append(peer.incarnation)
+        peer.incarnation = hb.incarnation
+        peer.challenge = new_challenge()
+        peer.floor = hb.seq - 1  # the same send on another link (same seq) is still accepted
+        peer.seqs = {hb.link: hb.seq}
+
+    def incarnation(self, node: str) -> int | None:
+        """The incarnation of `node` we accept now (None before the first)."""
+        return self._peers[node].incarnation

@@ -74,11 +74,12 @@ class HeartbeatService:
         self.me = me
         self.key = cfg.key("heartbeat")
         self.on_event = on_event  # called on this thread: must only enqueue
-        self.boot = time.time_ns()
+        # A new random id per start, never a time: a restart is a new incarnation whatever the
+        # wall clock says, and peers accept it once it echoes their challenge (heartbeat.py).
         self.incarnation = secrets.randbits(63)
         self.seq = 0
         self.peers = frozenset(n for n in cfg.nodes if n != me)
-        self.guard = hb.ReplayGuard(cfg.name, me, self.peers, cfg.timings.max_clock_skew)
+        self.guard = hb.ReplayGuard(cfg.name, me, self.peers)  # touched under self._lock only
         self._lock = threading.Lock()
         self._payload = _Payload()
         self._last_heard: dict[tuple[str, str], float] = {}
@@ -220,18 +221,19 @@ class HeartbeatService:
         with self._lock:
             payload = self._payload
             blocked = set(self._blocked)
+            challenges, echoes = self.guard.challenges(), self.guard.echoes()
         self.seq += 1
         packet = hb.Heartbeat(
             cluster=self.cfg.name,
             node=self.me,
             link=0,
-            boot=self.boot,
             incarnation=self.incarnation,
             seq=self.seq,
-            sent=time.time(),
             state=payload.state,
             hierarchies=payload.hierarchies,
             admin=payload.admin,
+            challenges=challenges,
+            echoes=echoes,
         )
         for i, link in enumerate(self.cfg.links):
             if i in blocked or i >= len(self._transports):
@@ -256,10 +258,13 @@ class HeartbeatService:
                 return
         try:
             packet = hb.decode(data, self.key)
-            self.guard.check(packet, link, time.time())
+            with self._lock:
+                self.guard.check(packet, link)
         except hb.HeartbeatError as exc:
             with self._lock:
                 self._rejected[exc.reason] += 1
+            if exc.reason == "unechoed":  # the normal first packet of a (re)started peer
+                return
             key = f"{exc.reason}:{addr[0]}"
             if self._limit.allow(key):
                 suppressed = self._limit.suppressed.pop(key, 0)
@@ -286,11 +291,8 @@ class HeartbeatService:
         with self._lock:
             self._last_heard[(packet.node, link_name)] = now
             old = self._reports.get(packet.node)
-            if old is None or (packet.boot, packet.incarnation, packet.seq) > (
-                old.boot,
-                old.incarnation,
-                old.seq,
-            ):
+            # The guard accepts only the current incarnation: another one here is the new one.
+            if old is None or packet.incarnation != old.incarnation or packet.seq > old.seq:
                 self._reports[packet.node] = packet
 
     def _io_error(self, link: int, exc: Exception) -> None:

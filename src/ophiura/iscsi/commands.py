@@ -29,12 +29,14 @@ from ophiura.iscsi.task import (
     R2TState,
     Task,
     build_completion,
+    unsolicited_length,
 )
 from ophiura.scsi.api import Command, Response, TaskAborted, TaskAttribute
 
 log = logging.getLogger(__name__)
 
 _ATTRS = {a.value: a for a in TaskAttribute}
+TASK_SET_FULL = 0x28
 
 
 class CommandsMixin:
@@ -54,6 +56,8 @@ class CommandsMixin:
     _order: deque[Task]
     _budget_wait: deque[Task]
     _reserved: int
+    _immediate: int
+    _unsolicited: int
     _aborted_cmdsn: set[int]
     _mrdsl: int
     _max_burst: int
@@ -74,6 +78,21 @@ class CommandsMixin:
         if pdu.itt in self.tasks:
             self._reject(P.RejectReason.TASK_IN_PROGRESS, pdu.header)
             return
+        # What this command would make us hold before the device server takes it: decided
+        # before anything is allocated, so a refused command costs nothing (see server.py).
+        edtl = pdu.w20
+        held = 0
+        if pdu.flags & P.F_WRITE and edtl:
+            held = unsolicited_length(
+                edtl, len(pdu.data), pdu.final, self._initial_r2t, self._first_burst
+            )
+        over = self._unsolicited > 0 and self._unsolicited + held > self.server.unsolicited_budget
+        if pdu.immediate and (over or self._immediate >= self.server.max_immediate):
+            why = "unsolicited-budget" if over else "too-many-immediate"
+            self.server.counters[f"immediate-rejected:{why}"] += 1
+            log.debug("connection %s: immediate command refused (%s)", self.peer, why)
+            self._reject(P.RejectReason.IMMEDIATE_COMMAND_REJECT, pdu.header)
+            return
         cdb = pdu.cdb
         if pdu.ahs:
             cdb = cdb + P.extended_cdb(pdu.ahs)
@@ -83,7 +102,7 @@ class CommandsMixin:
             P.decode_lun(pdu.lun_raw),
             cdb,
             pdu.flags,
-            pdu.w20,
+            edtl,
             pdu.cmdsn,
             pdu.immediate,
         )
@@ -96,11 +115,16 @@ class CommandsMixin:
             self.window.inflight += 1
         else:
             ready = [task]
+            self._immediate += 1
         self.tasks[task.itt] = task
-        if task.is_write and task.edtl:
-            failure = self._start_write(task, pdu)
-            if failure is not None:
-                self._fail(task, *failure)
+        if over or (task.is_write and task.edtl):
+            failure = self._start_write(task, pdu) if not over else None
+            if over or failure is not None:
+                if failure is not None:
+                    self._fail(task, *failure)
+                else:  # its CmdSN is taken; the initiator retries it later
+                    self.server.counters["task-set-full"] += 1
+                    self._fail(task, b"", "unsolicited data budget full", TASK_SET_FULL)
                 rest = [t for t in ready if t is not task]
                 if rest:
                     self._run_ready(rest)
@@ -123,6 +147,8 @@ class CommandsMixin:
             return exc.sense, str(exc)
         task.reserved = task.unsol_end
         self._reserved += task.reserved
+        task.unsol_held = task.unsol_end
+        self._unsolicited += task.unsol_held
         if not task.ready:
             self._issue_r2ts(task)
         return None
@@ -208,6 +234,11 @@ class CommandsMixin:
         """Forget a task (completed, failed or aborted) and give back what it held."""
         if self.tasks.get(task.itt) is task:
             del self.tasks[task.itt]
+            if task.immediate:
+                self._immediate -= 1
+        if task.unsol_held:
+            self._unsolicited -= task.unsol_held
+            task.unsol_held = 0
         if task.counted:
             task.counted = False
             self.window.inflight -= 1  # type: ignore[union-attr]
@@ -218,13 +249,13 @@ class CommandsMixin:
                 self._retry_budget()
         task.data = None
 
-    def _fail(self, task: Task, sense: bytes, why: str) -> None:
+    def _fail(self, task: Task, sense: bytes, why: str, status: int = 0x02) -> None:
         log.warning("connection %s: task 0x%08x failed: %s", self.peer, task.itt, why)
         with contextlib.suppress(ValueError):
             self._order.remove(task)
         task.is_write = False
         task.is_read = False
-        self._complete(task, Response(status=0x02, sense=sense))
+        self._complete(task, Response(status=status, sense=sense))
         self._pump()
 
     # ---- Data-Out / R2T ------------------------------------------------------------------

@@ -52,7 +52,10 @@ class IscsiConnection(CommandsMixin, TmfMixin, asyncio.Protocol):
         self.tasks: dict[int, Task] = {}
         self._order: deque[Task] = deque()
         self._budget_wait: deque[Task] = deque()
-        self._reserved = 0
+        self._reserved = 0  # write bytes promised to tasks (unsolicited + R2T'd): write_budget
+        self._immediate = 0  # outstanding immediate SCSI commands: max_immediate
+        self._unsolicited = 0  # unsolicited bytes of unfinished tasks: unsolicited_budget
+        self._tmfs = 0  # task management functions running: max_immediate
         self._ttt = 0
         self._text_rest: dict[int, bytes] = {}
         self._aborted_cmdsn: set[int] = set()

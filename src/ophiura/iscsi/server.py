@@ -11,6 +11,7 @@ server, then the new nexus is added).
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import secrets
 from collections.abc import Mapping
@@ -50,6 +51,8 @@ class IscsiServer:
         queue_depth: int = 128,
         max_edtl: int = 64 * 1024 * 1024,
         write_budget: int = 64 * 1024 * 1024,
+        max_immediate: int = 16,
+        unsolicited_budget: int = 32 * 1024 * 1024,
         max_sessions: int = 1024,
         tmf_wait: float = 10.0,
         advertise: str | None = None,
@@ -75,6 +78,18 @@ class IscsiServer:
         self.queue_depth = queue_depth
         self.max_edtl = max_edtl
         self.write_budget = write_budget
+        # Immediate SCSI commands bypass the CmdSN window (RFC 7143 §4.2.2.1), so the window does
+        # not bound them: at most `max_immediate` may be outstanding per connection (one session:
+        # MaxConnections=1); the next gets a Reject "Immediate command reject" (§11.17.1).
+        # Unsolicited write data (immediate data + unsolicited Data-Out) cannot be paced by R2Ts:
+        # a connection holds at most `unsolicited_budget` bytes of it for unfinished tasks; a
+        # command that would exceed it is refused (immediate: Reject; in the window: TASK SET
+        # FULL, which initiators retry). Defaults: 128 window slots x 256 KiB fit the budget.
+        if max_immediate < 1:
+            raise ValueError("max_immediate must be at least 1 (RFC 7143 §4.2.2.1)")
+        self.max_immediate = max_immediate
+        self.unsolicited_budget = unsolicited_budget
+        self.counters: collections.Counter[str] = collections.Counter()  # refusals, by kind
         self.max_sessions = max_sessions
         self.tmf_wait = tmf_wait
         self.advertise = advertise
@@ -99,6 +114,15 @@ class IscsiServer:
     def port(self) -> int:
         assert self._server is not None, "server not started"
         return self._server.sockets[0].getsockname()[1]
+
+    def buffered_write_bytes(self) -> int:
+        """Write data held right now for tasks on every connection (received, not yet done),
+        plus PDU bytes read but not yet decoded: what an initiator can make us hold."""
+        return sum(
+            conn.decoder.buffered()
+            + sum(len(t.data) for t in conn.tasks.values() if t.data is not None)
+            for conn in self._connections
+        )
 
     @property
     def address(self) -> tuple[str, int]:

@@ -50,6 +50,17 @@ class R2TState:
         self.datasn = 0
 
 
+def unsolicited_length(
+    edtl: int, immediate: int, final: bool, initial_r2t: bool, first_burst: int
+) -> int:
+    """Bytes a write brings without being asked: its immediate data, plus the unsolicited
+    Data-Out that may follow when InitialR2T=No and the command's F bit is clear (§4.2.5.2).
+    The target must hold them until the task is delivered; it cannot pace them with R2Ts."""
+    if not initial_r2t and not final:
+        return min(first_burst, edtl)
+    return immediate
+
+
 class Task:
     __slots__ = (
         "attr",
@@ -74,6 +85,7 @@ class Task:
         "reserved",
         "unsol_datasn",
         "unsol_end",
+        "unsol_held",
         "unsol_open",
         "waiting_budget",
     )
@@ -111,6 +123,7 @@ class Task:
         self.reserved = 0
         self.unsol_datasn = 0
         self.unsol_end = 0
+        self.unsol_held = 0  # unsolicited bytes counted against the connection's budget
         self.unsol_open = False
         self.waiting_budget = False
 
@@ -127,9 +140,9 @@ class Task:
         if len(immediate_data) > edtl or len(immediate_data) > first_burst:
             raise DataOutError("immediate data beyond EDTL/FirstBurstLength")
         self.data = bytearray(immediate_data)
-        unsolicited_allowed = not initial_r2t and not final
-        self.unsol_end = min(first_burst, edtl) if unsolicited_allowed else len(immediate_data)
-        self.unsol_open = unsolicited_allowed and len(immediate_data) < self.unsol_end
+        n = len(immediate_data)
+        self.unsol_end = unsolicited_length(edtl, n, final, initial_r2t, first_burst)
+        self.unsol_open = n < self.unsol_end
         self.r2t_next = self.unsol_end
         self.ready = len(self.data) >= edtl
 

@@ -33,14 +33,28 @@ class TmfMixin:
     _nexus: Any
     _order: Any
     _aborted_cmdsn: set[int]
+    _tmfs: int
 
     def _on_tmf(self, pdu: P.Pdu) -> None:
+        # Each TMF may wait (up to tmf_wait) for the tasks it ends, and neither immediate TMFs
+        # nor ones in CmdSN order hold a window slot: bound how many run at once.
+        if self._tmfs >= self.server.max_immediate:
+            self.server.counters["tmf-rejected"] += 1
+            if pdu.immediate:
+                self._reject(P.RejectReason.IMMEDIATE_COMMAND_REJECT, pdu.header)
+            else:
+                self._reply(0x22, 0x80, int(TmfResult.REJECTED) << 8, 0, pdu.itt, 0)
+            return
+        self._tmfs += 1
         self._spawn(self._tmf(pdu))
 
     async def _tmf(self, pdu: P.Pdu) -> None:
         function = pdu.flags & 0x7F
         lun = P.decode_lun(pdu.lun_raw)
-        result = await self._tmf_result(function, lun, pdu)
+        try:
+            result = await self._tmf_result(function, lun, pdu)
+        finally:
+            self._tmfs -= 1
         if self.closed:
             return
         self._reply(0x22, 0x80, int(result) << 8, 0, pdu.itt, 0)
@@ -66,7 +80,9 @@ class TmfMixin:
             task = self.tasks.get(rtt)
             if task is None:
                 ref = pdu.w32
-                if sn_diff(ref, self.window.exp) >= 0 and sn_diff(ref, pdu.cmdsn) < 0:
+                # Only a CmdSN the initiator may have sent (in the window) is remembered, so
+                # the set stays within queue_depth entries.
+                if self.window.in_window(ref) and sn_diff(ref, pdu.cmdsn) < 0:
                     self._aborted_cmdsn.add(ref)  # not yet arrived: consider it aborted
                     return TmfResult.COMPLETE
                 return TmfResult.TASK_DOES_NOT_EXIST
