@@ -71,6 +71,8 @@ class Heartbeat:
     state: str
     hierarchies: Mapping[str, HierReport] = field(default_factory=dict)
     admin: Mapping[str, Any] = field(default_factory=dict)  # gossiped admin state (daemon.py)
+    # peer -> (newest seq heard from it on this link, microseconds held since): RTT (linkstats.py)
+    echo: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def encode(hb: Heartbeat, key: bytes) -> bytes:
@@ -88,6 +90,8 @@ def encode(hb: Heartbeat, key: bytes) -> bytes:
         },
         "a": dict(hb.admin),
     }
+    if hb.echo:
+        body["e"] = {k: list(v) for k, v in hb.echo.items()}
     payload = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
     if len(payload) > MAX_PAYLOAD:
         raise HeartbeatError("too-big", f"{len(payload)} bytes of state")
@@ -149,6 +153,14 @@ def decode(data: bytes, key: bytes) -> Heartbeat:
     admin = body.get("a", {})
     if not isinstance(admin, dict):
         raise HeartbeatError("malformed", "admin is not an object")
+    raw_e = body.get("e", {})  # absent from older peers: no RTT from them
+    if not isinstance(raw_e, dict) or not all(
+        isinstance(v, list) and len(v) == 2 for v in raw_e.values()
+    ):
+        raise HeartbeatError("malformed", "echo is not an object of [seq, held] pairs")
+    echo = {
+        _str(k, "echo"): (_int(v[0], "echo seq"), _int(v[1], "echo held")) for k, v in raw_e.items()
+    }
     return Heartbeat(
         cluster=_str(body.get("c"), "cluster"),
         node=_str(body.get("n"), "node"),
@@ -160,6 +172,7 @@ def decode(data: bytes, key: bytes) -> Heartbeat:
         state=_str(body.get("st"), "state"),
         hierarchies=hiers,
         admin=admin,
+        echo=echo,
     )
 
 
