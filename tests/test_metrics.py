@@ -50,7 +50,7 @@ def test_counter_gauge_histogram_round_trip() -> None:
 
 def test_label_values_and_help_are_escaped() -> None:
     nasty = 'back\\slash "quoted"\nnewline } , = {'
-    fam = m.Family("ophiura_x", "gauge", "help with \\ and\nnewline").add(1, name=nasty)
+    fam = m.Family("ophiura_x", "help with \\ and\nnewline", "gauge").add(1, name=nasty)
     text = m.render([fam])
     assert text.count("\n") == 3  # HELP, TYPE, one sample: no raw newline leaked
     assert parse(text)["ophiura_x"].samples[0][1] == {"name": nasty}
@@ -61,7 +61,7 @@ def test_label_values_and_help_are_escaped() -> None:
 
 
 def test_special_values() -> None:
-    fam = m.Family("ophiura_v", "gauge", "v")
+    fam = m.Family("ophiura_v", "v", "gauge")
     for i, v in enumerate((math.inf, -math.inf, math.nan, 1e-7, 12345678901234567890.0)):
         fam.add(v, i=str(i))
     values = [s[2] for s in parse(m.render([fam]))["ophiura_v"].samples]
@@ -89,13 +89,13 @@ def test_bad_labels_and_duplicates_are_refused() -> None:
     with pytest.raises(m.MetricError, match="cannot decrease"):
         r.counter("ophiura_d_total", "d").inc(-1)
     with pytest.raises(m.MetricError, match="rendered twice"):
-        m.render([m.Family("ophiura_e", "gauge", "e"), m.Family("ophiura_e", "gauge", "e")])
+        m.render([m.Family("ophiura_e", "e", "gauge"), m.Family("ophiura_e", "e", "gauge")])
 
 
 def test_collectors_run_at_scrape_time() -> None:
     r = m.Registry()
     state = {"n": 1}
-    r.add_collector(lambda: [m.Family("ophiura_n", "gauge", "n").add(state["n"])])
+    r.add_collector(lambda: [m.Family("ophiura_n", "n", "gauge").add(state["n"])])
     assert parse(m.render(r.collect()))["ophiura_n"].samples[0][2] == 1
     state["n"] = 5
     assert parse(m.render(r.collect()))["ophiura_n"].samples[0][2] == 5

@@ -95,8 +95,8 @@ class Family:
     """All the samples of one metric name, with its HELP and TYPE."""
 
     name: str
-    type: str
     help: str
+    type: str = "untyped"
     samples: list[Sample] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -149,7 +149,7 @@ class _Metric:
         return child
 
     def family(self) -> Family:
-        fam = Family(self.name, self.type, self.help)
+        fam = Family(self.name, self.help, self.type)
         for key, child in list(self._children.items()):
             self._render(fam, dict(zip(self.labelnames, key, strict=True)), child)
         return fam
