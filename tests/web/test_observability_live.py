@@ -84,9 +84,17 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         r = c.cli("switchover", "web", "--to", "n2", "--timeout", "20")
         assert r.returncode == 0, r.stdout + r.stderr + c.tails()
         assert c.procs["n1"].wait(10) == -9
-        c.wait_for(
-            "n2 saw n1 die", lambda: value(scrape(c, "n2"), "ophiura_peer_up", peer="n1") == 0, 10
-        )
+
+        def moved() -> bool:
+            """n2 and n3 see n1 dead, and web running on one node (n2)."""
+            texts = [scrape(c, n) for n in ("n2", "n3")]
+            return all(
+                value(t, "ophiura_peer_up", peer="n1") == 0
+                and value(t, "ophiura_hierarchy_running_nodes", hierarchy="web") == 1
+                for t in texts
+            )
+
+        c.wait_for("n2 and n3 see n1 dead and web on n2", moved, 10)
         out["after"] = {n: scrape(c, n) for n in ("n2", "n3")}
         out["probes_after"] = probes(c, ("n2", "n3"))
         yield out
