@@ -18,7 +18,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 
 log = logging.getLogger(__name__)
 
@@ -35,28 +35,38 @@ def socket_address(value: str) -> str | bytes:
 
 
 class Notifier:
-    def __init__(self, address: str | bytes | None, watchdog_usec: int = 0) -> None:
+    def __init__(
+        self,
+        address: str | bytes | None,
+        watchdog_usec: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.address = address
         self.watchdog_usec = watchdog_usec if address is not None else 0
+        self.clock = clock
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
-        self._loop_seen = time.monotonic()
+        self._loop_seen = clock()
         self._last_ping = -1e18
         self._failed_once = False
         self.sent = 0
 
     @classmethod
-    def from_environ(cls, environ: MutableMapping[str, str] | None = None) -> Notifier:
+    def from_environ(
+        cls,
+        environ: MutableMapping[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> Notifier:
         env = os.environ if environ is None else environ
         values = {k: env.pop(k, None) for k in VARIABLES}
         raw = values["NOTIFY_SOCKET"]
         if not raw:
-            return cls(None)
+            return cls(None, clock=clock)
         try:
             address = socket_address(raw)
         except ValueError as exc:
             log.warning("sd_notify disabled: %s", exc)
-            return cls(None)
+            return cls(None, clock=clock)
         usec = 0
         pid = values["WATCHDOG_PID"]
         if values["WATCHDOG_USEC"] and (not pid or pid == str(os.getpid())):
@@ -64,7 +74,7 @@ class Notifier:
                 usec = int(values["WATCHDOG_USEC"] or 0)
             except ValueError:
                 log.warning("ignoring WATCHDOG_USEC=%r: not a number", values["WATCHDOG_USEC"])
-        return cls(address, max(0, usec))
+        return cls(address, max(0, usec), clock)
 
     @property
     def enabled(self) -> bool:
@@ -98,7 +108,7 @@ class Notifier:
 
     def loop_alive(self) -> None:
         """The main loop cycled: pings are sent only while it does (see watchdog())."""
-        self._loop_seen = time.monotonic()
+        self._loop_seen = self.clock()
 
     def watchdog(self) -> bool:
         """Called from the heartbeat thread every interval: WATCHDOG=1 at most every quarter
@@ -107,7 +117,7 @@ class Notifier:
         if not self.watchdog_usec:
             return False
         period = self.watchdog_usec / 1e6
-        now = time.monotonic()
+        now = self.clock()
         if now - self._loop_seen > period / 2 or now - self._last_ping < period / 4:
             return False
         self._last_ping = now
