@@ -9,6 +9,7 @@ their values must tell that story.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -226,16 +227,25 @@ def test_everything_else_still_needs_a_token(story: dict[str, Any]) -> None:
 
 
 def test_dashboard_uses_only_exported_metrics(story: dict[str, Any]) -> None:
-    import re
-
     dash = json.loads(DASHBOARD.read_text())
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
     exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
-    assert len(exprs) >= 10
-    exported: set[str] = set()
+    exprs += [v["definition"] for v in dash["templating"]["list"] if "definition" in v]
+    assert len(exprs) >= 20
+    exported: set[str] = set()  # families (HELP/TYPE, even with no sample yet) and samples
     for text in [*story["before"].values(), *story["after"].values()]:
         for fam in parse(text).values():
+            exported.add(fam.name)
             exported.update(s[0] for s in fam.samples)
     used = {n for e in exprs for n in re.findall(r"\b(ophiura_[a-z0-9_]+)", e)}
-    assert used, exprs
     missing = sorted(used - exported)
     assert not missing, f"the dashboard uses metrics /metrics does not export: {missing}"
+    # and it shows every family the node exports but the informational start time
+    families = {n for n in exported if n in {f for t in story["before"].values() for f in parse(t)}}
+    unshown = sorted(
+        f
+        for f in families - {"ophiura_node_start_time_seconds"}
+        if not any(u == f or u.startswith(f + "_") for u in used)
+    )
+    assert not unshown, f"exported but not on the dashboard: {unshown}"
