@@ -218,6 +218,9 @@ def test_everything_else_still_needs_a_token(story: dict[str, Any]) -> None:
     status, body, headers = http("HEAD", url + "/health")
     assert status == 200 and body == ""
     assert headers["Cache-Control"] == "no-store"
+    status, doc, _ = http("GET", url + "/api/v1/openapi.json")
+    assert status == 200 and {"/metrics", "/health", "/hierarchy/{name}"} <= set(doc["paths"])
+    assert doc["paths"]["/health"]["get"]["security"] == []  # documented as public
     # a probe body says one word, nothing about nodes, resources or configuration
     status, body, _ = http("GET", url + "/health")
     assert status == 200 and body.split() == ["online"]
