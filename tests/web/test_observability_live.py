@@ -210,6 +210,10 @@ def test_everything_else_still_needs_a_token(story: dict[str, Any]) -> None:
         assert headers.get("WWW-Authenticate") == 'Bearer realm="ophiura"'
     status, _, _ = http("GET", url + "/metrics", "wrong-token")
     assert status == 401
+    for variant in ("/metrics/", "//metrics", "/METRICS", "/metrics/../metrics", "/%6Detrics"):
+        status, body, _ = http("GET", url + variant)
+        assert status in (401, 404), (variant, status)
+        assert "ophiura_" not in str(body), variant
     assert http("GET", url + "/metrics", token(c))[0] == 200  # the cluster token works too
     # the probes are read-only: any other method is refused
     for path in ("/health", "/hierarchy/web"):
