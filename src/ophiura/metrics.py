@@ -24,10 +24,12 @@ them on the I/O path, and serve `render(registry)` on their HTTP port.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
@@ -48,6 +50,11 @@ def _check_name(name: str) -> str:
     if not NAME_RE.match(name):
         raise MetricError(f"invalid metric name {name!r}")
     return name
+
+
+@functools.lru_cache(maxsize=1024)  # a scrape checks the same few label sets thousands of times
+def _check_label_set(names: tuple[str, ...]) -> tuple[str, ...]:
+    return _check_labels(names)
 
 
 def _check_labels(names: Sequence[str]) -> tuple[str, ...]:
@@ -81,9 +88,9 @@ def format_value(v: float) -> str:
 # -- families: what a scrape renders ----------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Sample:
-    """One line: `name{labels} value`; `name` includes any _bucket/_sum/_count suffix."""
+class Sample(NamedTuple):
+    """One line: `name{labels} value`; `name` includes any _bucket/_sum/_count suffix.
+    (A tuple, not a dataclass: a scrape makes thousands.)"""
 
     name: str
     labels: tuple[tuple[str, str], ...]
@@ -105,7 +112,7 @@ class Family:
             raise MetricError(f"{self.name}: unknown type {self.type!r}")
 
     def add(self, value: float, suffix: str = "", **labels: str) -> Family:
-        _check_labels(tuple(labels))
+        _check_label_set(tuple(labels))
         self.samples.append(Sample(self.name + suffix, tuple(labels.items()), float(value)))
         return self
 
