@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -124,6 +126,26 @@ def test_every_scrape_parses_strictly(story: dict[str, Any]) -> None:
         for fam in fams.values():
             assert fam.help, f"{fam.name} has no HELP"
             assert fam.type != "untyped", f"{fam.name} has no TYPE"
+
+
+def test_curl_scrape_parses(story: dict[str, Any]) -> None:
+    """As an operator checks it: curl with the read token, prometheus_client's parser."""
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    c = story["cluster"]
+    r = subprocess.run(
+        [curl, "-sSf", "-H", f"Authorization: Bearer {VIEWER}", base_url(c, "n2") + "/metrics"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    names = {f.name for f in text_string_to_metric_families(r.stdout)}
+    assert {
+        "ophiura_node_state",
+        "ophiura_heartbeat_rtt_seconds",
+        "ophiura_fencing_actions",
+    } <= names
+    assert parse(r.stdout)
 
 
 # -- what the values say ------------------------------------------------------------------------
