@@ -12,8 +12,10 @@ from ophiura.sizes import parse_size
 
 
 def _setup_logging(verbose: int) -> None:
+    from ophiura.logsetup import configure
+
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure(level)  # syslog priority prefixes and no timestamps when stderr is the journal
 
 
 class SizeParam(click.ParamType):

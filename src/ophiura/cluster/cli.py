@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import time
@@ -32,6 +33,8 @@ def _load(path: str) -> ClusterConfig:
 def node(config_path: str, name: str) -> None:
     """Run one cluster node until SIGTERM."""
     from ophiura.cluster.daemon import NodeDaemon
+
+    logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))  # events: INFO
 
     cfg = _load(config_path)
     problems = validate(cfg)

@@ -36,8 +36,10 @@ from ophiura.cluster.model import (
     StartHierarchy,
     StopHierarchy,
 )
+from ophiura.cluster.node_metrics import NodeMetrics
 from ophiura.cluster.state import ACTIVE, HierarchyState, NodeState, PeerState, transition
 from ophiura.cluster.watchdog import Watchdog, WatchdogError
+from ophiura.sdnotify import Notifier
 from ophiura.web import hook as web_hook
 
 log = logging.getLogger(__name__)
@@ -66,12 +68,9 @@ class NodeDaemon:
             Watchdog(cfg.watchdog_path(me), cfg.watchdog_timeout) if cfg.watchdog else None
         )
         self._self_fencing: set[str] = set()  # hierarchies whose self-fence stop is pending
-        self.hb = HeartbeatService(
-            cfg,
-            me,
-            on_event=self._from_thread,
-            on_tick=self.watchdog.kick if self.watchdog else None,
-        )
+        self.sd = Notifier.from_environ()  # systemd: READY=1, WATCHDOG=1 (sdnotify.py)
+        self.hb = HeartbeatService(cfg, me, on_event=self._from_thread, on_tick=self._hb_tick)
+        self.metrics = NodeMetrics(self)  # /metrics (node_metrics.py)
         self.executor = Executor(cfg, me, self.emit)
         self.admin_server = AdminServer(cfg.key("admin"), me, self.handle)
         self.web: web_hook.Stoppable | None = None  # REST API + dashboard, if cluster/node http
@@ -98,11 +97,18 @@ class NodeDaemon:
         )
         self.events.record(event)
         self.notify.submit(event)
+        self.metrics.observe(event)
 
     def _from_thread(self, event: dict[str, Any]) -> None:
         if self._loop is not None:
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(lambda: self.emit(**event))
+
+    def _hb_tick(self) -> None:
+        """On the heartbeat thread after each send: kick the watchdog device and systemd's."""
+        if self.watchdog is not None:
+            self.watchdog.kick()
+        self.sd.watchdog()
 
     # -- the cycle ----------------------------------------------------------------------------
 
@@ -176,11 +182,13 @@ class NodeDaemon:
         self._last_cycle = now
         if self.watchdog is not None:
             self.watchdog.loop_alive()
+        self.sd.loop_alive()
         self._apply_cleanups()
         self._watch_self_fence()
         view = self.build_view(now)
         self._check_tie_breaker(now)
         self.view = view
+        self.metrics.on_cycle(view)
         actions = decider.decide(view)
         blocked_now: dict[str, str] = {}
         for action in actions:
@@ -498,6 +506,8 @@ class NodeDaemon:
         self.emit(
             "node", task="start", state=self.state, desc=f"incarnation {self.hb.incarnation:x}"
         )
+        # links bound, admin socket listening (and the REST API, if any): systemd may go on
+        self.sd.ready(f"node {self.me}: {len(self.cfg.links)} links, admin on {host}:{port}")
         self._spawn(self._probe())
         tick = max(0.01, self.cfg.timings.interval / 2)
         try:
@@ -512,6 +522,7 @@ class NodeDaemon:
             await self._leave()
 
     async def _leave(self) -> None:
+        self.sd.stopping(f"node {self.me}: leaving")
         self.state = transition("node", self.state, "shutdown")
         self.publish()
         self.emit(

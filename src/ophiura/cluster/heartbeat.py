@@ -99,6 +99,8 @@ class Heartbeat:
     admin: Mapping[str, Any] = field(default_factory=dict)  # gossiped admin state (daemon.py)
     challenges: Mapping[str, int] = field(default_factory=dict)  # peer -> our challenge to it
     echoes: Mapping[str, int] = field(default_factory=dict)  # peer -> its challenge we last heard
+    # peer -> (newest seq heard from it on this link, microseconds held since): RTT (linkstats.py)
+    echo: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def encode(hb: Heartbeat, key: bytes) -> bytes:
@@ -116,6 +118,8 @@ def encode(hb: Heartbeat, key: bytes) -> bytes:
         },
         "a": dict(hb.admin),
     }
+    if hb.echo:
+        body["rt"] = {k: list(v) for k, v in hb.echo.items()}
     payload = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
     if len(payload) > MAX_PAYLOAD:
         raise HeartbeatError("too-big", f"{len(payload)} bytes of state")
@@ -174,6 +178,14 @@ def decode(data: bytes, key: bytes) -> Heartbeat:
     admin = body.get("a", {})
     if not isinstance(admin, dict):
         raise HeartbeatError("malformed", "admin is not an object")
+    raw_e = body.get("rt", {})  # absent from older peers: no RTT from them
+    if not isinstance(raw_e, dict) or not all(
+        isinstance(v, list) and len(v) == 2 for v in raw_e.values()
+    ):
+        raise HeartbeatError("malformed", "echo is not an object of [seq, held] pairs")
+    echo = {
+        _str(k, "echo"): (_int(v[0], "echo seq"), _int(v[1], "echo held")) for k, v in raw_e.items()
+    }
     return Heartbeat(
         cluster=_str(body.get("c"), "cluster"),
         node=_str(body.get("n"), "node"),
@@ -185,6 +197,7 @@ def decode(data: bytes, key: bytes) -> Heartbeat:
         admin=admin,
         challenges=_node_ints(body.get("ch", {}), "challenges"),
         echoes=_node_ints(body.get("e", {}), "echoes"),
+        echo=echo,
     )
 
 

@@ -28,6 +28,7 @@ from typing import Any
 from ophiura.cluster import heartbeat as hb
 from ophiura.cluster.config import ClusterConfig
 from ophiura.cluster.events import RateLimiter
+from ophiura.cluster.linkstats import LinkStats
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ class HeartbeatService:
         self.seq = 0
         self.peers = frozenset(n for n in cfg.nodes if n != me)
         self.guard = hb.ReplayGuard(cfg.name, me, self.peers)  # touched under self._lock only
+        self.stats = LinkStats(list(self.peers), [ln.name for ln in cfg.links])  # RTT, loss
         self._lock = threading.Lock()
         self._payload = _Payload()
         self._last_heard: dict[tuple[str, str], float] = {}
@@ -238,8 +240,9 @@ class HeartbeatService:
         for i, link in enumerate(self.cfg.links):
             if i in blocked or i >= len(self._transports):
                 continue
+            now = time.monotonic()
             try:
-                data = hb.encode(replace(packet, link=i), self.key)
+                data = hb.encode(replace(packet, link=i, echo=self.stats.echo(i, now)), self.key)
             except hb.HeartbeatError as exc:
                 if self._limit.allow("encode"):
                     log.error("cannot encode heartbeat: %s", exc)
@@ -248,6 +251,7 @@ class HeartbeatService:
                 addr = link.addresses.get(peer)
                 if addr is not None:
                     self._transports[i].sendto(data, addr)
+            self.stats.on_send(i, packet.seq, now)
             with self._lock:
                 self._sent += 1
 
@@ -287,6 +291,8 @@ class HeartbeatService:
                         }
                     )
             return
+        echo = packet.echo.get(self.me)
+        self.stats.on_receive(packet.node, link, packet.incarnation, packet.seq, echo, now)
         link_name = self.cfg.links[link].name
         with self._lock:
             self._last_heard[(packet.node, link_name)] = now

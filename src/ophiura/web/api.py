@@ -21,7 +21,7 @@ from aiohttp import web
 from ophiura.cluster.admin import AdminError
 from ophiura.cluster.config import ClusterConfig
 from ophiura.cluster.events import EventLog, RateLimiter
-from ophiura.web import eventlog
+from ophiura.web import eventlog, probes
 from ophiura.web.auth import Authenticator, Principal
 from ophiura.web.openapi import document
 
@@ -93,8 +93,10 @@ def authenticate(auth: Authenticator, backend: Backend) -> Any:
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Bearer token for /api/v1 (but the OpenAPI document); 401 logged, 403 for read-only."""
-        if request.path in PUBLIC or not request.path.startswith("/api/"):
+        """Bearer token for /api/v1 (but the OpenAPI document) and /metrics; 401 logged, 403 for
+        read-only. The dashboard's files and the health probes (probes.py) are public."""
+        needs_token = request.path.startswith("/api/") or request.path == probes.METRICS_PATH
+        if request.path in PUBLIC or not needs_token:
             return await handler(request)
         who = auth.check(request.headers.get("Authorization"))
         remote = request.remote or "?"
@@ -316,4 +318,5 @@ def make_app(backend: Backend) -> web.Application:
     for op in ("standby", "online"):
         r.add_post(f"/api/v1/nodes/{{name}}/{op}", _node_op(op))
     r.add_post("/api/v1/maintenance", maintenance)
+    probes.add_routes(app, getattr(backend, "metrics", None))
     return app

@@ -1,4 +1,4 @@
-"""The OpenAPI 3.0 document served at /api/v1/openapi.json (written by hand: nine endpoints)."""
+"""The OpenAPI 3.0 document served at /api/v1/openapi.json (written by hand: a dozen endpoints)."""
 
 from __future__ import annotations
 
@@ -41,6 +41,53 @@ def _op(
             "content": {"application/json": {"schema": body}},
         }
     return {"post": op}
+
+
+def _text(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"text/plain": {"schema": {"type": "string"}}}}
+
+
+def _observability(hier: str) -> dict[str, Any]:
+    """/metrics (token, any role) and the token-free probes of ophiura.web.probes."""
+    probe = {"security": [], "responses": {}}
+    return {
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus text format 0.0.4 (docs/operations.md lists the metrics)",
+                "responses": {"200": _text("the exposition"), "401": _ERR},
+            }
+        },
+        "/health": {
+            "get": {
+                **probe,
+                "summary": "For load balancers, no token: is this node online (or in standby)?",
+                "responses": {
+                    "200": _text("`online` or `standby`"),
+                    "503": _text("the node's state: starting, no-quorum, leaving"),
+                },
+            }
+        },
+        "/hierarchy/{name}": {
+            "get": {
+                **probe,
+                "summary": "For load balancers, no token: does the hierarchy run on this node? "
+                "An unknown name answers as one not running here.",
+                "parameters": [
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                        "description": hier,
+                    }
+                ],
+                "responses": {
+                    "200": _text("`running`"),
+                    "503": _text("`not running here`"),
+                },
+            }
+        },
+    }
 
 
 def document() -> dict[str, Any]:
@@ -128,7 +175,8 @@ def document() -> dict[str, Any]:
                     "properties": {"on": {"type": "boolean"}},
                 },
             ),
-        },
+        }
+        | _observability(hier),
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "responses": {
