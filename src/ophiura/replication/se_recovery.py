@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ophiura.replication import protocol as p
 from ophiura.replication.se_client import LogGoneError, SeClient, SeError
+from ophiura.replication.se_lifecycle import VolEvent, VolState, recover_event
 from ophiura.replication.se_store import Recovery, Volume, VolumeError
 
 if TYPE_CHECKING:
@@ -124,7 +125,7 @@ class RecoveryManager:
             raise VolumeError(
                 f"recovery kind {msg.kind!r} is not replay or full", p.ErrorCode.BAD_REQUEST
             )
-        if vol.state == "failed":
+        if vol.life is VolState.FAILED:
             raise VolumeError(vol.detail, p.ErrorCode.VOLUME_FAILED)
         # Only the owner, after establishing its ballot's base (the attach does): a recovery
         # jumps the stream, and a base fixed after that would take the jump for a diverged tail.
@@ -143,7 +144,8 @@ class RecoveryManager:
             if rec.kind == msg.kind and rec.peer == peer and upto <= rec.upto:
                 return  # already doing exactly this
             await self._cancel(vol)
-        if msg.kind == "replay" and rec is None and vol.state == "up" and vol.prefix_seq >= upto:
+        up = vol.life is VolState.UP
+        if msg.kind == "replay" and rec is None and up and vol.prefix_seq >= upto:
             log.info(
                 "SE %s: %s already has seq %d >= %d; nothing to replay",
                 self.se.name,
@@ -178,7 +180,8 @@ class RecoveryManager:
             rec.total, rec.done = vol.size, rec.cursor
         vol.recovery = rec
         vol.recovery_meta = None
-        vol.state, vol.detail = "up", ""
+        vol.transition(recover_event(rec.kind))
+        vol.detail = ""
         # Queue the disk steps *before* the jump lets the buffered writes after `upto` in, and
         # do not await in between: the writes that raced ahead of this RECOVER are admitted at
         # once instead of filling the reorder buffer (BUSY) during an fsync, and the volume
@@ -271,16 +274,29 @@ class RecoveryManager:
         except LogGoneError as exc:
             rec.error = f"log-gone: {exc}"
             log.warning("SE %s: %s: replay impossible, %s", self.se.name, vol.name, exc)
+            self._stopped(vol, rec)
         except (SeError, VolumeError, OSError) as exc:
             rec.error = f"{rec.kind} recovery from {name} interrupted: {exc}"
             log.error("SE %s: %s: %s", self.se.name, vol.name, rec.error)
+            self._stopped(vol, rec)
         except Exception as exc:  # reported to the HE through STATUS, not lost in a task
             rec.error = f"{rec.kind} recovery from {name} failed: {type(exc).__name__}: {exc}"
             log.exception("SE %s: %s: %s", self.se.name, vol.name, rec.error)
+            self._stopped(vol, rec)
         finally:
             rec.task = None
             if client is not None:
                 await client.close()
+
+    @staticmethod
+    def _stopped(vol: Volume, rec: Recovery) -> None:
+        """The pull ended unfinished: interrupted, unless something else moved the volume on
+        meanwhile (a diverged tail truncated it, a disk error failed it)."""
+        if vol.recovery is rec and vol.life in (
+            VolState.RECOVERING_REPLAY,
+            VolState.RECOVERING_FULL,
+        ):
+            vol.transition(VolEvent.STOPPED)
 
     async def _checkpoint(self, vol: Volume, rec: Recovery) -> None:
         """Make recovered data durable, then record how far it got."""
@@ -390,7 +406,8 @@ class RecoveryManager:
         # from here on `_admit` advances the prefix itself, as on any up volume.
         vol.durable_seq = max(vol.durable_seq, top)
         vol.recovery = None
-        vol.state, vol.detail = "up", ""
+        vol.transition(VolEvent.DONE)
+        vol.detail = ""
         vol.advance_prefix(vol.next_seq - 1)
         log.info(
             "SE %s: %s: %s recovery finished at seq %d (%d bytes)",

@@ -29,6 +29,13 @@ from ophiura.replication import se_disk
 from ophiura.replication.protocol import NO_BASE, ErrorCode
 from ophiura.replication.replay_log import LogRecord
 from ophiura.replication.se_disk import Op, VolumeDisk
+from ophiura.replication.se_lifecycle import (
+    NOT_READABLE,
+    VolEvent,
+    VolState,
+    loaded_event,
+    next_state,
+)
 
 __all__ = [
     "MAX_BUFFERED_BYTES",
@@ -108,7 +115,7 @@ class Volume:
         self.next_seq = 1  # the next current write this volume can apply
         self.durable_seq = 0  # highest current write that is durable
         self.prefix_seq = 0  # every write <= this is admitted here (== next_seq - 1 when up)
-        self.state = "up"
+        self.life = VolState.UP  # se_lifecycle.TRANSITIONS: changed by `transition` only
         self.detail = ""
         self.recovery: Recovery | None = None
         self._buffer: dict[int, Op] = {}
@@ -152,7 +159,7 @@ class Volume:
         self.next_seq = top + 1 if top > applied else applied + 1
         self.durable_seq = max(top, applied)
         if meta.recovery:
-            self.state = "gap"
+            self.transition(loaded_event(str(meta.recovery.get("kind", "full"))))
             self.recovery_meta = meta.recovery
             self.detail = f"{meta.recovery['kind']} recovery was interrupted by a restart"
         self._committer = asyncio.create_task(self._commit_loop(), name=f"commit-{name}")
@@ -167,7 +174,7 @@ class Volume:
             "base_seq": self.base,
             "size": self.size,
         }
-        if self.recovery is None and self.state != "gap":
+        if self.recovery is None and self.life is VolState.UP:
             updates["applied_seq"] = self.next_seq - 1
         return updates
 
@@ -195,7 +202,7 @@ class Volume:
             while self._queue or self._meta_dirty:
                 batch = self._take_batch()
                 self._meta_dirty = False
-                if self.state == "failed":
+                if self.life is VolState.FAILED:
                     self._fail(batch, VolumeError(self.detail, ErrorCode.VOLUME_FAILED))
                     continue
                 updates = self._meta_updates()
@@ -249,10 +256,11 @@ class Volume:
         Everything still queued fails with the batch: committing it later would acknowledge
         writes above the ones this batch lost.
         """
-        if self.state != "failed":
+        if self.life is not VolState.FAILED:
             why = f"volume {self.name} failed on disk: {exc}"
             log.error("%s", why)
-            self.state, self.detail = "failed", why
+            self.transition(VolEvent.DISK_ERROR)
+            self.detail = why
         err = VolumeError(self.detail, ErrorCode.VOLUME_FAILED)
         queued, self._queue = self._queue, []
         items = batch + queued
@@ -367,7 +375,8 @@ class Volume:
         self.next_seq = base + 1
         self.durable_seq = min(self.durable_seq, base)
         self.prefix_seq = 0
-        self.state, self.detail = "gap", why
+        self.transition(VolEvent.DIVERGED)
+        self.detail = why
         self.recovery_meta = {"kind": "full", "upto": base, "peer": ["", "", 0], "cursor": 0}
         state = dict(self.recovery_meta)
         disk = self.disk
@@ -393,7 +402,7 @@ class Volume:
 
     def submit(self, op: Op) -> asyncio.Future[int]:
         """Queue a write; the future resolves with its seq once durable here."""
-        if self.state == "failed":
+        if self.life is VolState.FAILED:
             raise VolumeError(self.detail, ErrorCode.VOLUME_FAILED)
         if op.base == NO_BASE:
             raise VolumeError("a write needs an established base", ErrorCode.BAD_REQUEST)
@@ -456,7 +465,7 @@ class Volume:
             touched = rec.touched
             for block in range(first, last + 1):
                 touched[block] = op.seq
-        elif self.state != "gap":
+        elif self.life is VolState.UP:
             self.prefix_seq = op.seq
         self._wake.set()
 
@@ -516,7 +525,7 @@ class Volume:
         With a ballot (epoch > 0) only the current owner is served: a fenced HE is told."""
         if ballot[0]:
             self.check_owner(*ballot)
-        if self.recovery is not None or self.state in ("failed", "gap"):
+        if self.life in NOT_READABLE or self.recovery is not None:
             raise VolumeError(
                 f"volume {self.name} is {self.state_name()} here and serves no reads",
                 ErrorCode.RECOVERING,
@@ -573,7 +582,7 @@ class Volume:
         return self.disk.log.oldest_seq() or self.next_seq
 
     def _not_recovering(self, what: str) -> None:
-        if self.recovery is not None or self.state in ("gap", "failed"):
+        if self.life in NOT_READABLE or self.recovery is not None:
             raise VolumeError(
                 f"volume {self.name} is {self.state_name()} here, not usable as {what}",
                 ErrorCode.RECOVERING,
@@ -581,26 +590,18 @@ class Volume:
 
     # -- state ----------------------------------------------------------------------------
 
-    def state_name(self) -> str:
-        """What STATUS reports; the HE chooses the recovery from it (and applied_seq):
+    def transition(self, event: VolEvent) -> None:
+        """Move along `se_lifecycle.TRANSITIONS`; an event it does not allow is a bug."""
+        old, self.life = self.life, next_state(self.life, event)
+        if old is not self.life:
+            log.info("volume %s: %s -> %s (%s)", self.name, old, self.life, event)
 
-        - `up`; `gap`: waiting for a resend to fill a hole (the HE's queue can);
-        - `recovering-replay|full`: a pull from a peer is running;
-        - `interrupted-replay|full`: a recovery was stopped (peer lost, log gone, SE restart,
-          or a diverged tail truncated) and only RECOVER of that kind can finish it — the
-          writes between the recovered prefix and its target are NOT here;
-        - `failed`: a disk error.
-        """
-        if self.state == "failed":
-            return "failed"
-        rec = self.recovery
-        if rec is not None:
-            return f"{'recovering' if rec.task is not None else 'interrupted'}-{rec.kind}"
-        if self.recovery_meta is not None:
-            return f"interrupted-{self.recovery_meta.get('kind', 'full')}"
-        if self.state == "gap" or self._buffer:
+    def state_name(self) -> str:
+        """What STATUS reports (see `se_lifecycle`): the life state, or `gap` for an up volume
+        waiting for a resend to fill a hole (writes buffered out of order)."""
+        if self.life is VolState.UP and self._buffer:
             return "gap"
-        return "up"
+        return self.life.value
 
     def applied_seq(self) -> int:
         """Every write <= this is durable *and* in the data file here: what STATUS reports.
@@ -680,6 +681,6 @@ class Volume:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._committer
             self._committer = None
-        await self._thread.run(self.disk.close, self.state == "failed")
+        await self._thread.run(self.disk.close, self.life is VolState.FAILED)
         self._thread.shutdown()
         self.disk.shutdown()
