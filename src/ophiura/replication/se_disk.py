@@ -113,12 +113,18 @@ class VolumeDisk:
     def _replay_local_log(self, meta: VolumeMeta) -> Loaded:
         """Re-apply log records newer than the data file.
 
-        The truth is the data file (durable up to data_synced_seq) plus the valid log chain
-        that continues it; metadata claiming more than that means records were lost (a
-        replaced log disk) and the SE reports the lower number so the HE recovers it.
+        The truth is the data file (durable up to data_synced_seq) plus the log chain that
+        continues it, recovered forward from there (`ReplayLog.open`): a hole ends it, and what
+        lies beyond was never acknowledged. During a recovery the log was reset when it
+        started and holds only current writes > `upto`, so the chain starts after the later of
+        the two. Metadata claiming more than that means records were lost (a replaced log
+        disk) and the SE reports the lower number so the HE recovers it.
         """
-        records = self.log.open()
         synced = meta.data_synced_seq
+        anchor = synced
+        if meta.recovery is not None:
+            anchor = max(synced, int(meta.recovery.get("upto", 0)))
+        records = self.log.open(anchor)
         # The log records carry the epoch they were written in: if the newest slot was torn and
         # an older one won, the log still fences the HEs the lost slot had fenced.
         log_epoch = max((r.epoch for r in records), default=0)
@@ -134,15 +140,6 @@ class VolumeDisk:
             self._write_meta_slot(meta)
         redo = [r for r in records if r.seq > synced]
         if meta.recovery is None:
-            if redo and redo[0].seq != synced + 1:
-                log.error(
-                    "volume %s: the log starts at seq %d but the data file holds only %d; "
-                    "the writes between are lost here (log device replaced?)",
-                    self.name,
-                    redo[0].seq,
-                    synced,
-                )
-                redo = []
             applied = redo[-1].seq if redo else synced
             if meta.applied_seq > applied:
                 log.error(
