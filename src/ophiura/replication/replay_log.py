@@ -63,12 +63,15 @@ log = logging.getLogger(__name__)
 
 ALIGN = 512
 FILE_HEADER = 4096
-_FILE_MAGIC = b"OPHLOG01"
+_FILE_MAGIC = b"OPHLOG02"  # 02: records carry the owner ballot (epoch, he_id)
+_OLD_MAGICS = (b"OPHLOG01",)
 _FHEAD = struct.Struct("<8sQQ")  # magic, salt, size
 _REC_MAGIC = 0x4C52504F  # "OPRL"
 _REC_MAGIC_BYTES = struct.pack("<I", _REC_MAGIC)
 _SCAN_CHUNK = 8 << 20
-_RHEAD = struct.Struct("<IIQQQQIB3x")  # magic, crc, salt, seq, epoch, offset, length, kind
+# magic, crc, salt, seq, epoch, he_id, offset, length, kind: the ballot (epoch, he_id) says
+# which owner wrote the record (deduplication of a resent seq compares it, never the seq alone)
+_RHEAD = struct.Struct("<IIQQQQQIB3x")
 MIN_LOG_SIZE = 1 << 20
 
 
@@ -84,6 +87,7 @@ class LogRecord:
     length: int
     kind: int
     data: bytes  # empty for trims
+    he_id: int = 0  # with `epoch`, the ballot of the owner that wrote it
 
 
 @dataclass(slots=True)
@@ -139,6 +143,14 @@ class ReplayLog:
                         self.size = size
                         self.capacity = size - FILE_HEADER
                     return self._recover(synced)
+                if magic in _OLD_MAGICS:
+                    os.close(self._fd)
+                    self._fd = -1
+                    raise ReplayLogError(
+                        f"{self.path} is a replay log of an older on-disk format "
+                        f"({magic.decode()}, this SE writes {_FILE_MAGIC.decode()}): "
+                        "stop the SE cleanly with the old version first, or remove the log"
+                    )
             log.error("%s has no valid log header; starting an empty log", self.path)
         self.reset()
         return []
@@ -294,7 +306,7 @@ class ReplayLog:
         """The record whose header is at chunk[i] (file offset `at`), checked by CRC, without
         its data (LogRecord.data is b""); None if there is none. Reads past the chunk if the
         record runs beyond it."""
-        magic, crc, salt, seq, epoch, offset, length, kind = _RHEAD.unpack_from(chunk, i)
+        magic, crc, salt, seq, epoch, he_id, offset, length, kind = _RHEAD.unpack_from(chunk, i)
         if (
             magic != _REC_MAGIC
             or salt != self._salt
@@ -315,11 +327,11 @@ class ReplayLog:
         if google_crc32c.value(covered) != crc:
             return None
         return _Entry(seq, at, _span(data_len), data_len), LogRecord(
-            seq, epoch, offset, length, kind, b""
+            seq, epoch, offset, length, kind, b"", he_id
         )
 
     def _parse(self, view: memoryview, pos: int) -> LogRecord | None:
-        magic, crc, salt, seq, epoch, offset, length, kind = _RHEAD.unpack_from(view, pos)
+        magic, crc, salt, seq, epoch, he_id, offset, length, kind = _RHEAD.unpack_from(view, pos)
         if (
             magic != _REC_MAGIC
             or salt != self._salt
@@ -333,7 +345,7 @@ class ReplayLog:
         covered = bytes(view[pos + 8 : end])  # crc covers the header after itself, and the data
         if google_crc32c.value(covered) != crc:
             return None
-        return LogRecord(seq, epoch, offset, length, kind, covered[_RHEAD.size - 8 :])
+        return LogRecord(seq, epoch, offset, length, kind, covered[_RHEAD.size - 8 :], he_id)
 
     # -- appending -----------------------------------------------------------------------------
 
@@ -388,7 +400,15 @@ class ReplayLog:
             while self.entries and start <= self.entries[0].pos < start + span:
                 self.entries.popleft()
             head = _RHEAD.pack(
-                _REC_MAGIC, 0, self._salt, rec.seq, rec.epoch, rec.offset, rec.length, rec.kind
+                _REC_MAGIC,
+                0,
+                self._salt,
+                rec.seq,
+                rec.epoch,
+                rec.he_id,
+                rec.offset,
+                rec.length,
+                rec.kind,
             )
             c = google_crc32c.Checksum(head[8:])
             if rec.data:

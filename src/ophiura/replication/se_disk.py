@@ -59,6 +59,7 @@ class Op:
     length: int
     data: bytes
     fut: asyncio.Future[int] | None = None
+    he_id: int = 0  # with `epoch`, the owner ballot that sent it (kept in its log record)
 
 
 @dataclass(slots=True)
@@ -197,7 +198,9 @@ class VolumeDisk:
 
     def _log_and_apply(self, ops: list[Op]) -> None:
         """Append a run of ops to the log, then write them to the data file."""
-        records = [LogRecord(o.seq, o.epoch, o.offset, o.length, o.kind, o.data) for o in ops]
+        records = [
+            LogRecord(o.seq, o.epoch, o.offset, o.length, o.kind, o.data, o.he_id) for o in ops
+        ]
         victim = self.log.would_evict_above(records)
         if victim > self.meta.data_synced_seq:
             # The log is about to lose records the data file may not hold durably yet.
