@@ -57,6 +57,7 @@ from pathlib import Path
 
 import google_crc32c
 
+from ophiura.replication import disk_io
 from ophiura.replication.protocol import KIND_TRIM, KIND_WRITE, KIND_ZERO
 
 log = logging.getLogger(__name__)
@@ -158,10 +159,10 @@ class ReplayLog:
     def reset(self) -> None:
         """Forget every record (new salt: old records can never validate again)."""
         self._salt = secrets.randbits(64)
-        os.ftruncate(self._fd, 0)
-        os.ftruncate(self._fd, self.size)
-        os.pwrite(self._fd, _FHEAD.pack(_FILE_MAGIC, self._salt, self.size), 0)
-        os.fsync(self._fd)
+        disk_io.ftruncate(self._fd, 0)
+        disk_io.ftruncate(self._fd, self.size)
+        disk_io.pwrite(self._fd, _FHEAD.pack(_FILE_MAGIC, self._salt, self.size), 0)
+        disk_io.fsync(self._fd)
         self.entries.clear()
         self._head = FILE_HEADER
 
@@ -194,7 +195,7 @@ class ReplayLog:
         kept."""
         st = os.fstat(self._fd)
         if st.st_size < self.size:
-            os.ftruncate(self._fd, self.size)
+            disk_io.ftruncate(self._fd, self.size)
         found: dict[int, tuple[_Entry, LogRecord]] = {}
         for ext_start, ext_end in self._data_extents():
             pos = ext_start
@@ -299,8 +300,8 @@ class ReplayLog:
         CRC can no longer match), durably, before their seqs are written again."""
         zero = bytes(ALIGN)
         for e in entries:
-            os.pwrite(self._fd, zero, e.pos)
-        os.fdatasync(self._fd)
+            disk_io.pwrite(self._fd, zero, e.pos)
+        disk_io.fdatasync(self._fd)
 
     def _check(self, chunk: bytes, i: int, at: int) -> tuple[_Entry, LogRecord] | None:
         """The record whose header is at chunk[i] (file offset `at`), checked by CRC, without
@@ -417,16 +418,16 @@ class ReplayLog:
             head = head[:4] + struct.pack("<I", crc) + head[8:]
             buffers = [head, rec.data] if rec.data else [head]
             want = _RHEAD.size + len(rec.data)
-            done = os.pwritev(self._fd, buffers, start)
+            done = disk_io.pwritev(self._fd, buffers, start)
             if done != want:  # short write: finish it the slow way
                 blob = b"".join(buffers)
                 while done < want:
-                    done += os.pwrite(self._fd, blob[done:], start + done)
+                    done += disk_io.pwrite(self._fd, blob[done:], start + done)
             self.entries.append(_Entry(rec.seq, start, span, len(rec.data)))
             self._head = start + span
 
     def sync(self) -> None:
-        os.fdatasync(self._fd)
+        disk_io.fdatasync(self._fd)
 
     # -- reading (peer replay source) --------------------------------------------------------
 
