@@ -175,3 +175,37 @@ def test_replay_log_recovers_forward_from_the_synced_point(tmp_path: Path) -> No
     assert [h.seq for h in third.open(289)][-1] == 289
     assert third.discarded == 0
     third.close()
+
+
+@pytest.mark.parametrize("then", ["nothing", "same-size", "smaller"])
+def test_truncate_after_drops_records_for_good(tmp_path: Path, then: str) -> None:
+    """An owner drops seqs above 15 and writes 16.. again under its ballot: the dropped
+    records must not come back, even when a new record lands exactly where an old one was."""
+    path = tmp_path / "l"
+    rl = ReplayLog(path, MiB)
+    rl.open()
+    for s in range(1, 21):
+        rl.append([LogRecord(s, 1, 0, BS, KIND_WRITE, block(s), he_id=1)])
+    rl.sync()
+    rl.truncate_after(15)
+    assert rl.newest_seq() == 15
+    if then != "nothing":
+        n = BS if then == "same-size" else 100
+        rl.append([LogRecord(16, 2, 0, n, KIND_WRITE, block(99)[:n], he_id=2)])
+        rl.sync()
+    rl.close()
+    again = ReplayLog(path, MiB)
+    headers = again.open(0)
+    want = list(range(1, 16)) if then == "nothing" else list(range(1, 17))
+    assert [h.seq for h in headers] == want
+    assert again.discarded == 0  # nothing above the chain was left to discard
+    if then != "nothing":
+        assert (headers[-1].epoch, headers[-1].he_id) == (2, 2)
+        again.append([LogRecord(17, 2, 0, BS, KIND_WRITE, block(17), he_id=2)])
+        again.sync()
+        again.close()
+        third = ReplayLog(path, MiB)
+        assert [h.seq for h in third.open(0)] == list(range(1, 18))
+        third.close()
+    else:
+        again.close()

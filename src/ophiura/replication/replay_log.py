@@ -426,6 +426,26 @@ class ReplayLog:
             self.entries.append(_Entry(rec.seq, start, span, len(rec.data)))
             self._head = start + span
 
+    def truncate_after(self, seq: int) -> None:
+        """Drop every record above `seq`, durably, so their seqs can be written again (an owner
+        dropping what its ballot did not re-issue). Their header sectors are zeroed and synced,
+        as for a tail beyond a hole: a record left valid would chain after a new record of its
+        seq - 1 written in the same place and come back on the next start. The next record goes
+        right after `seq`'s, as `append` would have put it. The caller makes sure the data file
+        does not durably hold what is dropped (`data_synced_seq <= seq`): the log cannot undo it.
+        """
+        gone = [e for e in self.entries if e.seq > seq]
+        if not gone:
+            return
+        self._destroy(gone)
+        while self.entries and self.entries[-1].seq > seq:
+            self.entries.pop()
+        if self.entries:
+            last = self.entries[-1]
+            self._head = last.pos + last.span
+        else:
+            self._head = gone[0].pos
+
     def sync(self) -> None:
         disk_io.fdatasync(self._fd)
 
