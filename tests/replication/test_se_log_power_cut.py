@@ -209,3 +209,34 @@ def test_truncate_after_drops_records_for_good(tmp_path: Path, then: str) -> Non
         third.close()
     else:
         again.close()
+
+
+def test_during_a_recovery_the_chain_starts_after_upto(tmp_path: Path) -> None:
+    """A replay recovery up to 500 reset the log; current writes 501.. are logged; a cut
+    loses 510 of an unsynced batch. The restart must re-apply 501..509 and nothing beyond."""
+    disk = _new(tmp_path)
+    _commit(disk, range(1, 101))
+    disk.commit([("call", disk.reset_log, None)], {})  # as se_recovery does, then the meta:
+    recovery = {"kind": "replay", "upto": 500, "peer": ["a", "127.0.0.1", 1], "cursor": 100}
+    disk.write_meta(recovery=recovery, applied_seq=100)
+    synced = disk.meta.data_synced_seq
+    assert synced == 100
+    for s in range(501, 511, 5):
+        disk.commit([Op(KIND_WRITE, q, 1, _where(q), BS, block(q)) for q in range(s, s + 5)], {})
+    disk.commit([Op(KIND_WRITE, q, 1, _where(q), BS, block(q)) for q in range(511, 521)], {})
+    _lose_record(disk, 513)
+    _crash(disk)
+    _forget_unsynced_data(tmp_path, synced)
+    disk = VolumeDisk("v", tmp_path / "v", tmp_path / "v.log", MiB)
+    try:
+        loaded = disk.open(None)
+        assert (loaded.applied, loaded.current_top) == (100, 512)  # was (100, 520)
+        assert [e.seq for e in disk.log.entries] == list(range(501, 513))
+        _check_blocks(disk, 100, range(513, 521))
+        for s in range(501, 513):
+            buf = bytearray(BS)
+            disk.read_into(buf, _where(s))
+            assert bytes(buf) == block(s), s
+    finally:
+        disk.close(False)
+        disk.shutdown()
