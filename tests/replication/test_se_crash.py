@@ -235,7 +235,7 @@ def test_replay_log_wraps_evicts_and_rescans(tmp_path: Path) -> None:
     assert got[0].data == block(990)
     rl.close()
     again = ReplayLog(tmp_path / "l", 1 << 20)
-    records = again.open()
+    records = again.open(oldest)  # recovered forward from a synced point inside the log
     assert (records[0].seq, records[-1].seq) == (oldest, 1000)
     again.append([LogRecord(1001, 1, 0, 0, 1, b"")])  # keeps going after a restart
     assert again.newest_seq() == 1001
@@ -274,7 +274,7 @@ def test_log_scan_finds_records_past_holes_and_stale_laps(tmp_path: Path) -> Non
         f.seek(rl.size - 3000)
         f.write(b"OPRL" * 700)
     again = ReplayLog(path, 2 << 20)
-    headers = again.open()
+    headers = again.open(want[0][0])
     assert [(e.seq, e.pos) for e in again.entries] == want
     assert [h.seq for h in headers] == [s for s, _ in want] and headers[-1].data == b""
     got = again.read_from(want[0][0], 1 << 30)

@@ -19,6 +19,8 @@ from typing import Any
 
 import google_crc32c
 
+from ophiura.replication import disk_io
+
 log = logging.getLogger(__name__)
 
 SLOT_SIZE = 4096
@@ -116,8 +118,8 @@ class MetadataFile:
         self._generation += 1
         meta.generation = self._generation
         slot = _encode(meta)
-        os.pwrite(self._fd, slot, (meta.generation % 2) * SLOT_SIZE)
-        os.fdatasync(self._fd)
+        disk_io.pwrite(self._fd, slot, (meta.generation % 2) * SLOT_SIZE)
+        disk_io.fdatasync(self._fd)
         self.current = meta
 
     def close(self) -> None:

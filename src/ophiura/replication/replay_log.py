@@ -1,14 +1,46 @@
 """A bounded circular log of recent writes: the SE's durability point and a peer's replay source.
 
 An SE acknowledges a write once its record is here and fdatasync'd; the data file is written
-lazily and synced once per lap of the log (before a record whose data is not yet synced is
-overwritten). After a crash the log is scanned: records are 512-byte aligned and each carries a
-CRC32C over header and data and this log's random salt, so a torn tail or garbage fails its check
-and is dropped, never applied. The newest seq-contiguous chain of valid records is what the log
-holds; anything older in it is a previous lap and ignored.
+lazily and synced once per lap of the log (before a record the data file does not durably hold
+is overwritten). Records are 512-byte aligned; each carries a CRC32C over header and data and
+this log's random salt, and says which owner ballot `(epoch, he_id)` wrote it.
+
+Recovery after a crash or a power cut is *forward from the last synced point*
+(`open(synced)`): every write <= `synced` is durably in the data file; the log must supply the
+writes after it. The scan finds every valid record, then builds the chain: the record `synced + 1`
+(or `synced` itself), then `synced + 2`, ... each in the slot right after its predecessor, until
+the first seq that is missing (a hole). The chain ends at the hole; every record above it is
+discarded, durably (its first sector is zeroed and fdatasync'd before anything new is appended),
+so it can neither be re-applied nor served to a peer, now or after a later restart. Below
+`synced` the chain is extended downwards the same way, as replay material for peers only.
+
+Why this is right (and the old "newest contiguous chain, downwards" was not):
+
+- *A hole at seq k means nothing >= k was acknowledged.* Records are appended in seq order and a
+  batch is acknowledged only after its fdatasync; the next batch is written only after that. So
+  if k is missing, k's batch was never synced and no later batch was even written: everything
+  above k is unacknowledged and may be dropped. Everything below k in the chain was synced.
+  A disk without flush ordering may persist 106..110 and lose 105 of an unsynced batch: chaining
+  *down* from the newest record (110) stopped at 106 and lost 1..104, acknowledged; chaining
+  *up* from the synced point keeps 1..104 and drops 106..110.
+- *Nothing after the synced point was overwritten.* A lap overwrites only records the data file
+  durably holds: before an append would evict a record above `data_synced_seq`, the data file
+  is fdatasync'd and a metadata slot saying so is made durable (`se_disk`). A batch is at most
+  a quarter of the log (`se_store`), so a batch never overwrites itself, and the unsynced part
+  of the log is at most one batch.
+- *Stale records cannot join the chain.* A reset (start of a recovery) draws a new salt, so
+  records from before it never validate again. Within one salt, seqs are appended strictly
+  increasing and a discarded tail is destroyed before its seqs are reused, so each seq is held
+  by at most one valid record: a record left over from an older lap has a seq below every record
+  after it, so it can never be the `s + 1` that continues `s`. The chain also requires each
+  record in the slot right after its predecessor (or at the start of the file when it would not
+  have fitted before the end): a lap wrap is followed exactly, and a record of the right seq at
+  the wrong place (which the above rules out) would end the chain rather than extend it.
+- *A torn record* (some of its sectors persisted, some not) fails its CRC: it is a hole.
 
 All methods block: the storage element runs them on the volume's one commit thread, which also
-orders them with the data-file writes.
+orders them with the data-file writes. File writes go through `disk_io` (the power-loss test
+mode journals them).
 """
 
 from __future__ import annotations
@@ -25,18 +57,22 @@ from pathlib import Path
 
 import google_crc32c
 
+from ophiura.replication import disk_io
 from ophiura.replication.protocol import KIND_TRIM, KIND_WRITE, KIND_ZERO
 
 log = logging.getLogger(__name__)
 
 ALIGN = 512
 FILE_HEADER = 4096
-_FILE_MAGIC = b"OPHLOG01"
+_FILE_MAGIC = b"OPHLOG02"  # 02: records carry the owner ballot (epoch, he_id)
+_OLD_MAGICS = (b"OPHLOG01",)
 _FHEAD = struct.Struct("<8sQQ")  # magic, salt, size
 _REC_MAGIC = 0x4C52504F  # "OPRL"
 _REC_MAGIC_BYTES = struct.pack("<I", _REC_MAGIC)
 _SCAN_CHUNK = 8 << 20
-_RHEAD = struct.Struct("<IIQQQQIB3x")  # magic, crc, salt, seq, epoch, offset, length, kind
+# magic, crc, salt, seq, epoch, he_id, offset, length, kind: the ballot (epoch, he_id) says
+# which owner wrote the record (deduplication of a resent seq compares it, never the seq alone)
+_RHEAD = struct.Struct("<IIQQQQQIB3x")
 MIN_LOG_SIZE = 1 << 20
 
 
@@ -52,6 +88,7 @@ class LogRecord:
     length: int
     kind: int
     data: bytes  # empty for trims
+    he_id: int = 0  # with `epoch`, the ballot of the owner that wrote it
 
 
 @dataclass(slots=True)
@@ -80,12 +117,15 @@ class ReplayLog:
         self._head = FILE_HEADER  # where the next record goes
         self._fd = -1
         self._salt = 0
+        self.discarded = 0  # records the last `open` destroyed beyond a hole (for tests, logs)
 
     # -- opening -------------------------------------------------------------------------------
 
-    def open(self) -> list[LogRecord]:
-        """Open or create the log; returns the valid contiguous chain found (oldest first), as
-        headers: `data` is b"" (read it with `read_from`; a full log is not held in memory)."""
+    def open(self, synced: int = 0) -> list[LogRecord]:
+        """Open or create the log; returns the chain recovered forward from `synced` (every
+        write <= `synced` is durably elsewhere), oldest first, as headers: `data` is b"" (read
+        it with `read_from`; a full log is not held in memory). Records beyond the chain's
+        first hole are destroyed before this returns (see the module docstring)."""
         exists = self.path.exists()
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         if exists:
@@ -103,7 +143,15 @@ class ReplayLog:
                         )
                         self.size = size
                         self.capacity = size - FILE_HEADER
-                    return self._scan()
+                    return self._recover(synced)
+                if magic in _OLD_MAGICS:
+                    os.close(self._fd)
+                    self._fd = -1
+                    raise ReplayLogError(
+                        f"{self.path} is a replay log of an older on-disk format "
+                        f"({magic.decode()}, this SE writes {_FILE_MAGIC.decode()}): "
+                        "stop the SE cleanly with the old version first, or remove the log"
+                    )
             log.error("%s has no valid log header; starting an empty log", self.path)
         self.reset()
         return []
@@ -111,10 +159,10 @@ class ReplayLog:
     def reset(self) -> None:
         """Forget every record (new salt: old records can never validate again)."""
         self._salt = secrets.randbits(64)
-        os.ftruncate(self._fd, 0)
-        os.ftruncate(self._fd, self.size)
-        os.pwrite(self._fd, _FHEAD.pack(_FILE_MAGIC, self._salt, self.size), 0)
-        os.fsync(self._fd)
+        disk_io.ftruncate(self._fd, 0)
+        disk_io.ftruncate(self._fd, self.size)
+        disk_io.pwrite(self._fd, _FHEAD.pack(_FILE_MAGIC, self._salt, self.size), 0)
+        disk_io.fsync(self._fd)
         self.entries.clear()
         self._head = FILE_HEADER
 
@@ -141,12 +189,13 @@ class ReplayLog:
             return [(FILE_HEADER, self.size)]
         return out
 
-    def _scan(self) -> list[LogRecord]:
-        """Every valid record: data extents only, read in large chunks, record magic found by
-        `bytes.find` (C speed through zeroes and stale data); data is checked, not kept."""
+    def _scan(self) -> dict[int, tuple[_Entry, LogRecord]]:
+        """Every valid record by seq: data extents only, read in large chunks, record magic
+        found by `bytes.find` (C speed through zeroes and stale data); data is checked, not
+        kept."""
         st = os.fstat(self._fd)
         if st.st_size < self.size:
-            os.ftruncate(self._fd, self.size)
+            disk_io.ftruncate(self._fd, self.size)
         found: dict[int, tuple[_Entry, LogRecord]] = {}
         for ext_start, ext_end in self._data_extents():
             pos = ext_start
@@ -173,42 +222,92 @@ class ReplayLog:
                         continue
                     entry, hdr = rec
                     prev = found.get(hdr.seq)
-                    if prev is None or prev[0].pos < at:
-                        found[hdr.seq] = rec
+                    if prev is not None:
+                        # Cannot happen (one record per seq per salt, see above); if it does,
+                        # the chain below only takes the one in the right place.
+                        log.error(
+                            "%s: seq %d is held twice (at %d and %d)",
+                            self.path,
+                            hdr.seq,
+                            prev[0].pos,
+                            at,
+                        )
+                    found[hdr.seq] = rec
                     i += entry.span
                     if i >= len(chunk):
                         nxt = pos + i  # the record ran past the chunk: go on after it
                         break
                 pos = nxt if nxt > pos else pos + ALIGN
-        if not found:
-            return []
-        newest = max(found)
+        return found
+
+    def _follows(self, prev: _Entry, nxt: _Entry) -> bool:
+        """`nxt` sits where `append` puts the record after `prev`: right after it, or at the
+        start of the file when it would not have fitted before the end."""
+        end = prev.pos + prev.span
+        return nxt.pos == end or (nxt.pos == FILE_HEADER and end + nxt.span > self.size)
+
+    def _recover(self, synced: int) -> list[LogRecord]:
+        """The chain forward from `synced`, the tail beyond its first hole destroyed."""
+        found = self._scan()
+        start = found.get(synced + 1) or found.get(synced)
         chain: list[tuple[_Entry, LogRecord]] = []
-        seq = newest
-        while seq in found:
-            chain.append(found[seq])
-            seq -= 1
-        chain.reverse()
-        # Entries must also be in circular file order ending at the newest, or a lap mixed in.
+        if start is not None:
+            below: list[tuple[_Entry, LogRecord]] = []
+            cur = start
+            while (p := found.get(cur[0].seq - 1)) is not None and self._follows(p[0], cur[0]):
+                below.append(p)
+                cur = p
+            below.reverse()
+            chain = [*below, start]
+            cur = start
+            while (n := found.get(cur[0].seq + 1)) is not None and self._follows(cur[0], n[0]):
+                chain.append(n)
+                cur = n
+        end = max(synced, chain[-1][0].seq if chain else 0)
+        beyond = sorted(e.seq for e, _ in found.values() if e.seq > end)
+        if beyond:
+            log.warning(
+                "%s: seq %d is missing (a write cut by a crash before its sync): discarding "
+                "%d records beyond it (seq %d..%d), none of them acknowledged",
+                self.path,
+                end + 1,
+                len(beyond),
+                beyond[0],
+                beyond[-1],
+            )
+            self._destroy([found[s][0] for s in beyond])
+        self.discarded = len(beyond)
         self.entries = deque(e for e, _ in chain)
-        last = chain[-1][0]
-        self._head = last.pos + last.span
-        dropped = len(found) - len(chain)
-        log.info(
-            "%s: %d records (seq %d..%d), %d stale ignored",
-            self.path,
-            len(chain),
-            chain[0][0].seq,
-            newest,
-            dropped,
-        )
+        if chain:
+            last = chain[-1][0]
+            self._head = last.pos + last.span
+        else:
+            self._head = FILE_HEADER
+        if chain:
+            log.info(
+                "%s: %d records (seq %d..%d) from synced seq %d, %d stale ignored",
+                self.path,
+                len(chain),
+                chain[0][0].seq,
+                chain[-1][0].seq,
+                synced,
+                len(found) - len(chain) - len(beyond),
+            )
         return [r for _, r in chain]
+
+    def _destroy(self, entries: list[_Entry]) -> None:
+        """Make records unreadable for good: zero the sector holding each one's header (its
+        CRC can no longer match), durably, before their seqs are written again."""
+        zero = bytes(ALIGN)
+        for e in entries:
+            disk_io.pwrite(self._fd, zero, e.pos)
+        disk_io.fdatasync(self._fd)
 
     def _check(self, chunk: bytes, i: int, at: int) -> tuple[_Entry, LogRecord] | None:
         """The record whose header is at chunk[i] (file offset `at`), checked by CRC, without
         its data (LogRecord.data is b""); None if there is none. Reads past the chunk if the
         record runs beyond it."""
-        magic, crc, salt, seq, epoch, offset, length, kind = _RHEAD.unpack_from(chunk, i)
+        magic, crc, salt, seq, epoch, he_id, offset, length, kind = _RHEAD.unpack_from(chunk, i)
         if (
             magic != _REC_MAGIC
             or salt != self._salt
@@ -229,11 +328,11 @@ class ReplayLog:
         if google_crc32c.value(covered) != crc:
             return None
         return _Entry(seq, at, _span(data_len), data_len), LogRecord(
-            seq, epoch, offset, length, kind, b""
+            seq, epoch, offset, length, kind, b"", he_id
         )
 
     def _parse(self, view: memoryview, pos: int) -> LogRecord | None:
-        magic, crc, salt, seq, epoch, offset, length, kind = _RHEAD.unpack_from(view, pos)
+        magic, crc, salt, seq, epoch, he_id, offset, length, kind = _RHEAD.unpack_from(view, pos)
         if (
             magic != _REC_MAGIC
             or salt != self._salt
@@ -247,7 +346,7 @@ class ReplayLog:
         covered = bytes(view[pos + 8 : end])  # crc covers the header after itself, and the data
         if google_crc32c.value(covered) != crc:
             return None
-        return LogRecord(seq, epoch, offset, length, kind, covered[_RHEAD.size - 8 :])
+        return LogRecord(seq, epoch, offset, length, kind, covered[_RHEAD.size - 8 :], he_id)
 
     # -- appending -----------------------------------------------------------------------------
 
@@ -302,7 +401,15 @@ class ReplayLog:
             while self.entries and start <= self.entries[0].pos < start + span:
                 self.entries.popleft()
             head = _RHEAD.pack(
-                _REC_MAGIC, 0, self._salt, rec.seq, rec.epoch, rec.offset, rec.length, rec.kind
+                _REC_MAGIC,
+                0,
+                self._salt,
+                rec.seq,
+                rec.epoch,
+                rec.he_id,
+                rec.offset,
+                rec.length,
+                rec.kind,
             )
             c = google_crc32c.Checksum(head[8:])
             if rec.data:
@@ -311,16 +418,36 @@ class ReplayLog:
             head = head[:4] + struct.pack("<I", crc) + head[8:]
             buffers = [head, rec.data] if rec.data else [head]
             want = _RHEAD.size + len(rec.data)
-            done = os.pwritev(self._fd, buffers, start)
+            done = disk_io.pwritev(self._fd, buffers, start)
             if done != want:  # short write: finish it the slow way
                 blob = b"".join(buffers)
                 while done < want:
-                    done += os.pwrite(self._fd, blob[done:], start + done)
+                    done += disk_io.pwrite(self._fd, blob[done:], start + done)
             self.entries.append(_Entry(rec.seq, start, span, len(rec.data)))
             self._head = start + span
 
+    def truncate_after(self, seq: int) -> None:
+        """Drop every record above `seq`, durably, so their seqs can be written again (an owner
+        dropping what its ballot did not re-issue). Their header sectors are zeroed and synced,
+        as for a tail beyond a hole: a record left valid would chain after a new record of its
+        seq - 1 written in the same place and come back on the next start. The next record goes
+        right after `seq`'s, as `append` would have put it. The caller makes sure the data file
+        does not durably hold what is dropped (`data_synced_seq <= seq`): the log cannot undo it.
+        """
+        gone = [e for e in self.entries if e.seq > seq]
+        if not gone:
+            return
+        self._destroy(gone)
+        while self.entries and self.entries[-1].seq > seq:
+            self.entries.pop()
+        if self.entries:
+            last = self.entries[-1]
+            self._head = last.pos + last.span
+        else:
+            self._head = gone[0].pos
+
     def sync(self) -> None:
-        os.fdatasync(self._fd)
+        disk_io.fdatasync(self._fd)
 
     # -- reading (peer replay source) --------------------------------------------------------
 

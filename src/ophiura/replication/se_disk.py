@@ -13,9 +13,15 @@ about what reaches the disk and in which order it becomes durable:
   `CHECKPOINT_INTERVAL` (piggybacked on a batch, or on its own once the volume is idle).
   Recovery boundaries and log resets/overwrites write it synchronously (below, se_recovery).
   The data file is written lazily.
-- Group commit: one batch = log records appended, data file written (not synced), log
-  fdatasync. Records are appended in queue order *relative to the other items*: a log reset
-  queued between two writes happens between them on disk too.
+- Group commit: one batch = log records appended, log fdatasync, then the data file written
+  (not synced). Records are appended in queue order *relative to the other items*: a log reset
+  queued between two writes happens between them on disk too; a "call" item first syncs the
+  log and writes the data of everything before it. The data file is written only *after* the
+  records are durable so that after a power cut it holds nothing of a write the log lost: such
+  a write is beyond the log chain's first hole (see `replay_log`), the SE does not report it,
+  and a sector of it surviving in the data file would be a replica holding a write no owner
+  acknowledged (diverged from its peers). Data the log holds is re-applied over the data
+  file on start, so whatever of it the data file lost or tore is rewritten.
 - Anything that makes log records unreadable (overwriting them on a new lap, resetting the log
   for a recovery) first syncs the data file and makes the metadata that says so
   (`data_synced_seq`) durable. The other order left a kill -9 window in which a restart found
@@ -35,9 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ophiura.block.file import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, _fallocate
+from ophiura.block.file import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE
+from ophiura.replication import disk_io
 from ophiura.replication.metadata import MetadataFile, VolumeMeta
-from ophiura.replication.protocol import KIND_WRITE
+from ophiura.replication.protocol import KIND_WRITE, NO_BASE
 from ophiura.replication.replay_log import LogRecord, ReplayLog, ReplayLogError
 
 log = logging.getLogger("ophiura.replication.se_store")
@@ -59,7 +66,7 @@ class Op:
     length: int
     data: bytes
     fut: asyncio.Future[int] | None = None
-    he_id: int = 0  # with `epoch`: the ballot the HE wrote it under
+    he_id: int = 0  # with `epoch`, the owner ballot that sent it (kept in its log record)
     base: int = 0  # that ballot's base (see se_store.Volume.adopt)
 
 
@@ -87,6 +94,10 @@ class VolumeDisk:
         # fine: the log holds those writes); `_meta_written_at` is when a slot last was.
         self.meta_pending = False
         self._meta_written_at = 0.0
+        # Within `commit`: current writes whose log records are appended but not yet synced
+        # (their data-file writes wait behind the sync), and recovered data queued after them.
+        self._pending: list[Any] = []
+        self._log_unsynced = False
 
     @property
     def meta(self) -> VolumeMeta:
@@ -102,7 +113,7 @@ class VolumeDisk:
             size, bs = create
             self.dir.mkdir(parents=True, exist_ok=True)
             self.fd = os.open(self.dir / "data", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            os.ftruncate(self.fd, size)
+            disk_io.ftruncate(self.fd, size)
             self.meta_file = MetadataFile.create(meta_path, VolumeMeta(size, bs))
             self.log.open()
             self.log.reset()
@@ -115,36 +126,36 @@ class VolumeDisk:
     def _replay_local_log(self, meta: VolumeMeta) -> Loaded:
         """Re-apply log records newer than the data file.
 
-        The truth is the data file (durable up to data_synced_seq) plus the valid log chain
-        that continues it; metadata claiming more than that means records were lost (a
-        replaced log disk) and the SE reports the lower number so the HE recovers it.
+        The truth is the data file (durable up to data_synced_seq) plus the log chain that
+        continues it, recovered forward from there (`ReplayLog.open`): a hole ends it, and what
+        lies beyond was never acknowledged. During a recovery the log was reset when it
+        started and holds only current writes > `upto`, so the chain starts after the later of
+        the two. Metadata claiming more than that means records were lost (a replaced log
+        disk) and the SE reports the lower number so the HE recovers it.
         """
-        records = self.log.open()
         synced = meta.data_synced_seq
-        # The log records carry the epoch they were written in: if the newest slot was torn and
-        # an older one won, the log still fences the HEs the lost slot had fenced.
-        log_epoch = max((r.epoch for r in records), default=0)
-        if log_epoch > meta.epoch:
+        anchor = synced
+        if meta.recovery is not None:
+            anchor = max(synced, int(meta.recovery.get("upto", 0)))
+        records = self.log.open(anchor)
+        # The log records carry the ballot they were written under: if the newest slot was
+        # torn and an older one won, the log still fences the HEs the lost slot had fenced.
+        # Its base is unknown then (NO_BASE): the owner establishes it again, and whatever
+        # this SE holds above that base is truncated and copied back (costly, never unsafe).
+        log_ballot = max(((r.epoch, r.he_id) for r in records), default=(0, 0))
+        if log_ballot > (meta.epoch, meta.he_id):
             log.warning(
-                "volume %s: the log holds epoch %d, the metadata %d; using %d",
+                "volume %s: the log holds ballot %s, the metadata (%d, %x); using the log's",
                 self.name,
-                log_epoch,
+                log_ballot,
                 meta.epoch,
-                log_epoch,
+                meta.he_id,
             )
-            meta.epoch = log_epoch
+            meta.epoch, meta.he_id = log_ballot
+            meta.base_seq = NO_BASE
             self._write_meta_slot(meta)
         redo = [r for r in records if r.seq > synced]
         if meta.recovery is None:
-            if redo and redo[0].seq != synced + 1:
-                log.error(
-                    "volume %s: the log starts at seq %d but the data file holds only %d; "
-                    "the writes between are lost here (log device replaced?)",
-                    self.name,
-                    redo[0].seq,
-                    synced,
-                )
-                redo = []
             applied = redo[-1].seq if redo else synced
             if meta.applied_seq > applied:
                 log.error(
@@ -170,7 +181,7 @@ class VolumeDisk:
                     self.apply(rec.kind, rec.offset, rec.length, rec.data)
                 seq = batch[-1].seq + 1
         if redo:
-            os.fdatasync(self.fd)
+            disk_io.fdatasync(self.fd)
             top = redo[-1].seq
             self.written_seq = top
             if meta.recovery is not None:
@@ -190,31 +201,48 @@ class VolumeDisk:
             view = memoryview(data)
             done = 0
             while done < len(view):
-                done += os.pwritev(self.fd, [view[done:]], offset + done)
+                done += disk_io.pwritev(self.fd, [view[done:]], offset + done)
         else:
             mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
             try:
-                _fallocate(self.fd, mode, offset, length)
+                disk_io.punch(self.fd, mode, offset, length)
             except OSError as exc:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                     raise
-                os.pwrite(self.fd, bytes(length), offset)
+                disk_io.pwrite(self.fd, bytes(length), offset)
 
-    def _log_and_apply(self, ops: list[Op]) -> None:
-        """Append a run of ops to the log, then write them to the data file."""
-        records = [LogRecord(o.seq, o.epoch, o.offset, o.length, o.kind, o.data) for o in ops]
+    def _log(self, ops: list[Op]) -> None:
+        """Append a run of ops to the log; their data-file writes wait in `_pending` until
+        the records are durable (`_flush`)."""
+        records = [
+            LogRecord(o.seq, o.epoch, o.offset, o.length, o.kind, o.data, o.he_id) for o in ops
+        ]
         victim = self.log.would_evict_above(records)
         if victim > self.meta.data_synced_seq:
             # The log is about to lose records the data file may not hold durably yet.
+            self._flush()
             self._mark_data_synced()
         self.log.append(records)
-        for o in ops:
-            self.apply(o.kind, o.offset, o.length, o.data)
-            self.written_seq = o.seq
+        self._log_unsynced = True
+        self._pending.extend(ops)
+
+    def _flush(self) -> None:
+        """Sync the log records appended so far, then write their data, and the recovered data
+        queued behind them, to the data file in queue order."""
+        if self._log_unsynced:
+            self.log.sync()
+            self._log_unsynced = False
+        for it in self._pending:
+            if type(it) is Op:
+                self.apply(it.kind, it.offset, it.length, it.data)
+                self.written_seq = it.seq
+            else:  # ("rec", kind, offset, length, data)
+                self.apply(it[1], it[2], it[3], it[4])
+        self._pending.clear()
 
     def _mark_data_synced(self) -> None:
         """Sync the data file and make that durable *before* any log record is dropped."""
-        os.fdatasync(self.fd)
+        disk_io.fdatasync(self.fd)
         meta = self.meta
         meta.data_synced_seq = max(meta.data_synced_seq, self.written_seq)
         self._write_meta_slot(meta)
@@ -229,22 +257,27 @@ class VolumeDisk:
         results: list[Any] = []
         run: list[Op] = []
         logged = False
+        self._pending, self._log_unsynced = [], False
         for it in items:
             if type(it) is Op:
                 run.append(it)
                 continue
             if run:
-                self._log_and_apply(run)
+                self._log(run)
                 run, logged = [], True
             if it[0] == "rec":
-                self.apply(it[1], it[2], it[3], it[4])
-            else:  # ("call", fn, fut)
+                if self._pending:
+                    self._pending.append(it)  # behind current writes not yet in the data file
+                else:
+                    self.apply(it[1], it[2], it[3], it[4])
+            else:  # ("call", fn, fut): it sees every item before it, durable and applied
+                self._flush()
                 try:
                     results.append((it[2], it[1](), None))
                 except Exception as exc:  # handed back to the awaiting coroutine
                     results.append((it[2], None, exc))
         if run:
-            self._log_and_apply(run)
+            self._log(run)
             logged = True
         must = False
         for key, value in updates.items():
@@ -262,8 +295,7 @@ class VolumeDisk:
         # and a metadata slot ahead of the log is harmless (the log chain is the truth).
         meta_done = self._meta_pool.submit(self._write_meta_slot, meta) if write_meta else None
         try:
-            if logged:
-                self.log.sync()
+            self._flush()
         finally:
             if meta_done is not None:
                 meta_done.result()
@@ -278,7 +310,7 @@ class VolumeDisk:
     # -- recovery support ------------------------------------------------------------------------
 
     def sync_data(self) -> None:
-        os.fdatasync(self.fd)
+        disk_io.fdatasync(self.fd)
 
     def reset_log(self) -> None:
         """Forget the log (a recovery starts); what it held is made durable in the data file."""
@@ -318,14 +350,14 @@ class VolumeDisk:
             done += n
 
     def truncate(self, size: int) -> None:
-        os.ftruncate(self.fd, size)
+        disk_io.ftruncate(self.fd, size)
 
     # -- closing ---------------------------------------------------------------------------------
 
     def close(self, failed: bool) -> None:
         """Sync everything: a clean stop leaves nothing for the log to re-apply."""
         if self.fd >= 0:
-            os.fdatasync(self.fd)
+            disk_io.fdatasync(self.fd)
             meta = self.meta_file.current if self.meta_file is not None else None
             if (
                 meta is not None
