@@ -15,7 +15,18 @@ import asyncio
 from dataclasses import replace
 from pathlib import Path
 
-from .he_harness import SeHandle, he_config, start_he, wait_all_up
+import pytest
+
+from ophiura.nbd.commands import error_for
+from ophiura.nbd.constants import Errno
+from ophiura.replication.control import control_call
+from ophiura.replication.host_element import HostElement
+from ophiura.replication.quorum import Fenced
+from ophiura.replication.volume import HostElementVolume
+from ophiura.scsi.logical_unit import backend_error
+from ophiura.scsi.sense import SenseKey
+
+from .he_harness import SECRET, SeHandle, he_config, start_he, wait_all_up, wait_for
 
 PAGE = 4096
 SECTOR = 512
@@ -78,3 +89,70 @@ async def test_sub_page_writes_racing_neighbour_reads_never_leave_stale_cache(
         assert not stale, f"{len(stale)} stale reads after {races} acks, e.g. {stale[:5]}"
     finally:
         await he.stop()
+
+
+async def _cached_old_he(
+    ses: list[SeHandle], tmp_path: Path
+) -> tuple[HostElement, HostElement, HostElementVolume]:
+    """An active HE with pages in its cache (reads hit) and a standby on the same SEs."""
+    cfg = he_config(ses, cache_bytes=4 << 20)
+    old = await start_he(cfg, tmp_path / "old")
+    standby = await start_he(replace(cfg, standby=True, state_dir=tmp_path / "new"), tmp_path)
+    vol = old.volumes["vol"].data
+    await wait_all_up(old)
+    for p in range(8):
+        await vol.write(p * PAGE, b"o" * PAGE)
+        assert await vol.read(p * PAGE, PAGE) == b"o" * PAGE
+    assert len(vol.cache) == 8 and vol.cache.stats.hits >= 8
+    return old, standby, vol
+
+
+async def _takeover_and_overwrite(standby: HostElement) -> None:
+    await control_call("127.0.0.1", standby.control.port, SECRET, "takeover")
+    new_vol = standby.volumes["vol"].data
+    for p in range(8):
+        await new_vol.write(p * PAGE, b"N" * PAGE)
+
+
+async def _assert_reads_refused(vol: HostElementVolume) -> None:
+    for p in range(8):
+        with pytest.raises(Fenced) as info:
+            await vol.read(p * PAGE, SECTOR)
+        assert "fenced" in str(info.value)
+    assert len(vol.cache) == 0, "a fenced HE still holds cached pages"
+    # the frontends turn it into a clear error, as for a refused write
+    assert error_for(info.value) is Errno.EPERM
+    sense = backend_error(info.value, writing=False)
+    assert sense.key == SenseKey.DATA_PROTECT
+
+
+async def test_fenced_by_its_poll_the_old_he_refuses_reads_and_drops_its_cache(
+    ses: list[SeHandle], tmp_path: Path
+) -> None:
+    """Failure 7: the old HE, idle, learns of the takeover from its epoch poll; from then on it
+    serves no read, cached or not (before the fix it kept serving its cached, now stale
+    pages until the cluster stopped it)."""
+    old, standby, vol = await _cached_old_he(ses, tmp_path)
+    try:
+        await _takeover_and_overwrite(standby)
+        await wait_for(lambda: vol.fenced, 5, "the old HE's poll fenced it")
+        await _assert_reads_refused(vol)
+    finally:
+        await old.stop()
+        await standby.stop()
+
+
+async def test_fenced_by_a_refused_write_the_old_he_refuses_reads(
+    ses: list[SeHandle], tmp_path: Path
+) -> None:
+    """The same when a write of the old HE is what tells it (StaleEpoch from an SE)."""
+    old, standby, vol = await _cached_old_he(ses, tmp_path)
+    try:
+        await _takeover_and_overwrite(standby)
+        with pytest.raises(Fenced):
+            await vol.write(8 * PAGE, b"x" * PAGE)
+        assert vol.fenced
+        await _assert_reads_refused(vol)
+    finally:
+        await old.stop()
+        await standby.stop()
