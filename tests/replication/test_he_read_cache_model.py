@@ -23,10 +23,12 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
+from ophiura.replication.quorum import Fenced
 from ophiura.replication.se_session import ReplicaState, SeSession, SeSpec, SessionState
 from ophiura.replication.volume import HostElementVolume, VolumeConfig
 
@@ -73,6 +75,9 @@ class FakeSe:
 
     async def read(self, volume: str, offset: int, length: int) -> bytes:
         return (await self.read_with_seq(volume, offset, length))[1]
+
+    async def close(self) -> None:
+        pass
 
     def to_disk(self) -> None:
         if self.on_disk < len(self.admitted):
@@ -287,3 +292,37 @@ def test_the_failure_2_schedule() -> None:
             ]
         )
     )
+
+
+def test_a_read_at_an_se_when_the_fence_comes_fails_and_fills_nothing() -> None:
+    """Failure 7, the race: a read already at an SE when the HE learns it is fenced must not
+    return (nor cache) what it gets; a cached page is not served either."""
+
+    async def run() -> None:
+        ses = [FakeSe(n, 0.001 * (i + 1)) for i, n in enumerate("abc")]
+        vol = _volume(ses)
+        try:
+            write = asyncio.ensure_future(vol.write(0, b"o" * PAGE))
+            for _ in range(5):
+                await asyncio.sleep(0)
+            for se in ses:
+                se.to_disk()
+                se.sync()
+            await write
+            assert await vol.read(0, BLOCK) == b"o" * BLOCK  # from the cache
+            vol.cache.clear()
+            read = asyncio.ensure_future(vol.read(PAGE, BLOCK))
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert ses[0].reads, "the read did not reach the closest SE"
+            vol._fence("test: another HE took over")
+            ses[0].serve(0)
+            with pytest.raises(Fenced):
+                await read
+            assert len(vol.cache) == 0
+            with pytest.raises(Fenced):
+                await vol.read(0, BLOCK)
+        finally:
+            await vol.close()
+
+    asyncio.run(run())
