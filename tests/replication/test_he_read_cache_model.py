@@ -253,6 +253,15 @@ async def _run(actions: list[tuple[Any, ...]]) -> None:
             assert hit is None or hit == bytes(ses[0].data[page * PAGE : (page + 1) * PAGE]), (
                 f"cached page {page} differs from the SEs at rest"
             )
+        # and reads at rest (a miss fills, the second read hits) return what the SEs hold
+        for _ in range(2):
+            reads = [asyncio.ensure_future(vol.read(p * PAGE, PAGE)) for p in range(PAGES)]
+            await settle()
+            for se in ses:
+                while se.reads:
+                    se.serve(0)
+            got = await asyncio.gather(*reads)
+            assert b"".join(got) == bytes(ses[0].data), "a read at rest differs from the SEs"
     finally:
         for op in ops:
             op.task.cancel()
