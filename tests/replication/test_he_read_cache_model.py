@@ -53,6 +53,7 @@ class FakeSe:
     on_disk: int = 0  # ops of `admitted` written to the data file
     durable: int = 0  # seq
     reads: list[tuple[int, int, asyncio.Future[tuple[int, bytes]]]] = field(default_factory=list)
+    resizing: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def write(self, volume: str, epoch: int, seq: int, offset: int, data: bytes) -> int:
         return await self._admit(seq, offset, len(data), data)
@@ -78,6 +79,10 @@ class FakeSe:
 
     async def close(self) -> None:
         pass
+
+    async def resize_volume(self, volume: str, size: int) -> None:
+        await self.resizing.wait()  # the test decides when the SE is done
+        self.data[size:] = bytes(len(self.data) - size)  # shrunk then grown: zeros
 
     def to_disk(self) -> None:
         if self.on_disk < len(self.admitted):
@@ -331,6 +336,46 @@ def test_a_read_at_an_se_when_the_fence_comes_fails_and_fills_nothing() -> None:
             assert len(vol.cache) == 0
             with pytest.raises(Fenced):
                 await vol.read(0, BLOCK)
+        finally:
+            await vol.close()
+
+    asyncio.run(run())
+
+
+def test_pages_read_during_a_shrink_are_not_served_after_growing_back() -> None:
+    """A read during the resize fills a page that the shrink then cuts off; grown back, that
+    range reads as zeros on the SEs, so the cache must not serve the old page."""
+
+    async def run() -> None:
+        ses = [FakeSe(n, 0.001 * (i + 1)) for i, n in enumerate("abc")]
+        vol = _volume(ses)
+        last = (PAGES - 1) * PAGE
+        try:
+            write = asyncio.ensure_future(vol.write(last, b"x" * PAGE))
+            for _ in range(5):
+                await asyncio.sleep(0)
+            for se in ses:
+                se.to_disk()
+                se.sync()
+            await write
+            shrink = asyncio.ensure_future(vol.resize(SIZE // 2))
+            await asyncio.sleep(0)  # the SEs are resizing; the HE still has the old size
+            read = asyncio.ensure_future(vol.read(last, BLOCK))
+            for _ in range(5):
+                await asyncio.sleep(0)
+            for se in ses:
+                se.serve(0)
+            assert await read == b"x" * BLOCK
+            for se in ses:
+                se.resizing.set()
+            await shrink
+            await vol.resize(SIZE)
+            read = asyncio.ensure_future(vol.read(last, BLOCK))
+            for _ in range(5):
+                await asyncio.sleep(0)
+            for se in ses:
+                se.serve(0)
+            assert await read == bytes(BLOCK), "the cache served a page cut off by the shrink"
         finally:
             await vol.close()
 
