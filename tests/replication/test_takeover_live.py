@@ -93,8 +93,9 @@ async def test_idle_old_he_is_fenced_without_writing(ses: list[SeHandle], tmp_pa
         new_epoch = standby.volumes["vol"].data.epoch
         assert st["fenced"] and st["read_only"] and f"({new_epoch}, " in st["fence_reason"]
         assert old.volumes["vol"].meta.fenced  # the SCSI-state companion too
-        with pytest.raises(Fenced):  # a fenced HE serves no reads either (issue 9, failure 7)
+        with pytest.raises(Fenced):  # nor reads: the new owner may have written (failure 7)
             await old_vol.read(0, 4096)
+        assert await ledger.verify(standby.volumes["vol"].data) == []
         with pytest.raises(Fenced):
             await old_vol.write(0, b"z" * 4096)
         assert old_vol.latest_seq == seq  # refused before taking a sequence number

@@ -1,11 +1,29 @@
 """The HE read cache (StarFish §3, §6.2): LRU of fixed-size pages, bounded in bytes.
 
 Why pages rather than whole requests: host reads of different sizes overlap; a page is the unit
-that writes can update or invalidate exactly. Writes update the cache in sequence order (at the
-moment the HE assigns the sequence number, before any await), so the cache never holds data
-older than the newest write assigned; a failed write invalidates what it had put in. A read-miss
-fill is only inserted when no write was assigned while the read was in flight (`generation`),
-which is what keeps a slow read from planting stale data.
+that writes can update or invalidate exactly.
+
+The invariant (DESIGN.md): a cached page never holds data older than an acknowledged write to
+it, whatever the write's size or alignment, and a write that failed or was cancelled leaves no
+trace here. Three rules keep it:
+
+- Writes update the cache when the HE assigns their sequence number, in sequence order, before
+  any await (`write`): a page the write covers whole gets the new bytes, a page it covers only
+  in part is dropped (we do not know the rest). A write that fails or is cancelled drops its
+  pages again (`failed`).
+- A read miss is registered before it goes to an SE (`begin_read`) and its result inserted only
+  for the pages that no write touched while the read was in flight: a write still unacknowledged
+  when the read began, or assigned before the read came back, spoils the pages it touches. The
+  SE that served the read may not have applied such a write yet (an SE answers a read from its
+  data file at once, ahead of a write it admitted just before), and nothing would refresh the
+  page when the write is acknowledged.
+- A write that failed or was cancelled may still be applied by the SEs it was sent to (or resent
+  to on recovery); until every SE that can serve reads holds it (`settle`: the floor), it spoils
+  reads of its pages like an unacknowledged one, and a fill whose data is older than the floor
+  (the SE's applied seq, sent with the data) is refused.
+
+A write acknowledged before a read began needs no rule here: the read path only asks an SE that
+acknowledged it (`BlockSeqMap`) and checks the applied seq the SE returns.
 """
 
 from __future__ import annotations
@@ -25,6 +43,28 @@ class CacheStats:
         return self.hits / total if total else 0.0
 
 
+class PendingFill:
+    """One read miss on its way from an SE: the whole pages it may fill, minus the spoiled ones.
+
+    Spoiled parts are kept as page ranges (clipped to this fill), so a trim of a terabyte costs
+    one entry, not one per page."""
+
+    __slots__ = ("end", "first", "spoiled")
+
+    def __init__(self, first: int, end: int) -> None:
+        self.first = first
+        self.end = end
+        self.spoiled: list[tuple[int, int]] = []
+
+    def spoil(self, first: int, end: int) -> None:
+        lo, hi = max(first, self.first), min(end, self.end)
+        if lo < hi:
+            self.spoiled.append((lo, hi))
+
+    def usable(self, page: int) -> bool:
+        return all(not lo <= page < hi for lo, hi in self.spoiled)
+
+
 class ReadCache:
     """Pages of `page_size` bytes; `capacity` 0 disables the cache entirely."""
 
@@ -35,7 +75,12 @@ class ReadCache:
         self.max_pages = capacity // page_size
         self._pages: OrderedDict[int, bytes] = OrderedDict()
         self.stats = CacheStats()
-        self.generation = 0  # bumped by every write/invalidate
+        # seq -> pages [first, end) touched, of writes assigned and not yet acknowledged
+        self._writing: dict[int, tuple[int, int]] = {}
+        # the same for writes that failed or were cancelled and that SEs may still apply
+        self._doubtful: dict[int, tuple[int, int]] = {}
+        self._reads: set[PendingFill] = set()
+        self.floor = 0  # every SE that serves reads holds every write <= floor
 
     @property
     def enabled(self) -> bool:
@@ -49,9 +94,11 @@ class ReadCache:
         return len(self._pages)
 
     def _span(self, offset: int, length: int) -> range:
+        """Pages touched by the byte range (whole or in part)."""
         ps = self.page_size
         return range(offset // ps, (offset + length + ps - 1) // ps)
 
+    # ---- reads ---------------------------------------------------------------------------
     def lookup(self, offset: int, length: int) -> bytes | None:
         """The bytes if every page is cached (a hit), else None (a miss); counts both."""
         if not self.enabled:
@@ -77,38 +124,107 @@ class ReadCache:
         end = min(size, (offset + length + ps - 1) // ps * ps)
         return start, end - start
 
-    def fill(self, offset: int, data: bytes, generation: int) -> None:
-        """Insert a read-miss result fetched starting at page-aligned `offset`."""
-        if not self.enabled or generation != self.generation:
-            return
+    def begin_read(self, offset: int, length: int) -> PendingFill | None:
+        """Register a read miss about to fetch `offset`+`length` from an SE (None: nothing it
+        could fill). Pages of writes not yet acknowledged (or doubtful) are spoiled at once."""
+        if not self.enabled:
+            return None
         ps = self.page_size
-        first = offset // ps
-        for i in range(len(data) // ps):
-            self._put(first + i, bytes(data[i * ps : (i + 1) * ps]))
+        first, end = -(-offset // ps), (offset + length) // ps  # whole pages inside the range
+        if first >= end:
+            return None
+        fill = PendingFill(first, end)
+        for lo, hi in self._writing.values():
+            fill.spoil(lo, hi)
+        for lo, hi in self._doubtful.values():
+            fill.spoil(lo, hi)
+        self._reads.add(fill)
+        return fill
 
-    def write(self, offset: int, data: bytes | None, length: int) -> None:
-        """A write (data) or zeroing/trim (data None: pages read back as zeros) was assigned."""
-        self.generation += 1
+    def fill(self, pending: PendingFill | None, offset: int, data: bytes, applied: int) -> int:
+        """Insert the result of a registered miss: `data` read at `offset` from an SE that had
+        applied every write <= `applied`. Only whole, unspoiled pages go in; the count."""
+        if pending is None:
+            return 0
+        self._reads.discard(pending)
+        if not self.enabled or applied < self.floor:
+            return 0
+        ps = self.page_size
+        end = min(pending.end, (offset + len(data)) // ps)
+        done = 0
+        for p in range(max(pending.first, -(-offset // ps)), end):
+            if pending.usable(p):
+                start = p * ps - offset
+                self._put(p, bytes(data[start : start + ps]))
+                done += 1
+        return done
+
+    def abandon(self, pending: PendingFill | None) -> None:
+        """The registered read failed: it fills nothing."""
+        if pending is not None:
+            self._reads.discard(pending)
+
+    # ---- writes --------------------------------------------------------------------------
+    def write(self, seq: int, offset: int, data: bytes | None, length: int) -> None:
+        """Write `seq` (data) or a zeroing/trim (data None: reads back as zeros) was assigned."""
         if not self.enabled:
             return
+        span = self._span(offset, length)
+        self._writing[seq] = (span.start, span.stop)
+        for fill in self._reads:
+            fill.spoil(span.start, span.stop)
         ps = self.page_size
-        for p in self._span(offset, length):
+        pages = self._pages
+        # a trim of the whole volume visits the cached pages, not every page it covers
+        touched = (
+            span
+            if data is not None or len(span) <= len(pages)
+            else sorted(p for p in pages if p in span)
+        )
+        for p in touched:
             start, end = p * ps, (p + 1) * ps
             if start >= offset and end <= offset + length:
-                page = bytes(ps) if data is None else bytes(data[start - offset : end - offset])
-                if p in self._pages or data is not None:
-                    self._put(p, page)
+                if data is not None:
+                    self._put(p, bytes(data[start - offset : end - offset]))
+                elif p in pages:
+                    self._put(p, bytes(ps))
             else:
-                self._pages.pop(p, None)  # partial page: we do not know the rest
+                pages.pop(p, None)  # partial page: we do not know the rest
 
-    def invalidate(self, offset: int, length: int) -> None:
-        self.generation += 1
-        for p in self._span(offset, length):
-            self._pages.pop(p, None)
+    def acked(self, seq: int) -> None:
+        """Write `seq` is acknowledged to the host: its pages may be filled again."""
+        self._writing.pop(seq, None)
+
+    def failed(self, seq: int, offset: int, length: int) -> None:
+        """Write `seq` failed or was cancelled: drop what it put in; until the floor passes it
+        (SEs may still apply it), reads of its pages fill nothing."""
+        span = self._writing.pop(seq, None)
+        if span is None:
+            if not self.enabled:
+                return
+            s = self._span(offset, length)
+            span = (s.start, s.stop)
+        if seq > self.floor:
+            self._doubtful[seq] = span  # reads in flight were spoiled when it was assigned
+        pages = self._pages
+        lo, hi = span
+        for p in range(lo, hi) if hi - lo <= len(pages) else [p for p in pages if lo <= p < hi]:
+            pages.pop(p, None)
+
+    def settle(self, floor: int) -> None:
+        """Every SE that serves reads now holds every write <= `floor` (never lowered): failed
+        writes up to it stop spoiling fills, and fills of older data are refused."""
+        if floor <= self.floor:
+            return
+        self.floor = floor
+        if self._doubtful:
+            self._doubtful = {s: r for s, r in self._doubtful.items() if s > floor}
 
     def clear(self) -> None:
-        self.generation += 1
+        """Drop every page; reads in flight fill nothing (resize, fencing, close)."""
         self._pages.clear()
+        for fill in self._reads:
+            fill.spoil(fill.first, fill.end)
 
     def _put(self, page: int, data: bytes) -> None:
         pages = self._pages

@@ -123,7 +123,8 @@ class ReplicaLife:
             return
         self.fenced = True
         self.fence_reason = why
-        log.error("%s: FENCED, no more writes will be acknowledged: %s", self.name, why)
+        self.cache.clear()  # never served again: the new owner may already have written
+        log.error("%s: FENCED, no more writes or reads will be served: %s", self.name, why)
         for waiter in list(self._pending.values()):
             waiter.fence(why)
         self._signal.notify()

@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ophiura.block.device import BlockDeviceError, Extent, MediumError, ReadOnlyError
+from ophiura.block.device import BlockDeviceError, Extent, MediumError
 from ophiura.replication.quorum import Fenced, QuorumLost, QuorumWaiter
 from ophiura.replication.read_cache import ReadCache
 from ophiura.replication.replica import Replica, ReplicaLife
@@ -288,21 +288,33 @@ class HostElementVolume(ReplicaLife):
 
     async def read(self, offset: int, length: int) -> bytes:
         self._check(offset, length)
-        if self.fenced:  # another HE owns the volume: its writes may already be newer
-            raise Fenced(f"{self.name}: fenced: {self.fence_reason}")
+        if self.fenced:  # another HE owns the volume: what we hold may be stale
+            self.cache.clear()
+            raise Fenced(f"{self.name}: fenced, reads refused: {self.fence_reason}")
         if length == 0:
             return b""
-        hit = self.cache.lookup(offset, length)
+        cache = self.cache
+        hit = cache.lookup(offset, length)
         if hit is not None:
             self._served()
             return hit
-        if self.cache.enabled and length <= self.config.max_op_bytes:
-            fetch_off, fetch_len = self.cache.page_range(offset, length, self._size)
+        if cache.enabled and length <= self.config.max_op_bytes:
+            fetch_off, fetch_len = cache.page_range(offset, length, self._size)
+            live = [r.tracker.contiguous for r in self.replicas.values() if r.state in SENDING]
+            cache.settle(max(self.queue.evicted_upto, min(live, default=0)))
         else:
             fetch_off, fetch_len = offset, length
-        generation = self.cache.generation
-        data = await self._read_from_se(fetch_off, fetch_len)
-        self.cache.fill(fetch_off, data, generation)
+        pending = cache.begin_read(fetch_off, fetch_len)
+        try:
+            applied, data = await self._read_from_se(fetch_off, fetch_len)
+        except BaseException:
+            cache.abandon(pending)
+            raise
+        if self.fenced:  # fenced while the read was at the SE
+            cache.abandon(pending)
+            cache.clear()
+            raise Fenced(f"{self.name}: fenced, reads refused: {self.fence_reason}")
+        cache.fill(pending, fetch_off, data, applied)
         self._served()
         start = offset - fetch_off
         return bytes(data[start : start + length])
@@ -321,12 +333,15 @@ class HostElementVolume(ReplicaLife):
         ]
         return sorted(ok, key=lambda r: (r.session.rtt, r.name))
 
-    async def _read_from_se(self, offset: int, length: int) -> bytes:
+    async def _read_from_se(self, offset: int, length: int) -> tuple[int, bytes]:
+        """(the SE's applied seq when it read, data) from an SE holding every acknowledged
+        write to the range; one whose answer says otherwise is not asked again."""
         required = self.seqmap.required(offset, length)
         deadline = time.monotonic() + self.config.read_wait
         failures: list[str] = []
+        behind: set[str] = set()
         for _ in range(4 * len(self.replicas) + 4):
-            candidates = self.read_candidates(required)
+            candidates = [r for r in self.read_candidates(required) if r.name not in behind]
             if not candidates:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -337,10 +352,12 @@ class HostElementVolume(ReplicaLife):
             inc, client = r.incarnation, r.client
             try:
                 self.reads += 1
-                data = await client.read(self.name, offset, length, ballot=(self.epoch, self.he_id))
+                applied, data = await client.read_with_seq(
+                    self.name, offset, length, ballot=(self.epoch, self.he_id)
+                )
             except self._stale as exc:
                 self._fence(f"SE {r.name}: {exc}")
-                raise Fenced(f"{self.name}: fenced: {self.fence_reason}") from exc
+                raise Fenced(f"{self.name}: fenced, reads refused: {self.fence_reason}") from exc
             except self._transport as exc:
                 why = f"read {offset}+{length}: {exc or type(exc).__name__}"
                 failures.append(f"{r.name}: {why}")
@@ -351,7 +368,11 @@ class HostElementVolume(ReplicaLife):
                 failures.append(f"{r.name}: {why}")
                 self._replica_lost(r, inc, why)
                 continue
-            return bytes(data)
+            if applied < required:
+                failures.append(f"{r.name}: applied seq {applied} < {required}")
+                behind.add(r.name)
+                continue
+            return applied, bytes(data)
         raise NoReadableReplica(
             f"{self.name}: no up SE holds seq {required} for {offset}+{length}"
             + (f" ({'; '.join(failures)})" if failures else "")
@@ -372,7 +393,7 @@ class HostElementVolume(ReplicaLife):
         self._next_seq += 1
         op = WriteOp(seq, kind, offset, length, data)
         self.queue.append(op)
-        self.cache.write(offset, data, length)
+        self.cache.write(seq, offset, data, length)
         waiter = QuorumWaiter(seq, self.quorum, outstanding=n)
         self._pending[seq] = waiter
         for r in self.replicas.values():
@@ -381,13 +402,14 @@ class HostElementVolume(ReplicaLife):
                 self._send(r, op, waiter if state in COUNTING else None)
         try:
             await waiter.future
-        except ReadOnlyError:
-            self.cache.invalidate(offset, length)
+        except BaseException:  # failed, fenced, or cancelled (ABORT TASK, LUN RESET)
+            self.cache.failed(seq, offset, length)
             raise
         finally:
             self._pending.pop(seq, None)
             self._signal.notify()
         self.seqmap.record(offset, length, seq)
+        self.cache.acked(seq)  # with the seqmap: from here a read can only fetch it
         if seq > self.acked_seq:
             self.acked_seq = seq
         self.writes += 1
@@ -623,7 +645,8 @@ class HostElementVolume(ReplicaLife):
         bs = self.config.block_size
         if new_size <= 0 or new_size % bs:
             raise ValueError(f"size {new_size} is not a positive multiple of {bs}")
-        if new_size < self._size:
+        shrink = new_size < self._size
+        if shrink:
             self.cache.clear()
         targets = [r for r in self.replicas.values() if r.state in SENDING and r.client]
         if len(targets) < self.quorum:
@@ -640,6 +663,8 @@ class HostElementVolume(ReplicaLife):
             raise MediumError(f"{self.name}: resize failed on {errors}")
         self._size = new_size
         self.config = _replace_size(self.config, new_size)
+        if shrink:  # again: reads during the resize may have filled pages now beyond the end
+            self.cache.clear()
 
     def status(self) -> dict[str, Any]:
         ses = []
