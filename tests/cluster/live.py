@@ -77,12 +77,12 @@ class LiveCluster:
         env["OPHIURA_NODE"] = name
         return env
 
-    def start(self, name: str) -> None:
+    def start(self, name: str, *args: str) -> None:
         log = self.tmp / f"{name}.log"
         self.logs[name] = log
         with log.open("ab") as f:
             self.procs[name] = subprocess.Popen(
-                [*OPHIURA, "-v", "node", "--config", str(self.path), "--name", name],
+                [*OPHIURA, "-v", "node", "--config", str(self.path), "--name", name, *args],
                 stdout=f, stderr=subprocess.STDOUT, env=self.env(name), cwd=REPO,
             )  # fmt: skip
 

@@ -29,8 +29,15 @@ def _load(path: str) -> ClusterConfig:
     "--config", "config_path", required=True, type=click.Path(dir_okay=False), help="Cluster TOML."
 )
 @click.option("--name", required=True, help="This node's name in the configuration.")
-def node(config_path: str, name: str) -> None:
-    """Run one cluster node until SIGTERM."""
+@click.option(
+    "--keep-resources",
+    is_flag=True,
+    help="On SIGTERM leave every hierarchy running, for the restarted daemon to adopt "
+    "(upgrades; as cluster.stop_on_shutdown = false). Maintenance mode and frozen "
+    "hierarchies are always left running.",
+)
+def node(config_path: str, name: str, keep_resources: bool) -> None:
+    """Run one cluster node until SIGTERM (SIGHUP reloads the configuration)."""
     from ophiura.cluster.daemon import NodeDaemon
 
     cfg = _load(config_path)
@@ -38,7 +45,7 @@ def node(config_path: str, name: str) -> None:
     if problems:
         raise click.ClickException(f"{config_path} is not valid:\n  " + "\n  ".join(problems))
     try:
-        daemon = NodeDaemon(cfg, name)
+        daemon = NodeDaemon(cfg, name, keep_resources=keep_resources)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -46,6 +53,7 @@ def node(config_path: str, name: str) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, daemon.stop)
+        loop.add_signal_handler(signal.SIGHUP, daemon.sighup)
         await daemon.run()
 
     try:

@@ -45,6 +45,10 @@ class Timings:
     # second apart must not hand hierarchies to whoever was quickest.
     startup_grace: float | None = None
     max_clock_skew: float = 30.0  # heartbeats stamped further off are refused (replay guard)
+    # A node that left with hierarchies still running (restarting: --keep-resources,
+    # maintenance, frozen) keeps them locked to itself this long after its last heartbeat: the
+    # peers neither start nor fence for them (Pacemaker's shutdown-lock). 0: no lock.
+    restart_lock: float = 60.0
 
     @property
     def grace(self) -> float:
@@ -275,7 +279,9 @@ KNOWN_KEYS: Mapping[str, frozenset[str]] = {
     "cluster": frozenset({"name", "secret", "secret_file", "quorum", "tie_breaker",
                           "allow_unfenced", "stop_on_shutdown", "state_dir", "test_hooks",
                           "http", "api_users", "watchdog", "watchdog_timeout"}),
-    "timings": frozenset({"interval", "deadline", "startup_grace", "max_clock_skew"}),
+    "timings": frozenset(
+        {"interval", "deadline", "startup_grace", "max_clock_skew", "restart_lock"}
+    ),
     "nodes": frozenset({"name", "votes", "admin", "http"}),
     "links": frozenset({"name", "port", "addresses"}),
     "hierarchies": frozenset({"name", "nodes", "resources", "ownable", "shared_data", "failback",
@@ -342,6 +348,7 @@ def parse(data: Mapping[str, Any], source: str = "", base: Path | None = None) -
         deadline=_get(tt, "deadline", float, "timings", 0.7),
         startup_grace=_get(tt, "startup_grace", float, "timings"),
         max_clock_skew=_get(tt, "max_clock_skew", float, "timings", 30.0),
+        restart_lock=_get(tt, "restart_lock", float, "timings", 60.0),
     )
     nodes: dict[str, Node] = {}
     for i, nt in enumerate(data.get("nodes", [])):

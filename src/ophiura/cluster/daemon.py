@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import time
@@ -31,6 +32,7 @@ from ophiura.cluster.model import (
     ClearSwitchover,
     ClusterView,
     FenceNode,
+    KeepRunning,
     NodeEvent,
     PeerView,
     StartHierarchy,
@@ -44,7 +46,7 @@ log = logging.getLogger(__name__)
 
 
 class NodeDaemon:
-    def __init__(self, cfg: ClusterConfig, me: str) -> None:
+    def __init__(self, cfg: ClusterConfig, me: str, keep_resources: bool = False) -> None:
         if me not in cfg.nodes:
             raise ValueError(
                 f"node {me!r} is not in the cluster configuration ({', '.join(cfg.nodes)})"
@@ -52,7 +54,10 @@ class NodeDaemon:
         self.cfg = cfg
         self.me = me
         self.state = NodeState.STARTING
-        self.admin = AdminState()
+        # SIGTERM leaves every hierarchy running for the restarted daemon to adopt (upgrades).
+        self.keep_resources = keep_resources or not cfg.stop_on_shutdown
+        self._admin_file = cfg.state_path(me) / "admin.json"
+        self.admin = self._load_admin()
         self.fenced: set[str] = set()
         self.fencing: set[str] = set()
         self.blocked: dict[str, str] = {}
@@ -142,12 +147,14 @@ class NodeDaemon:
                 else:
                     if gossip.newer_than(self.admin):
                         self._adopt_admin(gossip, f"from {p}")
+            heard = [t for (peer, _), t in snap.last_heard.items() if peer == p]
             pviews[p] = PeerView(
                 p,
                 mem.peers[p],
                 rep.state if rep else None,
                 dict(rep.hierarchies) if rep else {},
                 fenced=p in self.fenced,
+                heard_at=max(heard) if heard else None,
             )
         return ClusterView(
             me=self.me,
@@ -278,7 +285,7 @@ class NodeDaemon:
 
     async def _probe(self) -> None:
         try:
-            await self.executor.probe()
+            await self.executor.probe(lambda h: self.admin.maintenance or h in self.admin.frozen)
         finally:
             self._probed = True
 
@@ -336,8 +343,30 @@ class NodeDaemon:
 
     # -- admin state --------------------------------------------------------------------------
 
+    def _load_admin(self) -> AdminState:
+        """The admin state this node last knew (maintenance, frozen, standby): a daemon restarted
+        while the whole cluster is in maintenance must not act before a peer's gossip says so,
+        and with every node restarted there is no peer to say so."""
+        try:
+            return AdminState.from_wire(json.loads(self._admin_file.read_text()))
+        except FileNotFoundError:
+            return AdminState()
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring %s: %s", self._admin_file, exc)
+            return AdminState()
+
+    def _save_admin(self) -> None:
+        tmp = self._admin_file.with_suffix(".tmp")
+        try:
+            self._admin_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(self.admin.to_wire()))
+            tmp.replace(self._admin_file)
+        except OSError as exc:
+            log.warning("cannot save the admin state to %s: %s", self._admin_file, exc)
+
     def _adopt_admin(self, new: AdminState, why: str) -> None:
         self.admin = new
+        self._save_admin()
         self.emit("admin", task="admin-state", desc=f"version {new.version} by {new.origin} {why}")
 
     def _update_admin(self, **changes: Any) -> None:
@@ -506,17 +535,37 @@ class NodeDaemon:
         finally:
             await self._leave()
 
+    def _leaving_view(self) -> ClusterView:
+        view = self.view or self.build_view(time.monotonic())
+        return replace(view, local=self.executor.local_view(), admin=self.admin)
+
     async def _leave(self) -> None:
-        self.state = transition("node", self.state, "shutdown")
+        event = decider.leaving_event(self._leaving_view(), self.keep_resources)
+        self.state = transition("node", self.state, event)
         self.publish()
         self.emit(
             "node",
-            task="shutdown",
-            desc="stopping local resources" if self.cfg.stop_on_shutdown else "",
+            task=event,
+            state=self.state,
+            desc="leaving hierarchies running (restart: they are adopted)"
+            if event == "restart"
+            else "stopping local resources",
         )
         publisher = asyncio.create_task(self._publish_while_leaving())
         try:
-            await self.executor.shutdown(self.cfg.stop_on_shutdown)
+            await self.executor.quiesce()
+            plan = decider.shutdown_plan(self._leaving_view(), self.keep_resources)
+            for action in plan:
+                if isinstance(action, KeepRunning):
+                    self.emit(
+                        "hierarchy",
+                        hierarchy=action.hierarchy,
+                        task="keep-running",
+                        desc=f"left running, unmanaged: {action.reason}",
+                    )
+            await self.executor.stop_all(
+                [a.hierarchy for a in plan if isinstance(a, StopHierarchy)]
+            )
         except TimeoutError:
             log.error("shutdown: stopping local resources timed out")
         finally:
@@ -551,3 +600,7 @@ class NodeDaemon:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def sighup(self) -> None:
+        """SIGHUP must never kill the daemon (its default action would, orphaning services)."""
+        self.emit("node", task="sighup", desc="ignored")

@@ -96,6 +96,8 @@ def validate(
         p.append(f"timings.deadline {t.deadline} s is over 120 s")
     if t.startup_grace is not None and t.startup_grace < 0:
         p.append("timings.startup_grace must not be negative")
+    if t.restart_lock < 0:
+        p.append("timings.restart_lock must not be negative (0: no lock)")
     if not cfg.nodes:
         p.append("no [[nodes]]")
     for n in cfg.nodes.values():
