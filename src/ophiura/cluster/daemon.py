@@ -19,8 +19,9 @@ from typing import Any
 
 from ophiura.cluster import decide as decider
 from ophiura.cluster import fencing, membership
+from ophiura.cluster import reload as reloader
 from ophiura.cluster.admin import AdminError, AdminServer
-from ophiura.cluster.config import ClusterConfig
+from ophiura.cluster.config import ClusterConfig, ConfigError, load
 from ophiura.cluster.events import EventLog, Notifications
 from ophiura.cluster.executor import Executor
 from ophiura.cluster.heartbeat import CODE_RESOURCES, RESOURCE_CODES, HierReport
@@ -38,7 +39,14 @@ from ophiura.cluster.model import (
     StartHierarchy,
     StopHierarchy,
 )
-from ophiura.cluster.state import ACTIVE, HierarchyState, NodeState, PeerState, transition
+from ophiura.cluster.state import (
+    ACTIVE,
+    HOLDING,
+    HierarchyState,
+    NodeState,
+    PeerState,
+    transition,
+)
 from ophiura.cluster.watchdog import Watchdog, WatchdogError
 from ophiura.web import hook as web_hook
 
@@ -88,6 +96,7 @@ class NodeDaemon:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._probed = False
         self._cleanups_done: dict[str, int] = {}
+        self._config_seen: dict[str, str] = {}  # peer -> the digest we last saw it announce
         self._tie_task: asyncio.Task[None] | None = None
         self._tie_checked = -1e18
         # Back online after standby or lost quorum: start nothing until then (see apply()).
@@ -147,6 +156,8 @@ class NodeDaemon:
                 else:
                     if gossip.newer_than(self.admin):
                         self._adopt_admin(gossip, f"from {p}")
+            if rep is not None:
+                self._note_config(p, rep.config)
             heard = [t for (peer, _), t in snap.last_heard.items() if peer == p]
             pviews[p] = PeerView(
                 p,
@@ -341,6 +352,100 @@ class NodeDaemon:
             elapsed=round(result.elapsed, 3),
         )
 
+    def _note_config(self, peer: str, digest: str) -> None:
+        """A peer announcing another configuration is an event (and a notification), once per
+        change: two nodes deciding from different files can disagree on who runs what."""
+        if not digest or self._config_seen.get(peer) == digest:
+            return
+        self._config_seen[peer] = digest
+        if digest != self.cfg.digest:
+            self.emit(
+                "config",
+                peer=peer,
+                task="config-mismatch",
+                desc=f"{peer} runs configuration {digest}, this node {self.cfg.digest}"
+                f" (ophiura cluster config diff --node {peer})",
+            )
+        else:
+            self.emit("config", peer=peer, task="config-match", desc=f"same configuration {digest}")
+
+    def _config_status(self) -> dict[str, Any]:
+        snap = self.hb.snapshot()
+        digests = {self.me: self.cfg.digest}
+        for p in self.cfg.nodes:
+            rep = snap.reports.get(p)
+            if p != self.me and rep is not None:
+                digests[p] = rep.config or None
+        return {
+            "path": self.cfg.source,
+            "digest": self.cfg.digest,
+            "nodes": digests,
+            "differ": sorted(n for n, d in digests.items() if d and d != self.cfg.digest),
+        }
+
+    # -- reload -------------------------------------------------------------------------------
+
+    def reload(self, why: str = "request") -> dict[str, Any]:
+        """Re-read the file, validate it, apply what is live-applicable; else change nothing."""
+        from ophiura.cluster.validation import validate
+
+        path = self.cfg.source
+        try:
+            new = load(path)
+        except ConfigError as exc:
+            return self._reload_result(why, [], [str(exc)])
+        problems = validate(new)
+        if problems:
+            return self._reload_result(why, [], [f"{path} is not valid: {p}" for p in problems])
+        if new.digest == self.cfg.digest:
+            return self._reload_result(why, [], [], unchanged=True)
+        p = reloader.plan(self.cfg, new, self._held())
+        if p.ok:
+            self._apply_config(new)
+        return self._reload_result(why, list(p.changes), list(p.refused))
+
+    def _held(self) -> dict[str, frozenset[str]]:
+        held: dict[str, set[str]] = {}
+        for h, lh in self.executor.local_view().items():
+            if lh.state in HOLDING or lh.busy:
+                held.setdefault(h, set()).add(self.me)
+        if self.view is not None:
+            for p, pv in self.view.peers.items():
+                for h, rep in pv.hierarchies.items():
+                    if rep.state in {str(x) for x in HOLDING}:
+                        held.setdefault(h, set()).add(p)
+        return {h: frozenset(n) for h, n in held.items()}
+
+    def _apply_config(self, new: ClusterConfig) -> None:
+        self.cfg = new
+        self.executor.reload(new)
+        self.hb.cfg = new  # timings (interval) and the digest it announces
+        self.hb.guard.max_skew = new.timings.max_clock_skew
+        self.notify.notifiers = new.notifiers
+        if new.notifiers and self.notify._thread is None:
+            self.notify.start()
+        self._config_seen.clear()  # re-compare every peer against the new digest
+        self.publish()
+
+    def _reload_result(
+        self, why: str, changes: list[str], refused: list[str], unchanged: bool = False
+    ) -> dict[str, Any]:
+        ok = not refused
+        if unchanged:
+            desc = "file unchanged"
+        elif ok:
+            desc = "applied: " + "; ".join(changes)
+        else:
+            desc = "refused, nothing changed: " + "; ".join(refused)
+        self.emit("config", task="reload", rc=0 if ok else 1, desc=f"{desc} ({why})")
+        return {
+            "node": self.me,
+            "ok": ok,
+            "digest": self.cfg.digest,
+            "changes": changes,
+            "refused": refused,
+        }
+
     # -- admin state --------------------------------------------------------------------------
 
     def _load_admin(self) -> AdminState:
@@ -388,6 +493,10 @@ class NodeDaemon:
 
         if op == "status":
             return self.status()
+        if op == "reload":
+            return self.reload("ophiura cluster reload")
+        if op == "config":
+            return {"path": cfg.source, "digest": cfg.digest, "text": cfg.text}
         if op in ("standby", "online"):
             node = need("node", cfg.nodes)
             sb = self.admin.standby | {node} if op == "standby" else self.admin.standby - {node}
@@ -473,6 +582,7 @@ class NodeDaemon:
             "quorum_mode": self.cfg.quorum,
             "quorate": decider.quorate(view) if view else None,
             "admin": self.admin.to_wire(),
+            "config": self._config_status(),
             "nodes": nodes,
             "hierarchies": hiers,
             "heartbeat": {
@@ -602,5 +712,5 @@ class NodeDaemon:
         self._stop.set()
 
     def sighup(self) -> None:
-        """SIGHUP must never kill the daemon (its default action would, orphaning services)."""
-        self.emit("node", task="sighup", desc="ignored")
+        """SIGHUP reloads the configuration (never kills the daemon, orphaning services)."""
+        self.reload("SIGHUP")

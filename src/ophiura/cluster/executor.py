@@ -401,6 +401,24 @@ class Executor:
         else:
             self._set(rt, "stop_failed")
 
+    def reload(self, cfg: ClusterConfig) -> None:
+        """Take a new configuration that reload.plan() accepted: hierarchies that run here keep
+        their runtime (state, generation, failures, monitors) with the new spec; new ones are
+        added, removed ones (stopped here) dropped, and one stopped here is rebuilt."""
+        self.cfg = cfg
+        for name in [n for n in self.hier if n not in cfg.hierarchies]:
+            if self.hier[name].busy() or self.hier[name].state not in (H.STOPPED, H.FAILED):
+                continue  # plan() refuses this; never drop a runtime that holds resources
+            del self.hier[name]
+        for name, spec in cfg.hierarchies.items():
+            rt = self.hier.get(name)
+            if rt is None:
+                self.hier[name] = HierRuntime(spec)
+            elif set(rt.spec.resources) == set(spec.resources):
+                rt.spec = spec
+            elif rt.state == H.STOPPED and not rt.busy():
+                self.hier[name] = HierRuntime(spec, failures=rt.failures)
+
     # -- monitoring ---------------------------------------------------------------------------
 
     def _start_monitors(self, rt: HierRuntime, names: Iterable[str]) -> None:
@@ -414,10 +432,13 @@ class Executor:
             task.cancel()
 
     async def _monitor(self, rt: HierRuntime, name: str) -> None:
-        """Poll until the first failure: that failure is the decision function's to act on."""
-        res = rt.spec.resources[name].resource
+        """Poll until the first failure: that failure is the decision function's to act on.
+
+        The spec is read afresh each round: a reload may change the interval and timeout."""
         while rt.resources.get(name) == R.RUNNING:
+            res = rt.spec.resources[name].resource
             await asyncio.sleep(res.monitor_interval)
+            res = rt.spec.resources[name].resource
             if rt.resources.get(name) != R.RUNNING:
                 return
             out = await self._call("monitor", res, res.monitor_timeout)

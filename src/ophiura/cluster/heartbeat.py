@@ -71,6 +71,7 @@ class Heartbeat:
     state: str
     hierarchies: Mapping[str, HierReport] = field(default_factory=dict)
     admin: Mapping[str, Any] = field(default_factory=dict)  # gossiped admin state (daemon.py)
+    config: str = ""  # the sender's configuration digest (optional on the wire: "cf")
 
 
 def encode(hb: Heartbeat, key: bytes) -> bytes:
@@ -88,6 +89,8 @@ def encode(hb: Heartbeat, key: bytes) -> bytes:
         },
         "a": dict(hb.admin),
     }
+    if hb.config:
+        body["cf"] = hb.config
     payload = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
     if len(payload) > MAX_PAYLOAD:
         raise HeartbeatError("too-big", f"{len(payload)} bytes of state")
@@ -160,6 +163,7 @@ def decode(data: bytes, key: bytes) -> Heartbeat:
         state=_str(body.get("st"), "state"),
         hierarchies=hiers,
         admin=admin,
+        config=_str(body.get("cf", ""), "config"),
     )
 
 

@@ -232,6 +232,7 @@ class HeartbeatService:
             state=payload.state,
             hierarchies=payload.hierarchies,
             admin=payload.admin,
+            config=self.cfg.digest,
         )
         for i, link in enumerate(self.cfg.links):
             if i in blocked or i >= len(self._transports):
