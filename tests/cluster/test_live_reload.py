@@ -101,7 +101,7 @@ def test_reload(live: LiveCluster) -> None:
 
     # 2. n2 still runs the old file: both sides see it, and each notifies.
     c.wait_for("n1 sees n2 differ", lambda: c.status("n1")["config"]["differ"] == ["n2"], 5)
-    assert c.status("n2")["config"]["differ"] == ["n1"]
+    c.wait_for("n2 sees n1 differ", lambda: c.status("n2")["config"]["differ"] == ["n1"], 5)
     alerts = c.tmp / "alerts"
     c.wait_for("mismatch notified", lambda: "n1 config-mismatch" in alerts.read_text(), 5)
     c.wait_for("mismatch notified", lambda: "n2 config-mismatch" in alerts.read_text(), 5)

@@ -96,6 +96,7 @@ class NodeDaemon:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._probed = False
         self._cleanups_done: dict[str, int] = {}
+        self._reload_lock = asyncio.Lock()
         self._config_seen: dict[str, str] = {}  # peer -> the digest we last saw it announce
         self._tie_task: asyncio.Task[None] | None = None
         self._tie_checked = -1e18
@@ -385,24 +386,34 @@ class NodeDaemon:
 
     # -- reload -------------------------------------------------------------------------------
 
-    def reload(self, why: str = "request") -> dict[str, Any]:
-        """Re-read the file, validate it, apply what is live-applicable; else change nothing."""
+    async def reload(self, why: str = "request") -> dict[str, Any]:
+        """Re-read the file, validate it, apply what is live-applicable; else change nothing.
+
+        Reading and validating run off the loop (validate asks OCF agents for their meta-data);
+        planning and applying run on it, between two cycles, one reload at a time."""
+        async with self._reload_lock:
+            new, problems = await asyncio.to_thread(self._read_config, self.cfg.source)
+            if new is None:
+                return self._reload_result(why, [], problems)
+            if new.digest == self.cfg.digest:
+                return self._reload_result(why, [], [], unchanged=True)
+            p = reloader.plan(self.cfg, new, self._held())
+            if p.ok:
+                self._apply_config(new)
+            return self._reload_result(why, list(p.changes), list(p.refused))
+
+    @staticmethod
+    def _read_config(path: str) -> tuple[ClusterConfig | None, list[str]]:
         from ophiura.cluster.validation import validate
 
-        path = self.cfg.source
         try:
             new = load(path)
         except ConfigError as exc:
-            return self._reload_result(why, [], [str(exc)])
+            return None, [str(exc)]
         problems = validate(new)
         if problems:
-            return self._reload_result(why, [], [f"{path} is not valid: {p}" for p in problems])
-        if new.digest == self.cfg.digest:
-            return self._reload_result(why, [], [], unchanged=True)
-        p = reloader.plan(self.cfg, new, self._held())
-        if p.ok:
-            self._apply_config(new)
-        return self._reload_result(why, list(p.changes), list(p.refused))
+            return None, [f"{path} is not valid: {p}" for p in problems]
+        return new, []
 
     def _held(self) -> dict[str, frozenset[str]]:
         held: dict[str, set[str]] = {}
@@ -494,7 +505,7 @@ class NodeDaemon:
         if op == "status":
             return self.status()
         if op == "reload":
-            return self.reload("ophiura cluster reload")
+            return await self.reload("ophiura cluster reload")
         if op == "config":
             return {"path": cfg.source, "digest": cfg.digest, "text": cfg.text}
         if op in ("standby", "online"):
@@ -713,4 +724,4 @@ class NodeDaemon:
 
     def sighup(self) -> None:
         """SIGHUP reloads the configuration (never kills the daemon, orphaning services)."""
-        self.reload("SIGHUP")
+        self._spawn(self.reload("SIGHUP"))
