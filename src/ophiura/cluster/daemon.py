@@ -356,7 +356,8 @@ class NodeDaemon:
     def _note_config(self, peer: str, digest: str) -> None:
         """A peer announcing another configuration is an event (and a notification), once per
         change: two nodes deciding from different files can disagree on who runs what."""
-        if not digest or self._config_seen.get(peer) == digest:
+        before = self._config_seen.get(peer)
+        if not digest or before == digest:
             return
         self._config_seen[peer] = digest
         if digest != self.cfg.digest:
@@ -367,7 +368,7 @@ class NodeDaemon:
                 desc=f"{peer} runs configuration {digest}, this node {self.cfg.digest}"
                 f" (ophiura cluster config diff --node {peer})",
             )
-        else:
+        elif before is not None:  # agreeing again (first sight of an equal file: no news)
             self.emit("config", peer=peer, task="config-match", desc=f"same configuration {digest}")
 
     def _config_status(self) -> dict[str, Any]:

@@ -484,10 +484,12 @@ class Executor:
             for n, o in zip(names, outs, strict=True)
             if o.code == OcfCode.SUCCESS and not o.timed_out
         ]
+        # `taken`: another node holds this own-able resource (its reservation, its epoch): not
+        # running here, and nothing of ours to clean up.
         unclear = [
             n
             for n, o in zip(names, outs, strict=True)
-            if o.code not in (OcfCode.SUCCESS, OcfCode.NOT_RUNNING)
+            if o.code not in (OcfCode.SUCCESS, OcfCode.NOT_RUNNING) and not o.taken
         ]
         if not found and not unclear:
             return
