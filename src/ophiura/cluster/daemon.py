@@ -645,9 +645,9 @@ class NodeDaemon:
             "node", task="start", state=self.state, desc=f"incarnation {self.hb.incarnation:x}"
         )
         self._spawn(self._probe())
-        tick = max(0.01, self.cfg.timings.interval / 2)
         try:
             while not self._stop.is_set():
+                tick = max(0.01, self.cfg.timings.interval / 2)  # a reload may change it
                 self.cycle()
                 wait = tick
                 if self._next_expiry is not None:  # wake right after a deadline passes

@@ -192,12 +192,13 @@ class HeartbeatService:
             t.close()
 
     async def _sender(self) -> None:
-        interval = self.cfg.timings.interval
-        half_deadline = self.cfg.timings.deadline / 2
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         last_tick = time.monotonic()
         while True:
+            # read each round: a configuration reload (daemon.py) may change the timings
+            interval = self.cfg.timings.interval
+            half_deadline = self.cfg.timings.deadline / 2
             now = time.monotonic()
             if now - last_tick > half_deadline:
                 with self._lock:
