@@ -113,6 +113,11 @@ def target(
         credentials = type(credentials)(
             credentials.user, credentials.secret, mutual.user, mutual.secret
         )
+    if not backing.parent.is_dir():
+        raise click.BadParameter(
+            f"{backing.parent} is not a directory (not created: a typo would go unnoticed)",
+            param_hint="--backing",
+        )
     if size is None and not backing.exists():
         raise click.BadParameter(f"{backing} does not exist: give --size", param_hint="--size")
     config = TargetConfig(

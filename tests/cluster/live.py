@@ -67,6 +67,7 @@ class LiveCluster:
         self.path = tmp / "cluster.toml"
         self.path.write_text(toml)
         self.cfg: ClusterConfig = load(self.path)
+        self.paths: dict[str, Path] = {}  # a node's own file, if not the shared one
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: dict[str, Path] = {}
 
@@ -77,12 +78,13 @@ class LiveCluster:
         env["OPHIURA_NODE"] = name
         return env
 
-    def start(self, name: str) -> None:
+    def start(self, name: str, *args: str) -> None:
         log = self.tmp / f"{name}.log"
         self.logs[name] = log
         with log.open("ab") as f:
             self.procs[name] = subprocess.Popen(
-                [*OPHIURA, "-v", "node", "--config", str(self.path), "--name", name],
+                [*OPHIURA, "-v", "node", "--config", str(self.paths.get(name, self.path)),
+                 "--name", name, *args],
                 stdout=f, stderr=subprocess.STDOUT, env=self.env(name), cwd=REPO,
             )  # fmt: skip
 

@@ -610,9 +610,9 @@ class NsCluster:
     def log(self, node: str) -> Path:
         return self.tmp / f"{node}.log"
 
-    def start(self, node: str) -> Proc:
+    def start(self, node: str, *args: str) -> Proc:
         argv = [sys.executable, "-m", "ophiura.cli", "-v", "node", "--config", str(self.path),
-                "--name", node]  # fmt: skip
+                "--name", node, *args]  # fmt: skip
         proc = self.lab.popen(node, argv, f"{node}:ophiura node", self.log(node),
                               env=self.env(node), cwd=REPO)  # fmt: skip
         self.daemons[node] = proc

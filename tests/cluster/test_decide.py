@@ -520,3 +520,100 @@ def test_n_into_1_symmetric_and_asymmetric_fall_out_of_priority_lists() -> None:
     assert starts(asym, "n2", [peer("n1"), peer("n3")]) == []
     assert starts(asym, "n2", [peer("n1", False, a="running"), peer("n3")]) == ["a"]
     assert starts(asym, "n3", [peer("n1", False, a="running"), peer("n2", False)]) == []
+
+
+# -- restart without an outage -----------------------------------------------------------------
+
+
+def restarting(alive: bool, heard_at: float, **hiers: tuple[str, int] | str) -> PeerView:
+    p = peer("n1", alive, node_state="restarting", **hiers)
+    return PeerView(p.name, p.state, p.node_state, p.hierarchies, heard_at=heard_at)
+
+
+RESTART_CASES = [
+    (
+        "restarting owner, still heard: nobody starts it",
+        dict(cfg=CFG, me="n2", peers=[restarting(True, 999.9, web="running"), peer("n3")]),
+        [("blocked", "web")],
+    ),
+    (
+        "restarting owner, silent within the lock: nobody starts or fences it",
+        dict(cfg=FENCED, me="n2", peers=[restarting(False, 950.0, web="running"), peer("n3")]),
+        [("blocked", "web")],
+    ),
+    (
+        "restarting owner silent past the lock: treated as dead (fenced first)",
+        dict(cfg=FENCED, me="n2", peers=[restarting(False, 900.0, web="running"), peer("n3")]),
+        [("fence", "n1")],
+    ),
+    (
+        "restarting node that held nothing locks nothing",
+        dict(cfg=CFG, me="n2", peers=[restarting(False, 999.0, web="stopped"), peer("n3")]),
+        [("start", "web@2")],
+    ),
+    (
+        "no lock when restart_lock = 0",
+        dict(
+            cfg=parse({**config_dict(), "timings": {"restart_lock": 0}}),
+            me="n2",
+            peers=[restarting(False, 999.0, web="running"), peer("n3")],
+        ),
+        [("start", "web@2")],
+    ),
+    (
+        "a peer still probing may run it already: wait",
+        dict(cfg=CFG, peers=[peer("n2", node_state="starting"), peer("n3")]),
+        [("blocked", "web")],
+    ),
+    (
+        "a dead peer is not probing",
+        dict(cfg=CFG, peers=[peer("n2", False, node_state="starting"), peer("n3")]),
+        [("start", "web@1")],
+    ),
+    (
+        "restarting node decides nothing",
+        dict(cfg=CFG, node_state=NodeState.RESTARTING, local={"web": "running"}),
+        [],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "kw", "expected"), RESTART_CASES, ids=[c[0] for c in RESTART_CASES]
+)
+def test_restart_table(case: str, kw: dict[str, Any], expected: list[tuple[str, str]]) -> None:
+    assert summary(d.decide(view(**kw))) == expected
+
+
+SHUTDOWN_CASES = [
+    ("default: stop what runs here", {}, False, "shutdown", {"a": "stop", "c": "stop"}),
+    ("--keep-resources", {}, True, "restart", {"a": "keep", "c": "keep"}),
+    ("maintenance", {"maintenance": True}, False, "restart", {"a": "keep", "c": "keep"}),
+    ("frozen", {"frozen": frozenset({"a"})}, False, "restart", {"a": "keep", "c": "stop"}),
+    (
+        "frozen, not held here",
+        {"frozen": frozenset({"b"})},
+        False,
+        "shutdown",
+        {"a": "stop", "c": "stop"},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "admin", "keep", "event", "plan"), SHUTDOWN_CASES, ids=[c[0] for c in SHUTDOWN_CASES]
+)
+def test_shutdown_plan(
+    case: str, admin: dict[str, Any], keep: bool, event: str, plan: dict[str, str]
+) -> None:
+    """What SIGTERM does: a, c held here (c stop-failed), b stopped here."""
+    from ophiura.cluster.model import KeepRunning
+
+    local = {"a": LocalHier(H.RUNNING, 1), "b": LocalHier(), "c": LocalHier(H.STOP_FAILED, 1)}
+    v = view(TWO, local=local, admin=AdminState(**admin))  # type: ignore[arg-type]
+    assert d.leaving_event(v, keep) == event
+    got = {
+        a.hierarchy: "keep" if isinstance(a, KeepRunning) else "stop"
+        for a in d.shutdown_plan(v, keep)
+    }
+    assert got == plan

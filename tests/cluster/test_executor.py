@@ -275,3 +275,59 @@ async def test_node_placeholder_in_params() -> None:
     ex.submit(StartHierarchy("web", gen=1))
     await settle(ex)
     assert seen == [{"key": "n2-key", "x": "plain"}]
+
+
+# -- probing at daemon start, and reload ---------------------------------------------------------
+
+
+async def test_probe_adopts_what_runs_wholly_and_runs_nothing() -> None:
+    ex, agent, events = setup()
+    agent.running = {"vol", "fs", "app", "ip"}  # a restarted daemon's services, still up
+    await ex.probe()
+    rt = ex.hier["web"]
+    assert rt.state == H.RUNNING and set(rt.resources.values()) == {R.RUNNING}
+    assert agent.calls == []  # no start, no stop (monitor calls are not recorded)
+    assert any(e.get("task") == "probe" and "adopted" in e.get("desc", "") for e in events)
+    await ex.shutdown(stop_resources=False)
+    assert agent.running == {"vol", "fs", "app", "ip"}
+
+
+async def test_probe_stops_a_partial_hierarchy_unless_left_alone() -> None:
+    ex, agent, _ = setup()
+    agent.running = {"vol", "fs"}
+    await ex.probe(lambda h: True)  # maintenance or frozen: touch nothing
+    assert agent.running == {"vol", "fs"} and ex.hier["web"].state == H.STOPPED
+    ex, agent, _ = setup()
+    agent.running = {"vol", "fs"}
+    await ex.probe()
+    assert agent.running == set() and order(agent, "stop") == ["fs", "vol"]
+
+
+class TakenAgent(ScriptedAgent):
+    """Another node holds `vol` (its reservation): monitor says so with `taken`."""
+
+    async def monitor(self, res: Resource, timeout: float) -> Outcome:
+        if res.name == "vol":
+            return Outcome(OcfCode.ERR_GENERIC, 0.0, reason="preempted", taken=True)
+        return await super().monitor(res, timeout)
+
+
+async def test_probe_of_an_ownable_resource_held_elsewhere_is_not_a_failure_here() -> None:
+    agent = TakenAgent()
+    ex = Executor(make(TREE, ownable="vol"), "n2", lambda *a, **k: None, lambda k: agent)
+    await ex.probe()
+    assert ex.hier["web"].state == H.STOPPED and order(agent, "stop") == []
+
+
+async def test_reload_gives_a_running_hierarchy_its_new_spec_without_touching_it() -> None:
+    ex, agent, _ = setup()
+    agent.running = {"vol", "fs", "app", "ip"}
+    await ex.probe()
+    new_tree = [dict(r) for r in TREE]
+    new_tree[2] = {**new_tree[2], "monitor_interval": 0.02}
+    cfg = make(new_tree, failback="auto")
+    ex.reload(cfg)
+    rt = ex.hier["web"]
+    assert rt.state == H.RUNNING and rt.spec.resources["app"].resource.monitor_interval == 0.02
+    assert rt.spec.failback == "auto" and order(agent, "start") == order(agent, "stop") == []
+    await ex.shutdown(stop_resources=False)

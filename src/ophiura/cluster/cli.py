@@ -30,8 +30,15 @@ def _load(path: str) -> ClusterConfig:
     "--config", "config_path", required=True, type=click.Path(dir_okay=False), help="Cluster TOML."
 )
 @click.option("--name", required=True, help="This node's name in the configuration.")
-def node(config_path: str, name: str) -> None:
-    """Run one cluster node until SIGTERM."""
+@click.option(
+    "--keep-resources",
+    is_flag=True,
+    help="On SIGTERM leave every hierarchy running, for the restarted daemon to adopt "
+    "(upgrades; as cluster.stop_on_shutdown = false). Maintenance mode and frozen "
+    "hierarchies are always left running.",
+)
+def node(config_path: str, name: str, keep_resources: bool) -> None:
+    """Run one cluster node until SIGTERM (SIGHUP reloads the configuration)."""
     from ophiura.cluster.daemon import NodeDaemon
 
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))  # events: INFO
@@ -41,7 +48,7 @@ def node(config_path: str, name: str) -> None:
     if problems:
         raise click.ClickException(f"{config_path} is not valid:\n  " + "\n  ".join(problems))
     try:
-        daemon = NodeDaemon(cfg, name)
+        daemon = NodeDaemon(cfg, name, keep_resources=keep_resources)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -49,6 +56,7 @@ def node(config_path: str, name: str) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, daemon.stop)
+        loop.add_signal_handler(signal.SIGHUP, daemon.sighup)
         await daemon.run()
 
     try:
@@ -128,10 +136,17 @@ def _render(st: dict[str, Any]) -> str:
     if adm["f"]:
         flags.append(f"frozen={','.join(adm['f'])}")
     lines.append("admin: " + " ".join(flags))
+    conf = st.get("config", {})
+    differ = conf.get("differ", [])
+    lines.append(
+        f"config: {conf.get('digest', '?')} ({conf.get('path', '?')})"
+        + (f"  DIFFERS on {', '.join(differ)}" if differ else "  same on every node heard")
+    )
     lines.append("nodes:")
     for n, info in st["nodes"].items():
         links = " ".join(f"{k}={v}" for k, v in info.get("links", {}).items())
-        lines.append(f"  {n:12} {info['state']:8} {info.get('node_state') or '-':10} {links}")
+        mark = f"  config {conf['nodes'].get(n)} DIFFERS" if n in differ else ""
+        lines.append(f"  {n:12} {info['state']:8} {info.get('node_state') or '-':10} {links}{mark}")
     lines.append("hierarchies:")
     for h, info in st["hierarchies"].items():
         extra = []
@@ -174,6 +189,75 @@ def status(config_path: str, via: str | None, as_json: bool) -> None:
     """Nodes, links, hierarchies, resources, fail counts, owners and the last events."""
     st = request(config_path, via, {"op": "status"})
     click.echo(json.dumps(st, indent=2) if as_json else _render(st))
+
+
+@cluster.command("reload")
+@_config_option
+def reload_cmd(config_path: str, via: str | None) -> None:
+    """Make every node (or --node) re-read its file and apply what needs no resource restart.
+
+    Each node validates its own file; a change that would restart a resource (or the daemon) is
+    refused with the reason and nothing changes on that node. Exit 1 if any node refused."""
+    from ophiura.cluster.admin import AdminError, call
+
+    cfg = _load(config_path)
+    if via and via not in cfg.nodes:
+        raise click.ClickException(f"unknown node {via!r}")
+    failed = False
+    for n in [via] if via else list(cfg.nodes):
+        host, port = cfg.nodes[n].admin
+        try:
+            r = asyncio.run(call(host, port, cfg.key("admin"), {"op": "reload"}, timeout=10.0))
+        except AdminError as exc:
+            click.echo(f"{n}: not reloaded: {exc}")
+            failed = True
+            continue
+        if r["refused"]:
+            failed = True
+            click.echo(f"{n}: refused, nothing changed:")
+            for why in r["refused"]:
+                click.echo(f"    {why}")
+        elif r["changes"]:
+            click.echo(f"{n}: applied (config {r['digest']}):")
+            for what in r["changes"]:
+                click.echo(f"    {what}")
+        else:
+            click.echo(f"{n}: unchanged (config {r['digest']})")
+    if failed:
+        raise SystemExit(1)
+
+
+@cluster.group("config")
+def config_group() -> None:
+    """Compare the configuration files of the nodes."""
+
+
+@config_group.command("diff")
+@click.option(
+    "--config",
+    "config_path",
+    default=_default_config,
+    type=click.Path(dir_okay=False),
+    help="This node's file ($OPHIURA_CLUSTER_CONFIG).",
+)
+@click.option("--node", "via", required=True, help="The node whose file to compare with.")
+def config_diff(config_path: str, via: str) -> None:
+    """Show how NODE's file (as it runs it) differs from this one; exit 1 if it does."""
+    import difflib
+
+    cfg = _load(config_path)
+    theirs = request(config_path, via, {"op": "config"})
+    if theirs["digest"] == cfg.digest:
+        click.echo(f"{via}: same configuration ({cfg.digest})")
+        return
+    diff = difflib.unified_diff(
+        cfg.text.splitlines(keepends=True),
+        theirs["text"].splitlines(keepends=True),
+        fromfile=f"{config_path} (here, {cfg.digest})",
+        tofile=f"{via}:{theirs['path']} ({theirs['digest']})",
+    )
+    click.echo("".join(diff).rstrip("\n"))
+    raise SystemExit(1)
 
 
 @cluster.command()

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,10 @@ class Timings:
     # (None: 5 s or one deadline, whichever is longer): a cold start where daemons come up a
     # second apart must not hand hierarchies to whoever was quickest.
     startup_grace: float | None = None
+    # A node that left with hierarchies still running (restarting: --keep-resources,
+    # maintenance, frozen) keeps them locked to itself this long after its last heartbeat: the
+    # peers neither start nor fence for them (Pacemaker's shutdown-lock). 0: no lock.
+    restart_lock: float = 60.0
 
     @property
     def grace(self) -> float:
@@ -157,6 +162,10 @@ class ClusterConfig:
     http: tuple[str, int] | None = None  # REST API address of every node without its own; None: off
     api_users: Mapping[str, ApiUser] = field(default_factory=dict)
     source: str = ""  # path, for messages
+    # SHA-256 (16 hex digits) of the parsed file: comments and layout do not count. Rides in
+    # every heartbeat, so a node whose file differs shows in `cluster status`.
+    digest: str = field(default="", compare=False)
+    text: str = field(default="", compare=False, repr=False)  # the file as loaded (config diff)
     unknown: tuple[str, ...] = ()  # keys parse() did not recognise (typos), for validate()
 
     def key(self, purpose: str) -> bytes:
@@ -274,7 +283,9 @@ KNOWN_KEYS: Mapping[str, frozenset[str]] = {
     "cluster": frozenset({"name", "secret", "secret_file", "quorum", "tie_breaker",
                           "allow_unfenced", "stop_on_shutdown", "state_dir", "test_hooks",
                           "http", "api_users", "watchdog", "watchdog_timeout"}),
-    "timings": frozenset({"interval", "deadline", "startup_grace", "max_clock_skew"}),
+    "timings": frozenset(
+        {"interval", "deadline", "startup_grace", "max_clock_skew", "restart_lock"}
+    ),
     "nodes": frozenset({"name", "votes", "admin", "http"}),
     "links": frozenset({"name", "port", "addresses"}),
     "hierarchies": frozenset({"name", "nodes", "resources", "ownable", "shared_data", "failback",
@@ -340,6 +351,7 @@ def parse(data: Mapping[str, Any], source: str = "", base: Path | None = None) -
         interval=_get(tt, "interval", float, "timings", 0.1),
         deadline=_get(tt, "deadline", float, "timings", 0.7),
         startup_grace=_get(tt, "startup_grace", float, "timings"),
+        restart_lock=_get(tt, "restart_lock", float, "timings", 60.0),
     )
     # max_clock_skew: accepted so that older files still load, and ignored: heartbeats carry no
     # wall-clock time (membership never depends on it; see cluster/heartbeat.py).
@@ -437,6 +449,7 @@ def parse(data: Mapping[str, Any], source: str = "", base: Path | None = None) -
         http=_host_port(c["http"], 8440, "cluster.http") if "http" in c else None,
         api_users=_api_users(c.get("api_users", {})),
         source=source,
+        digest=config_digest(data),
         unknown=tuple(unknown_keys(data)),
     )
 
@@ -455,12 +468,21 @@ def _api_users(table: Any) -> dict[str, ApiUser]:
     return users
 
 
+def config_digest(data: Mapping[str, Any]) -> str:
+    """The parsed file's fingerprint: equal for files that mean the same, whatever the layout."""
+    canon = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
 def load(path: str | Path) -> ClusterConfig:
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        text = path.read_text()
+        data = tomllib.loads(text)
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    return parse(data, source=str(path), base=path.parent)
+    return replace(parse(data, source=str(path), base=path.parent), text=text)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import time
@@ -18,8 +19,9 @@ from typing import Any
 
 from ophiura.cluster import clock, fencing, membership
 from ophiura.cluster import decide as decider
+from ophiura.cluster import reload as reloader
 from ophiura.cluster.admin import AdminError, AdminServer
-from ophiura.cluster.config import ClusterConfig
+from ophiura.cluster.config import ClusterConfig, ConfigError, load
 from ophiura.cluster.events import EventLog, Notifications
 from ophiura.cluster.executor import Executor
 from ophiura.cluster.heartbeat import CODE_RESOURCES, RESOURCE_CODES, HierReport
@@ -31,13 +33,21 @@ from ophiura.cluster.model import (
     ClearSwitchover,
     ClusterView,
     FenceNode,
+    KeepRunning,
     NodeEvent,
     PeerView,
     StartHierarchy,
     StopHierarchy,
 )
 from ophiura.cluster.node_metrics import NodeMetrics
-from ophiura.cluster.state import ACTIVE, HierarchyState, NodeState, PeerState, transition
+from ophiura.cluster.state import (
+    ACTIVE,
+    HOLDING,
+    HierarchyState,
+    NodeState,
+    PeerState,
+    transition,
+)
 from ophiura.cluster.watchdog import Watchdog, WatchdogError
 from ophiura.sdnotify import Notifier
 from ophiura.web import hook as web_hook
@@ -46,7 +56,7 @@ log = logging.getLogger(__name__)
 
 
 class NodeDaemon:
-    def __init__(self, cfg: ClusterConfig, me: str) -> None:
+    def __init__(self, cfg: ClusterConfig, me: str, keep_resources: bool = False) -> None:
         if me not in cfg.nodes:
             raise ValueError(
                 f"node {me!r} is not in the cluster configuration ({', '.join(cfg.nodes)})"
@@ -54,7 +64,10 @@ class NodeDaemon:
         self.cfg = cfg
         self.me = me
         self.state = NodeState.STARTING
-        self.admin = AdminState()
+        # SIGTERM leaves every hierarchy running for the restarted daemon to adopt (upgrades).
+        self.keep_resources = keep_resources or not cfg.stop_on_shutdown
+        self._admin_file = cfg.state_path(me) / "admin.json"
+        self.admin = self._load_admin()
         self.fenced: set[str] = set()
         self.fencing: set[str] = set()
         self.blocked: dict[str, str] = {}
@@ -82,6 +95,8 @@ class NodeDaemon:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._probed = False
         self._cleanups_done: dict[str, int] = {}
+        self._reload_lock = asyncio.Lock()
+        self._config_seen: dict[str, str] = {}  # peer -> the digest we last saw it announce
         self._tie_task: asyncio.Task[None] | None = None
         self._tie_checked = -1e18
         # Back online after standby or lost quorum: start nothing until then (see apply()).
@@ -148,12 +163,16 @@ class NodeDaemon:
                 else:
                     if gossip.newer_than(self.admin):
                         self._adopt_admin(gossip, f"from {p}")
+            if rep is not None:
+                self._note_config(p, rep.config)
+            heard = [t for (peer, _), t in snap.last_heard.items() if peer == p]
             pviews[p] = PeerView(
                 p,
                 mem.peers[p],
                 rep.state if rep else None,
                 dict(rep.hierarchies) if rep else {},
                 fenced=p in self.fenced,
+                heard_at=max(heard) if heard else None,
             )
         return ClusterView(
             me=self.me,
@@ -286,7 +305,7 @@ class NodeDaemon:
 
     async def _probe(self) -> None:
         try:
-            await self.executor.probe()
+            await self.executor.probe(lambda h: self.admin.maintenance or h in self.admin.frozen)
         finally:
             self._probed = True
 
@@ -342,10 +361,136 @@ class NodeDaemon:
             elapsed=round(result.elapsed, 3),
         )
 
+    def _note_config(self, peer: str, digest: str) -> None:
+        """A peer announcing another configuration is an event (and a notification), once per
+        change: two nodes deciding from different files can disagree on who runs what."""
+        before = self._config_seen.get(peer)
+        if not digest or before == digest:
+            return
+        self._config_seen[peer] = digest
+        if digest != self.cfg.digest:
+            self.emit(
+                "config",
+                peer=peer,
+                task="config-mismatch",
+                desc=f"{peer} runs configuration {digest}, this node {self.cfg.digest}"
+                f" (ophiura cluster config diff --node {peer})",
+            )
+        elif before is not None:  # agreeing again (first sight of an equal file: no news)
+            self.emit("config", peer=peer, task="config-match", desc=f"same configuration {digest}")
+
+    def _config_status(self) -> dict[str, Any]:
+        snap = self.hb.snapshot()
+        digests = {self.me: self.cfg.digest}
+        for p in self.cfg.nodes:
+            rep = snap.reports.get(p)
+            if p != self.me and rep is not None:
+                digests[p] = rep.config or None
+        return {
+            "path": self.cfg.source,
+            "digest": self.cfg.digest,
+            "nodes": digests,
+            "differ": sorted(n for n, d in digests.items() if d and d != self.cfg.digest),
+        }
+
+    # -- reload -------------------------------------------------------------------------------
+
+    async def reload(self, why: str = "request") -> dict[str, Any]:
+        """Re-read the file, validate it, apply what is live-applicable; else change nothing.
+
+        Reading and validating run off the loop (validate asks OCF agents for their meta-data);
+        planning and applying run on it, between two cycles, one reload at a time."""
+        async with self._reload_lock:
+            new, problems = await asyncio.to_thread(self._read_config, self.cfg.source)
+            if new is None:
+                return self._reload_result(why, [], problems)
+            if new.digest == self.cfg.digest:
+                return self._reload_result(why, [], [], unchanged=True)
+            p = reloader.plan(self.cfg, new, self._held())
+            if p.ok:
+                self._apply_config(new)
+            return self._reload_result(why, list(p.changes), list(p.refused))
+
+    @staticmethod
+    def _read_config(path: str) -> tuple[ClusterConfig | None, list[str]]:
+        from ophiura.cluster.validation import validate
+
+        try:
+            new = load(path)
+        except ConfigError as exc:
+            return None, [str(exc)]
+        problems = validate(new)
+        if problems:
+            return None, [f"{path} is not valid: {p}" for p in problems]
+        return new, []
+
+    def _held(self) -> dict[str, frozenset[str]]:
+        held: dict[str, set[str]] = {}
+        for h, lh in self.executor.local_view().items():
+            if lh.state in HOLDING or lh.busy:
+                held.setdefault(h, set()).add(self.me)
+        if self.view is not None:
+            for p, pv in self.view.peers.items():
+                for h, rep in pv.hierarchies.items():
+                    if rep.state in {str(x) for x in HOLDING}:
+                        held.setdefault(h, set()).add(p)
+        return {h: frozenset(n) for h, n in held.items()}
+
+    def _apply_config(self, new: ClusterConfig) -> None:
+        self.cfg = new
+        self.executor.reload(new)
+        self.hb.cfg = new  # timings (interval) and the digest it announces
+        self.notify.notifiers = new.notifiers
+        if new.notifiers and self.notify._thread is None:
+            self.notify.start()
+        self._config_seen.clear()  # re-compare every peer against the new digest
+        self.publish()
+
+    def _reload_result(
+        self, why: str, changes: list[str], refused: list[str], unchanged: bool = False
+    ) -> dict[str, Any]:
+        ok = not refused
+        if unchanged:
+            desc = "file unchanged"
+        elif ok:
+            desc = "applied: " + "; ".join(changes)
+        else:
+            desc = "refused, nothing changed: " + "; ".join(refused)
+        self.emit("config", task="reload", rc=0 if ok else 1, desc=f"{desc} ({why})")
+        return {
+            "node": self.me,
+            "ok": ok,
+            "digest": self.cfg.digest,
+            "changes": changes,
+            "refused": refused,
+        }
+
     # -- admin state --------------------------------------------------------------------------
+
+    def _load_admin(self) -> AdminState:
+        """The admin state this node last knew (maintenance, frozen, standby): a daemon restarted
+        while the whole cluster is in maintenance must not act before a peer's gossip says so,
+        and with every node restarted there is no peer to say so."""
+        try:
+            return AdminState.from_wire(json.loads(self._admin_file.read_text()))
+        except FileNotFoundError:
+            return AdminState()
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring %s: %s", self._admin_file, exc)
+            return AdminState()
+
+    def _save_admin(self) -> None:
+        tmp = self._admin_file.with_suffix(".tmp")
+        try:
+            self._admin_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(self.admin.to_wire()))
+            tmp.replace(self._admin_file)
+        except OSError as exc:
+            log.warning("cannot save the admin state to %s: %s", self._admin_file, exc)
 
     def _adopt_admin(self, new: AdminState, why: str) -> None:
         self.admin = new
+        self._save_admin()
         self.emit("admin", task="admin-state", desc=f"version {new.version} by {new.origin} {why}")
 
     def _update_admin(self, **changes: Any) -> None:
@@ -367,6 +512,10 @@ class NodeDaemon:
 
         if op == "status":
             return self.status()
+        if op == "reload":
+            return await self.reload("ophiura cluster reload")
+        if op == "config":
+            return {"path": cfg.source, "digest": cfg.digest, "text": cfg.text}
         if op in ("standby", "online"):
             node = need("node", cfg.nodes)
             sb = self.admin.standby | {node} if op == "standby" else self.admin.standby - {node}
@@ -457,6 +606,7 @@ class NodeDaemon:
             "quorum_mode": self.cfg.quorum,
             "quorate": decider.quorate(view) if view else None,
             "admin": self.admin.to_wire(),
+            "config": self._config_status(),
             "nodes": nodes,
             "hierarchies": hiers,
             "heartbeat": {
@@ -509,9 +659,9 @@ class NodeDaemon:
         # links bound, admin socket listening (and the REST API, if any): systemd may go on
         self.sd.ready(f"node {self.me}: {len(self.cfg.links)} links, admin on {host}:{port}")
         self._spawn(self._probe())
-        tick = max(0.01, self.cfg.timings.interval / 2)
         try:
             while not self._stop.is_set():
+                tick = max(0.01, self.cfg.timings.interval / 2)  # a reload may change it
                 self.cycle()
                 wait = tick
                 if self._next_expiry is not None:  # wake right after a deadline passes
@@ -521,18 +671,38 @@ class NodeDaemon:
         finally:
             await self._leave()
 
+    def _leaving_view(self) -> ClusterView:
+        view = self.view or self.build_view(time.monotonic())
+        return replace(view, local=self.executor.local_view(), admin=self.admin)
+
     async def _leave(self) -> None:
         self.sd.stopping(f"node {self.me}: leaving")
-        self.state = transition("node", self.state, "shutdown")
+        event = decider.leaving_event(self._leaving_view(), self.keep_resources)
+        self.state = transition("node", self.state, event)
         self.publish()
         self.emit(
             "node",
-            task="shutdown",
-            desc="stopping local resources" if self.cfg.stop_on_shutdown else "",
+            task=event,
+            state=self.state,
+            desc="leaving hierarchies running (restart: they are adopted)"
+            if event == "restart"
+            else "stopping local resources",
         )
         publisher = asyncio.create_task(self._publish_while_leaving())
         try:
-            await self.executor.shutdown(self.cfg.stop_on_shutdown)
+            await self.executor.quiesce()
+            plan = decider.shutdown_plan(self._leaving_view(), self.keep_resources)
+            for action in plan:
+                if isinstance(action, KeepRunning):
+                    self.emit(
+                        "hierarchy",
+                        hierarchy=action.hierarchy,
+                        task="keep-running",
+                        desc=f"left running, unmanaged: {action.reason}",
+                    )
+            await self.executor.stop_all(
+                [a.hierarchy for a in plan if isinstance(a, StopHierarchy)]
+            )
         except TimeoutError:
             log.error("shutdown: stopping local resources timed out")
         finally:
@@ -567,3 +737,7 @@ class NodeDaemon:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def sighup(self) -> None:
+        """SIGHUP reloads the configuration (never kills the daemon, orphaning services)."""
+        self._spawn(self.reload("SIGHUP"))

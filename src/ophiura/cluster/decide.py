@@ -19,6 +19,7 @@ from ophiura.cluster.model import (
     ClearSwitchover,
     ClusterView,
     FenceNode,
+    KeepRunning,
     LocalHier,
     NodeEvent,
     RestartResource,
@@ -28,7 +29,10 @@ from ophiura.cluster.model import (
 from ophiura.cluster.state import ACTIVE, HOLDING, HierarchyState, NodeState, PeerState, transition
 
 H = HierarchyState
-INELIGIBLE_NODE_STATES = frozenset({NodeState.LEAVING, NodeState.NO_QUORUM, NodeState.STANDBY})
+INELIGIBLE_NODE_STATES = frozenset(
+    {NodeState.LEAVING, NodeState.RESTARTING, NodeState.NO_QUORUM, NodeState.STANDBY}
+)
+GONE = (NodeState.LEAVING, NodeState.RESTARTING)
 
 
 def fresh_view_hold(timings: Timings) -> float:
@@ -79,7 +83,7 @@ def node_events(view: ClusterView) -> tuple[NodeState, list[Action]]:
         state = transition("node", state, event)
         events.append(NodeEvent(reason=reason, event=event))
 
-    if state == NodeState.LEAVING:
+    if state in GONE:
         return state, events
     if state == NodeState.STARTING and view.settled:
         feed("settled", "startup grace over")
@@ -149,6 +153,60 @@ def desired_owner(view: ClusterView, h: Hierarchy, my_state: NodeState) -> str |
                 return top
         return current
     return candidates[0]
+
+
+def restart_locked(view: ClusterView, h: Hierarchy) -> str | None:
+    """Why nobody else may start `h` now: a peer left it running to restart (`--keep-resources`,
+    maintenance, frozen) and its `restart_lock` has not run out. None: no such peer.
+
+    Without this a rolling restart is a failover per node: the peers would see the restarting
+    node die, fence it or start a second copy, and the service would move (or run twice) each
+    time a daemon is upgraded. The lock counts from the peer's last heartbeat, so a node that
+    never comes back is treated as dead `restart_lock` seconds later.
+    """
+    lock = view.config.timings.restart_lock
+    if lock <= 0:
+        return None
+    for peer, pv in sorted(view.peers.items()):
+        if pv.node_state != NodeState.RESTARTING:
+            continue
+        state, _ = _report_state(view, peer, h.name)
+        if state not in HOLDING:
+            continue
+        silent = 0.0 if pv.state == PeerState.UP or pv.heard_at is None else view.now - pv.heard_at
+        if silent < lock:
+            return f"{peer} restarts with {h.name} left running (locked to it for {lock:g} s)"
+    return None
+
+
+def leaving_event(view: ClusterView, keep_resources: bool) -> str:
+    """The node event for SIGTERM: `restart` when anything held here stays running."""
+    if keep_resources or view.admin.maintenance:
+        return "restart"
+    held = (n for n, lh in view.local.items() if lh.state in HOLDING)
+    return "restart" if any(n in view.admin.frozen for n in held) else "shutdown"
+
+
+def shutdown_plan(view: ClusterView, keep_resources: bool) -> list[Action]:
+    """What a leaving node does with each hierarchy it holds: stop it, or leave it running.
+
+    Left running: everything under `--keep-resources` (or `stop_on_shutdown = false`), in
+    maintenance, and frozen hierarchies, because the operator said nothing is to be touched.
+    A stop-failed one is left alone too when kept (a retried stop would touch it).
+    """
+    out: list[Action] = []
+    for name, local in sorted(view.local.items()):
+        if local.state not in HOLDING:
+            continue
+        if view.admin.maintenance:
+            out.append(KeepRunning(name, "maintenance mode"))
+        elif name in view.admin.frozen:
+            out.append(KeepRunning(name, "frozen"))
+        elif keep_resources:
+            out.append(KeepRunning(name, "--keep-resources"))
+        else:
+            out.append(StopHierarchy(name, "node shutting down"))
+    return out
 
 
 def _taken_unseen(view: ClusterView, h: str) -> str | None:
@@ -237,6 +295,10 @@ def decide_hierarchy(
                 name, f"{res} failed more than {h.max_restarts} times: failing over", failover=True
             )
         ]
+    if local.state not in ACTIVE:
+        locked = restart_locked(view, h)
+        if locked:
+            return [Blocked(name, locked)]
     desired = desired_owner(view, h, my_state)
     actions: list[Action] = []
     switch_target = view.admin.switchover.get(name)
@@ -303,6 +365,17 @@ def decide_hierarchy(
         # Just cleaned up (or its failures expired) after FAILED here: the peer that took it
         # over meanwhile may not show in our view yet. Starting now could run a second copy.
         return [*actions, Blocked(name, "eligible again: waiting for fresh heartbeats")]
+    probing = [
+        p
+        for p in h.nodes
+        if p in view.peers
+        and view.peers[p].state == PeerState.UP
+        and view.peers[p].node_state == NodeState.STARTING
+    ]
+    if probing:
+        # A starting daemon reports nothing running until its probes are done; it may have been
+        # restarted under a running copy (Pacemaker starts nothing before every probe is in).
+        return [*actions, Blocked(name, f"waiting for {', '.join(probing)} to finish probing")]
     gen = _next_gen(view, name)
     return [*actions, StartHierarchy(name, f"highest-priority eligible node (gen {gen})", gen=gen)]
 
@@ -310,7 +383,7 @@ def decide_hierarchy(
 def decide(view: ClusterView) -> list[Action]:
     """Every action this node should take now, node events first."""
     my_state, actions = node_events(view)
-    if my_state in (NodeState.STARTING, NodeState.LEAVING):
+    if my_state == NodeState.STARTING or my_state in GONE:
         return actions
     has_q = quorate(view)
     if has_q is None:

@@ -401,6 +401,24 @@ class Executor:
         else:
             self._set(rt, "stop_failed")
 
+    def reload(self, cfg: ClusterConfig) -> None:
+        """Take a new configuration that reload.plan() accepted: hierarchies that run here keep
+        their runtime (state, generation, failures, monitors) with the new spec; new ones are
+        added, removed ones (stopped here) dropped, and one stopped here is rebuilt."""
+        self.cfg = cfg
+        for name in [n for n in self.hier if n not in cfg.hierarchies]:
+            if self.hier[name].busy() or self.hier[name].state not in (H.STOPPED, H.FAILED):
+                continue  # plan() refuses this; never drop a runtime that holds resources
+            del self.hier[name]
+        for name, spec in cfg.hierarchies.items():
+            rt = self.hier.get(name)
+            if rt is None:
+                self.hier[name] = HierRuntime(spec)
+            elif set(rt.spec.resources) == set(spec.resources):
+                rt.spec = spec
+            elif rt.state == H.STOPPED and not rt.busy():
+                self.hier[name] = HierRuntime(spec, failures=rt.failures)
+
     # -- monitoring ---------------------------------------------------------------------------
 
     def _start_monitors(self, rt: HierRuntime, names: Iterable[str]) -> None:
@@ -414,10 +432,13 @@ class Executor:
             task.cancel()
 
     async def _monitor(self, rt: HierRuntime, name: str) -> None:
-        """Poll until the first failure: that failure is the decision function's to act on."""
-        res = rt.spec.resources[name].resource
+        """Poll until the first failure: that failure is the decision function's to act on.
+
+        The spec is read afresh each round: a reload may change the interval and timeout."""
         while rt.resources.get(name) == R.RUNNING:
+            res = rt.spec.resources[name].resource
             await asyncio.sleep(res.monitor_interval)
+            res = rt.spec.resources[name].resource
             if rt.resources.get(name) != R.RUNNING:
                 return
             out = await self._call("monitor", res, res.monitor_timeout)
@@ -436,16 +457,17 @@ class Executor:
 
     # -- probing ------------------------------------------------------------------------------
 
-    async def probe(self) -> None:
+    async def probe(self, leave_alone: Callable[[str], bool] = lambda _: False) -> None:
         """At daemon start: find out what already runs here (a restarted daemon's leftovers).
 
         A hierarchy found wholly running is adopted as RUNNING with generation 0, so a peer that
         took it over meanwhile (generation >= 1) wins and we stop ours; one found partly running
-        is stopped, so every hierarchy starts from a known state.
+        is stopped, so every hierarchy starts from a known state, unless `leave_alone(name)`
+        (maintenance, frozen: the operator said nothing is to be touched).
         """
-        await asyncio.gather(*(self._probe(rt) for rt in self.hier.values()))
+        await asyncio.gather(*(self._probe(rt, leave_alone) for rt in self.hier.values()))
 
-    async def _probe(self, rt: HierRuntime) -> None:
+    async def _probe(self, rt: HierRuntime, leave_alone: Callable[[str], bool]) -> None:
         names = list(rt.spec.resources)
         outs = await asyncio.gather(
             *(
@@ -462,12 +484,23 @@ class Executor:
             for n, o in zip(names, outs, strict=True)
             if o.code == OcfCode.SUCCESS and not o.timed_out
         ]
+        # `taken`: another node holds this own-able resource (its reservation, its epoch): not
+        # running here, and nothing of ours to clean up.
         unclear = [
             n
             for n, o in zip(names, outs, strict=True)
-            if o.code not in (OcfCode.SUCCESS, OcfCode.NOT_RUNNING)
+            if o.code not in (OcfCode.SUCCESS, OcfCode.NOT_RUNNING) and not o.taken
         ]
         if not found and not unclear:
+            return
+        if len(found) != len(names) and leave_alone(rt.spec.name):
+            self.emit(
+                "hierarchy",
+                hierarchy=rt.spec.name,
+                task="probe",
+                desc=f"found partly running (running: {', '.join(found) or 'none'}; "
+                f"unclear: {', '.join(unclear) or 'none'}): left alone (maintenance or frozen)",
+            )
             return
         for n in found:
             self._rset(rt, n, "probe_running")
@@ -493,22 +526,32 @@ class Executor:
 
     # -- shutdown -----------------------------------------------------------------------------
 
-    async def shutdown(self, stop_resources: bool, timeout: float = 120.0) -> None:
-        """Cancel monitors; wait for operations in flight; optionally stop what runs here."""
+    async def quiesce(self, timeout: float = 120.0) -> None:
+        """Shutdown, first half: cancel monitors, wait for operations in flight."""
         for rt in self.hier.values():
             for n in list(rt.monitors):
                 self._stop_monitor(rt, n)
         pending = [rt.task for rt in self.hier.values() if rt.task and not rt.task.done()]
         if pending:
             await asyncio.wait(pending, timeout=timeout)
+
+    async def stop_all(
+        self, names: Iterable[str], reason: str = "node shutting down", timeout: float = 120.0
+    ) -> None:
+        """Shutdown, second half: stop `names` (those held here), in parallel."""
+        stops = [
+            self._stop(self.hier[n], reason, False)
+            for n in names
+            if self.hier[n].state not in (H.STOPPED, H.FAILED)
+        ]
+        if stops:
+            await asyncio.wait_for(asyncio.gather(*stops), timeout)
+
+    async def shutdown(self, stop_resources: bool, timeout: float = 120.0) -> None:
+        """Cancel monitors; wait for operations in flight; optionally stop what runs here."""
+        await self.quiesce(timeout)
         if stop_resources:
-            stops = [
-                self._stop(rt, "node shutting down", False)
-                for rt in self.hier.values()
-                if rt.state not in (H.STOPPED, H.FAILED)
-            ]
-            if stops:
-                await asyncio.wait_for(asyncio.gather(*stops), timeout)
+            await self.stop_all(list(self.hier), timeout=timeout)
 
     def status(self) -> dict[str, Any]:
         return {

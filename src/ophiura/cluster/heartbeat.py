@@ -101,6 +101,7 @@ class Heartbeat:
     echoes: Mapping[str, int] = field(default_factory=dict)  # peer -> its challenge we last heard
     # peer -> (newest seq heard from it on this link, microseconds held since): RTT (linkstats.py)
     echo: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    config: str = ""  # the sender's configuration digest (optional on the wire: "cf")
 
 
 def encode(hb: Heartbeat, key: bytes) -> bytes:
@@ -120,6 +121,8 @@ def encode(hb: Heartbeat, key: bytes) -> bytes:
     }
     if hb.echo:
         body["rt"] = {k: list(v) for k, v in hb.echo.items()}
+    if hb.config:
+        body["cf"] = hb.config
     payload = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
     if len(payload) > MAX_PAYLOAD:
         raise HeartbeatError("too-big", f"{len(payload)} bytes of state")
@@ -198,6 +201,7 @@ def decode(data: bytes, key: bytes) -> Heartbeat:
         challenges=_node_ints(body.get("ch", {}), "challenges"),
         echoes=_node_ints(body.get("e", {}), "echoes"),
         echo=echo,
+        config=_str(body.get("cf", ""), "config"),
     )
 
 

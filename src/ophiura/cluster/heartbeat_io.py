@@ -195,12 +195,13 @@ class HeartbeatService:
             t.close()
 
     async def _sender(self) -> None:
-        interval = self.cfg.timings.interval
-        half_deadline = self.cfg.timings.deadline / 2
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         last_tick = time.monotonic()
         while True:
+            # read each round: a configuration reload (daemon.py) may change the timings
+            interval = self.cfg.timings.interval
+            half_deadline = self.cfg.timings.deadline / 2
             now = time.monotonic()
             if now - last_tick > half_deadline:
                 with self._lock:
@@ -236,6 +237,7 @@ class HeartbeatService:
             admin=payload.admin,
             challenges=challenges,
             echoes=echoes,
+            config=self.cfg.digest,
         )
         for i, link in enumerate(self.cfg.links):
             if i in blocked or i >= len(self._transports):

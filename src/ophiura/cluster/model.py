@@ -75,6 +75,7 @@ class PeerView:
     node_state: str | None = None  # as its last heartbeat said; None if never heard
     hierarchies: Mapping[str, HierReport] = field(default_factory=dict)  # last report, even if dead
     fenced: bool = False  # fenced successfully since it was last heard
+    heard_at: float | None = None  # monotonic time of its last heartbeat on any link
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,11 @@ class ClearFailures(Action):
 @dataclass(frozen=True)
 class ClearSwitchover(Action):
     """The switchover request is fulfilled or moot: drop it from the admin state."""
+
+
+@dataclass(frozen=True)
+class KeepRunning(Action):
+    """Shutdown: leave this hierarchy running, unmanaged, for the restarted daemon to adopt."""
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,10 @@ class NodeState(StrEnum):
     ONLINE = "online"
     STANDBY = "standby"  # admin: runs no hierarchy
     NO_QUORUM = "no-quorum"  # quorate mode only: runs nothing, starts nothing
-    LEAVING = "leaving"  # SIGTERM received: stopping (optionally) and going away
+    LEAVING = "leaving"  # SIGTERM received: stopping its hierarchies and going away
+    # SIGTERM received, leaving some hierarchies running (--keep-resources, maintenance, frozen):
+    # the daemon restarts; peers keep their hands off what it holds for `timings.restart_lock`.
+    RESTARTING = "restarting"
 
 
 class PeerState(StrEnum):
@@ -75,24 +78,29 @@ NODE_TRANSITIONS: Mapping[NodeState, Mapping[str, NodeState]] = {
         "standby": NodeState.STANDBY,
         "quorum_lost": NodeState.NO_QUORUM,
         "shutdown": NodeState.LEAVING,
+        "restart": NodeState.RESTARTING,
     },
     NodeState.ONLINE: {
         "standby": NodeState.STANDBY,
         "quorum_lost": NodeState.NO_QUORUM,
         "shutdown": NodeState.LEAVING,
+        "restart": NodeState.RESTARTING,
     },
     NodeState.STANDBY: {
         "online": NodeState.ONLINE,
         "quorum_lost": NodeState.NO_QUORUM,
         "shutdown": NodeState.LEAVING,
+        "restart": NodeState.RESTARTING,
     },
     NodeState.NO_QUORUM: {
         "quorum_regained": NodeState.ONLINE,
         "standby": NodeState.NO_QUORUM,
         "online": NodeState.NO_QUORUM,
         "shutdown": NodeState.LEAVING,
+        "restart": NodeState.RESTARTING,
     },
-    NodeState.LEAVING: {"shutdown": NodeState.LEAVING},
+    NodeState.LEAVING: {"shutdown": NodeState.LEAVING, "restart": NodeState.LEAVING},
+    NodeState.RESTARTING: {"shutdown": NodeState.RESTARTING, "restart": NodeState.RESTARTING},
 }
 
 PEER_TRANSITIONS: Mapping[PeerState, Mapping[str, PeerState]] = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from ophiura.cluster.agents.base import Resource
 from ophiura.cluster.config import (
     API_ROLES,
     FAILBACK_MODES,
@@ -57,6 +58,16 @@ def _known_kind(kind: str) -> str | None:
     return agentload.check_kind(kind)
 
 
+def _param_problems(res: Resource) -> list[str]:
+    """`res`'s params against its agent's meta-data (agents/schema.py): every problem."""
+    from ophiura.cluster.agents.ocf_metadata import check_params
+    from ophiura.cluster.agents.params import NETNS
+    from ophiura.cluster.agents.schema import metadata_for
+
+    md = metadata_for(res.kind)
+    return [] if md is None else check_params(md, res.params, {NETNS})
+
+
 def _check_fence_device(dev: FenceDevice) -> list[str]:
     from ophiura.cluster import fencing
 
@@ -67,6 +78,7 @@ def validate(
     cfg: ClusterConfig,
     known_kind: Callable[[str], str | None] = _known_kind,
     check_fence_device: Callable[[FenceDevice], list[str]] = _check_fence_device,
+    param_problems: Callable[[Resource], list[str]] = _param_problems,
 ) -> list[str]:
     """Every problem in the configuration, as sentences. Empty means valid."""
     p: list[str] = [f"unknown key {k} (a typo?)" for k in cfg.unknown]
@@ -96,6 +108,8 @@ def validate(
         p.append(f"timings.deadline {t.deadline} s is over 120 s")
     if t.startup_grace is not None and t.startup_grace < 0:
         p.append("timings.startup_grace must not be negative")
+    if t.restart_lock < 0:
+        p.append("timings.restart_lock must not be negative (0: no lock)")
     if not cfg.nodes:
         p.append("no [[nodes]]")
     for n in cfg.nodes.values():
@@ -129,7 +143,7 @@ def validate(
         admins[n.admin] = n.name
     p.extend(_validate_api(cfg))
     for h in cfg.hierarchies.values():
-        p.extend(_validate_hierarchy(cfg, h, known_kind))
+        p.extend(_validate_hierarchy(cfg, h, known_kind, param_problems))
     for name, dev in cfg.fence_devices.items():
         if dev.agent == "exec" and not dev.command:
             p.append(f"fence device {name}: agent 'exec' needs a command")
@@ -172,7 +186,10 @@ def _validate_api(cfg: ClusterConfig) -> list[str]:
 
 
 def _validate_hierarchy(
-    cfg: ClusterConfig, h: Hierarchy, known_kind: Callable[[str], str | None]
+    cfg: ClusterConfig,
+    h: Hierarchy,
+    known_kind: Callable[[str], str | None],
+    param_problems: Callable[[Resource], list[str]],
 ) -> list[str]:
     p: list[str] = []
     w = f"hierarchy {h.name or '?'}"
@@ -197,6 +214,8 @@ def _validate_hierarchy(
             why = known_kind(r.kind)
             if why:
                 p.append(f"{w}: resource {name}: {why}")
+            else:
+                p.extend(f"{w}: resource {name} ({r.kind}): {x}" for x in param_problems(r))
         for dep in spec.depends_on:
             if dep not in h.resources:
                 p.append(f"{w}: resource {name} depends on unknown resource {dep!r}")

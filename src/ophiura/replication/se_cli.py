@@ -87,6 +87,8 @@ def se(
 ) -> None:
     """Run a StarFish storage element."""
     host, port = _host_port(listen)
+    if not data_dir.parent.is_dir():
+        raise click.ClickException(f"--data-dir: {data_dir.parent} is not a directory")
     try:
         secret = load_secret(secret_file)
     except SecretError as exc:

@@ -23,6 +23,7 @@ The last `ocf-exit-reason:` line the agent printed becomes `Outcome.reason`.
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,6 +197,37 @@ class OcfAgent:
             out = to_outcome(result, ocf_code, f"{kind} meta-data")
             raise MetadataError(out.reason or f"{kind} meta-data failed")
         md = parse_metadata(result.output)
+        self._metadata = {k: v for k, v in self._metadata.items() if k[0] != str(path)}
+        self._metadata[key] = md
+        return md
+
+    def metadata_blocking(self, kind: str, timeout: float = METADATA_TIMEOUT) -> Metadata:
+        """metadata() for callers without an event loop (`ophiura cluster validate`), sharing
+        its cache. Raises MetadataError as metadata() does."""
+        path = self.path(kind)
+        try:
+            key = (str(path), path.stat().st_mtime_ns)
+        except OSError as exc:
+            raise MetadataError(f"{kind}: no agent at {path} ({exc.strerror})") from exc
+        cached = self._metadata.get(key)
+        if cached is not None:
+            return cached
+        probe = Resource(name=f"meta-data-{OcfKind.parse(kind).type}", kind=kind)
+        env = self.environment(probe, Action.META_DATA, timeout)
+        try:
+            proc = subprocess.run(
+                [str(path), Action.META_DATA],
+                env=env,
+                cwd="/",
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise MetadataError(f"{kind} meta-data: {exc}") from exc
+        if proc.returncode != 0:
+            raise MetadataError(f"{kind} meta-data failed (exit {proc.returncode})")
+        md = parse_metadata(proc.stdout[:METADATA_LIMIT].decode(errors="replace"))
         self._metadata = {k: v for k, v in self._metadata.items() if k[0] != str(path)}
         self._metadata[key] = md
         return md

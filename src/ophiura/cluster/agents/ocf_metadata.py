@@ -33,6 +33,7 @@ class Parameter:
     type: str = "string"
     default: str | None = None
     shortdesc: str = ""
+    choices: tuple[str, ...] = ()  # type "select" (OCF 1.1 <option value=...>)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class Metadata:
     version: str = ""
     parameters: dict[str, Parameter] = field(default_factory=dict)
     actions: list[ActionSpec] = field(default_factory=list)
+    # Parameters not listed are used too (passed on as OCF_RESKEY_*: `command`, `lsb:`).
+    open: bool = False
 
     @property
     def required(self) -> list[str]:
@@ -73,6 +76,50 @@ class Metadata:
     def unknown(self, params: dict[str, str], ignore: set[str] | None = None) -> list[str]:
         ignore = ignore or set()
         return sorted(n for n in params if n not in self.parameters and n not in ignore)
+
+
+_TRUE_FALSE = frozenset({"0", "1", "true", "false", "yes", "no", "on", "off", "y", "n"})
+
+
+def _type_problem(p: Parameter, value: str) -> str | None:
+    """Why `value` does not fit `p`'s declared type, or None."""
+    if "{node}" in value:
+        return None  # per node: checked where it runs
+    t = p.type.lower()
+    try:
+        if t == "integer":
+            int(value, 0)
+        elif t in ("number", "float"):
+            float(value)
+    except ValueError:
+        return f"is not {'an integer' if t == 'integer' else 'a number'}: {value!r}"
+    if t == "boolean" and value.strip().lower() not in _TRUE_FALSE:
+        return f"is not a boolean (true/false, yes/no, 1/0): {value!r}"
+    if t in ("time", "duration") and parse_duration(value) is None:
+        return f"is not a duration (e.g. 20s, 100ms): {value!r}"
+    if p.choices and value not in p.choices:
+        return f"is {value!r}, not one of {', '.join(p.choices)}"
+    return None
+
+
+def check_params(md: Metadata, params: dict[str, str], ignore: set[str]) -> list[str]:
+    """Every problem of `params` against `md`, in one pass: required ones missing, unknown ones
+    (with what is known), values of the wrong type."""
+    out = []
+    for name in md.missing(params):
+        desc = md.parameters[name].shortdesc
+        out.append(f"required parameter {name!r} is missing" + (f" ({desc})" if desc else ""))
+    if not md.open:
+        unknown = md.unknown(params, ignore)
+        if unknown:
+            known = ", ".join(sorted(md.parameters)) or "none"
+            out.append(f"unknown parameter(s) {', '.join(map(repr, unknown))} (known: {known})")
+    for name, value in params.items():
+        spec = md.parameters.get(name)
+        why = _type_problem(spec, value) if spec is not None else None
+        if why:
+            out.append(f"parameter {name!r} {why}")
+    return out
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|msec|s|sec|m|min|h|hr)?\s*$", re.IGNORECASE)
@@ -111,6 +158,9 @@ def parse_metadata(xml_text: str) -> Metadata:
         if not name:
             continue
         content = p.find("content")
+        options = tuple(
+            o.get("value", "") for o in (content.iterfind("option") if content is not None else ())
+        )
         shortdesc = (p.findtext("shortdesc") or "").strip()
         params[name] = Parameter(
             name=name,
@@ -119,6 +169,7 @@ def parse_metadata(xml_text: str) -> Metadata:
             type=content.get("type", "string") if content is not None else "string",
             default=content.get("default") if content is not None else None,
             shortdesc=shortdesc,
+            choices=options,
         )
     actions = []
     for a in root.iterfind("./actions/action"):

@@ -37,7 +37,7 @@ function h(tag, attrs, ...children) {
 
 const COLOURS = {
   green: ["running", "up", "online", "self", "ok"],
-  amber: ["starting", "stopping", "recovering", "leaving", "no-quorum"],
+  amber: ["starting", "stopping", "recovering", "leaving", "restarting", "no-quorum"],
   red: ["failed", "stop-failed", "dead", "down", "fenced"],
   blue: ["standby"],
 };
