@@ -32,6 +32,7 @@ class LoggingNode:
         self.me = name
         self.events = EventLog(directory, name)
         self.notify = SimpleNamespace(submit=lambda event: None)
+        self.metrics = SimpleNamespace(observe=lambda event: None)
         self.hier: dict[str, Any] = {}
         self.events.start()
 
