@@ -283,3 +283,16 @@ async def test_se_that_missed_a_resize_rejoins_at_the_new_size(
         assert vol.replicas["c"].failures.get("lost", 0) <= 2, vol.replicas["c"].failures
     finally:
         await he.stop()
+
+
+def test_claim_takes_the_newest_history_not_the_longest() -> None:
+    """SE m was away for B's whole reign with A's unacknowledged 101..105; x holds B's
+    acknowledged 101..103. The base is x's (B, 103): taking m's longer stream (the old rule,
+    max applied seq) would drop B's acknowledged writes."""
+    from ophiura.replication.takeover import plan_claim
+
+    a, b = (1, 7), (2, 9)
+    base, ballot, holders = plan_claim({"m": (a, 105), "x": (b, 103)}, 3, 2, "v", 3)
+    assert (base, ballot, holders) == (103, b, ("x",))
+    # same ballot: the longer stream of it wins
+    assert plan_claim({"m": (b, 101), "x": (b, 103)}, 3, 2, "v", 3)[:2] == (103, b)

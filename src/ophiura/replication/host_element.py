@@ -206,6 +206,7 @@ class HostElement:
             self.sessions,
             epoch=claim.epoch,
             he_id=claim.he_id,
+            base_ballot=claim.base_ballot,
             next_seq=claim.base_seq + 1,
             epoch_base=claim.base_seq,
         )
@@ -222,6 +223,7 @@ class HostElement:
             self.sessions,
             epoch=mclaim.epoch,
             he_id=mclaim.he_id,
+            base_ballot=mclaim.base_ballot,
             next_seq=mclaim.base_seq + 1,
             epoch_base=mclaim.base_seq,
         )

@@ -43,6 +43,9 @@ class VolumeMeta:
     base_seq: int = 0  # the ballot's base once established (protocol NO_BASE: only claimed)
     applied_seq: int = 0  # every write <= this is durable here (data file or replay log)
     data_synced_seq: int = 0  # log records <= this are durably in the data file too
+    # the ballot [epoch, he_id] that wrote seq data_synced_seq ([0, 0]: unknown): what the SE
+    # reports as its top ballot when the log no longer holds that record
+    synced_ballot: list[int] = field(default_factory=lambda: [0, 0])
     recovery: dict[str, Any] | None = None  # kind, upto, peer, cursor: resumable recovery
     generation: int = 0
     extra: dict[str, Any] = field(default_factory=dict)

@@ -162,7 +162,7 @@ class Read(Message):
     he_id: int = 0
 
 
-@_msg(7, "QsQsssHQQQ")
+@_msg(7, "QsQsssHQQQQQ")
 @dataclass(slots=True)
 class Recover(Message):
     """Tell an SE to catch up from a peer: kind is "replay" (peer's log) or "full" (copy)."""
@@ -177,6 +177,8 @@ class Recover(Message):
     upto_seq: int
     rate: int = 0  # bytes/s; 0 = the SE's configured default
     he_id: int = 0
+    upto_epoch: int = 0  # the ballot that wrote upto_seq in the owner's history (0, 0: unknown)
+    upto_he_id: int = 0
 
 
 @_msg(8, "Qs")
@@ -236,7 +238,7 @@ class Pong(Message):
     note: str = ""
 
 
-@_msg(65, "QQQQIQQsssQQQ")
+@_msg(65, "QQQQIQQsssQQQQQ")
 @dataclass(slots=True)
 class VolumeStateMsg(Message):
     req_id: int
@@ -255,6 +257,10 @@ class VolumeStateMsg(Message):
     # The SE's ballot is (epoch, he_id); base_seq is its base once established, else NO_BASE.
     he_id: int = 0
     base_seq: int = 0
+    # The ballot that wrote the write at applied_seq (0, 0: unknown): a new owner compares it
+    # with its own history to find a divergent tail below its base.
+    top_epoch: int = 0
+    top_he_id: int = 0
 
 
 @_msg(66, "QQQ")
@@ -359,8 +365,8 @@ class ErrorCode:
 NO_BASE = (1 << 64) - 1
 
 
-# Packed log records inside LOG_RECORDS: seq, epoch, offset, length, kind, data_len, data.
-_REC = struct.Struct("<QQQIBI")
+# Packed log records inside LOG_RECORDS: seq, epoch, he_id, offset, length, kind, data_len, data.
+_REC = struct.Struct("<QQQQIBI")
 KIND_WRITE, KIND_TRIM, KIND_ZERO = 0, 1, 2
 
 
@@ -372,12 +378,13 @@ class WireLogRecord:
     length: int
     kind: int
     data: bytes
+    he_id: int = 0  # with epoch: the ballot that wrote it
 
 
 def pack_log_records(records: list[WireLogRecord]) -> bytes:
     parts: list[bytes] = []
     for r in records:
-        parts.append(_REC.pack(r.seq, r.epoch, r.offset, r.length, r.kind, len(r.data)))
+        parts.append(_REC.pack(r.seq, r.epoch, r.he_id, r.offset, r.length, r.kind, len(r.data)))
         parts.append(r.data)
     return b"".join(parts)
 
@@ -389,13 +396,14 @@ def unpack_log_records(buf: bytes | bytearray | memoryview, count: int) -> list[
     for _ in range(count):
         if pos + _REC.size > len(view):
             raise MalformedMessage("LOG_RECORDS truncated in a record header")
-        seq, epoch, offset, length, kind, dlen = _REC.unpack_from(view, pos)
+        seq, epoch, he_id, offset, length, kind, dlen = _REC.unpack_from(view, pos)
         pos += _REC.size
         if pos + dlen > len(view) or kind not in (KIND_WRITE, KIND_TRIM, KIND_ZERO):
             raise MalformedMessage("LOG_RECORDS record data truncated or bad kind")
         if kind == KIND_WRITE and dlen != length:
             raise MalformedMessage("LOG_RECORDS write record length mismatch")
-        out.append(WireLogRecord(seq, epoch, offset, length, kind, bytes(view[pos : pos + dlen])))
+        data = bytes(view[pos : pos + dlen])
+        out.append(WireLogRecord(seq, epoch, offset, length, kind, data, he_id))
         pos += dlen
     if pos != len(view):
         raise MalformedMessage("LOG_RECORDS has trailing bytes")

@@ -48,6 +48,7 @@ class RecoveryView:
     # as the SE reports it: up, gap, recovering-replay|full, interrupted-replay|full
     se_state: str = "up"
     se_wiped: bool = False  # the SE has no data for this volume (new, or its files were lost)
+    se_diverged: bool = False  # what it holds is not a prefix of the owner's history
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,10 @@ class RecoveryPlan:
 
 def choose_recovery(v: RecoveryView) -> RecoveryPlan:
     applied = v.se_applied
-    diverged = applied > v.latest_seq or (
-        v.se_epoch < v.current_epoch and v.epoch_base is not None and applied > v.epoch_base
+    diverged = (
+        v.se_diverged
+        or applied > v.latest_seq
+        or (v.se_epoch < v.current_epoch and v.epoch_base is not None and applied > v.epoch_base)
     )
     full_pending = v.se_state in ("recovering-full", "interrupted-full")
     if full_pending or v.se_wiped or diverged:

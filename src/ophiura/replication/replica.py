@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from dataclasses import replace
 from typing import Any
 
 from ophiura.replication.quorum import AckTracker
@@ -201,19 +202,88 @@ class ReplicaLife:
                     self._fail(r, ReplicaEvent.LOST, why)
                     session.lost(why, gen)
                 return
+            try:
+                matches = await self._holds_our_history(r, vs)
+            except self._transport as exc:
+                why = f"attach: history check: {exc or type(exc).__name__}"
+                if r.incarnation == inc:
+                    self._fail(r, ReplicaEvent.LOST, why)
+                    session.lost(why, gen)
+                return
+            if matches is None:  # no up SE to compare with yet (a takeover is attaching)
+                r.last_error = "waiting for an up SE to check its history against"
+                await self._signal.wait(0.2)
+                continue
             if vs.applied_seq + 1 < self.queue.first_seq:
                 await self._learn_peer_logs(r)  # beyond the queue: replay or full decides
             if self.closed or r.incarnation != inc:
                 return
             # ---- decide from a snapshot, then act (no await until the plan is in place) ----
             r.se_epoch, r.se_applied = se_epoch, vs.applied_seq
-            plan = choose_recovery(self._recovery_view(r, vs, se_epoch, fresh))
+            view = self._recovery_view(r, vs, se_epoch, fresh)
+            if not matches:
+                view = replace(view, se_diverged=True)
+            plan = choose_recovery(view)
             if plan.kind is RecoveryKind.BLOCKED:
                 r.last_error = plan.reason
                 await self._signal.wait(0.2)
                 continue
             self._begin(r, plan, client, vs.applied_seq)
             return
+
+    async def _holds_our_history(self, r: Replica, vs: Any) -> bool | None:
+        """Is what the SE holds up to its applied seq t a prefix of the history we own?
+
+        Above our base, establishing the ballot already truncated anything else. At or below
+        it, an SE that missed whole reigns can hold an unacknowledged tail of an older owner
+        that a later owner overwrote (different writes under the same seqs). One owner never
+        gives a seq two contents, and an SE's stream only ever gains greater ballots, so the
+        SE's stream is a prefix of ours iff the ballot that wrote its seq t is the one that
+        wrote t in our history: `base_ballot` at the base, else the record t of an up SE.
+        None: no up SE can tell yet; False: unknown or different (a full copy is needed).
+        """
+        t = vs.applied_seq
+        recovering = vs.state in ("recovering-full", "interrupted-full")
+        if t == 0 or t > self.base or recovering:
+            return True  # nothing held, written under our ballot, or a full copy anyway
+        if vs.top_ballot == (0, 0):
+            return False
+        if t == self.base and self.base_ballot != (0, 0):
+            return vs.top_ballot == self.base_ballot
+        truth = await self._ballot_at(t, exclude=r)
+        if truth is None:
+            return None
+        return truth == vs.top_ballot
+
+    async def _ballot_at(self, seq: int, exclude: Replica | None = None) -> tuple[int, int] | None:
+        """The ballot that wrote `seq` in our history, from the log of an up SE that holds it:
+        (0, 0) when no log still has the record, None when no up SE can be asked."""
+        if seq > self.base:
+            return (self.epoch, self.he_id)
+        if seq == self.base and self.base_ballot != (0, 0):
+            return self.base_ballot
+        from ophiura.replication.se_client import LogGoneError
+
+        peers = [
+            p
+            for p in self.replicas.values()
+            if p is not exclude
+            and p.state in READABLE
+            and p.client is not None
+            and p.tracker.contiguous >= seq
+        ]
+        for p in peers:
+            try:
+                _, _, records = await asyncio.wait_for(
+                    p.client.log_read(self.name, seq, seq, 1), 2.0
+                )
+            except LogGoneError:
+                return (0, 0)
+            except self._transport:
+                continue
+            if records and records[0].seq == seq:
+                return (records[0].epoch, records[0].he_id)
+        return None if not peers else (0, 0)
 
     async def _learn_peer_logs(self, r: Replica) -> None:
         """Ask every up peer where its replay log starts, so `choose_recovery` picks replay
@@ -308,6 +378,7 @@ class ReplicaLife:
 
     async def _recover_cmd(self, client: Any, plan: RecoveryPlan) -> None:
         peer = self.replicas[plan.peer or ""].session.spec
+        upto_ballot = await self._ballot_at(plan.upto) if plan.upto else (0, 0)
         await client.recover(
             self.name,
             self.epoch,
@@ -315,6 +386,7 @@ class ReplicaLife:
             (peer.name, peer.host, peer.port),
             plan.upto,
             he_id=self.he_id,
+            upto_ballot=upto_ballot or (0, 0),
         )
 
     async def _drive_recovery(

@@ -55,6 +55,7 @@ class VolumeState:
     log_first_seq: int | None = None
     he_id: int = 0  # the SE's ballot is (epoch, he_id)
     base_seq: int = 0  # its base once established; p.NO_BASE while only claimed
+    top_ballot: tuple[int, int] = (0, 0)  # the ballot that wrote applied_seq; (0, 0) unknown
 
     @property
     def ballot(self) -> tuple[int, int]:
@@ -75,6 +76,7 @@ class VolumeState:
             m.log_first_seq or None,
             m.he_id,
             m.base_seq,
+            (m.top_epoch, m.top_he_id),
         )
 
 
@@ -485,11 +487,15 @@ class SeClient:
         rate: int = 0,
         *,
         he_id: int = 0,
+        upto_ballot: tuple[int, int] = (0, 0),
     ) -> None:
-        """Start recovery (kind "replay" or "full") from `peer` (name, host, port)."""
+        """Start recovery (kind "replay" or "full") from `peer` (name, host, port);
+        `upto_ballot` is the ballot that wrote `upto_seq` in the owner's history, if known."""
         name, host, port = peer
         what = f"recover {volume} ({kind} from {name} up to seq {upto_seq})"
-        msg = p.Recover(self._id(), volume, epoch, kind, name, host, port, upto_seq, rate, he_id)
+        msg = p.Recover(
+            self._id(), volume, epoch, kind, name, host, port, upto_seq, rate, he_id, *upto_ballot
+        )
         await self._call(msg, what, p.Ok)
 
     async def volume_state(self, volume: str) -> VolumeState:

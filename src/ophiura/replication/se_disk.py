@@ -77,6 +77,7 @@ class Loaded:
     meta: VolumeMeta
     applied: int  # every write <= this is here (the recovered prefix during a recovery)
     current_top: int  # during a recovery: newest current write re-applied from the log, else 0
+    top_ballot: tuple[int, int] = (0, 0)  # the ballot that wrote `applied` ((0, 0): unknown)
 
 
 class VolumeDisk:
@@ -90,6 +91,7 @@ class VolumeDisk:
         self._meta_pool = ThreadPoolExecutor(1, thread_name_prefix=f"meta-{name}")
         self.fd = -1
         self.written_seq = 0  # highest sequenced op written to the data file (maybe not synced)
+        self.written_ballot: tuple[int, int] = (0, 0)  # the ballot that wrote written_seq
         # `meta.applied_seq` moved on in memory but is not in a durable slot yet (that is
         # fine: the log holds those writes); `_meta_written_at` is when a slot last was.
         self.meta_pending = False
@@ -121,6 +123,7 @@ class VolumeDisk:
         self.meta_file = MetadataFile.load(meta_path)
         self.fd = os.open(self.dir / "data", os.O_RDWR | os.O_CLOEXEC)
         self.written_seq = self.meta.data_synced_seq
+        self.written_ballot = _ballot(self.meta.synced_ballot)
         return self._replay_local_log(self.meta)
 
     def _replay_local_log(self, meta: VolumeMeta) -> Loaded:
@@ -184,14 +187,20 @@ class VolumeDisk:
             disk_io.fdatasync(self.fd)
             top = redo[-1].seq
             self.written_seq = top
+            self.written_ballot = (redo[-1].epoch, redo[-1].he_id)
             if meta.recovery is not None:
                 current_top = top  # current writes received during the recovery
             log.info("volume %s: re-applied %d log records up to seq %d", self.name, len(redo), top)
         if applied != meta.applied_seq or redo:
             meta.applied_seq = applied
-            meta.data_synced_seq = max(synced, redo[-1].seq if redo else 0)
+            if redo and redo[-1].seq >= synced:
+                meta.data_synced_seq = redo[-1].seq
+                meta.synced_ballot = list(self.written_ballot)
             self._write_meta_slot(meta)
-        return Loaded(meta, applied, current_top)
+        top_ballot = (0, 0)
+        if meta.recovery is None:  # `applied` is the last redo record, or data_synced_seq
+            top_ballot = self.written_ballot if redo else _ballot(meta.synced_ballot)
+        return Loaded(meta, applied, current_top, top_ballot)
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -236,6 +245,7 @@ class VolumeDisk:
             if type(it) is Op:
                 self.apply(it.kind, it.offset, it.length, it.data)
                 self.written_seq = it.seq
+                self.written_ballot = (it.epoch, it.he_id)
             else:  # ("rec", kind, offset, length, data)
                 self.apply(it[1], it[2], it[3], it[4])
         self._pending.clear()
@@ -244,7 +254,9 @@ class VolumeDisk:
         """Sync the data file and make that durable *before* any log record is dropped."""
         disk_io.fdatasync(self.fd)
         meta = self.meta
-        meta.data_synced_seq = max(meta.data_synced_seq, self.written_seq)
+        if self.written_seq >= meta.data_synced_seq:
+            meta.data_synced_seq = self.written_seq
+            meta.synced_ballot = list(self.written_ballot)
         self._write_meta_slot(meta)
 
     def commit(self, items: list[Any], updates: dict[str, Any]) -> list[Any]:
@@ -365,6 +377,7 @@ class VolumeDisk:
                 and (meta.data_synced_seq < self.written_seq or self.meta_pending)
             ):
                 meta.data_synced_seq = self.written_seq
+                meta.synced_ballot = list(self.written_ballot)
                 self._write_meta_slot(meta)
             os.close(self.fd)
             self.fd = -1
@@ -374,3 +387,10 @@ class VolumeDisk:
 
     def shutdown(self) -> None:
         self._meta_pool.shutdown()
+
+
+def _ballot(value: Any) -> tuple[int, int]:
+    """A ballot from the metadata's JSON ([epoch, he_id]); (0, 0) for anything else."""
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return (value[0], value[1])
+    return (0, 0)

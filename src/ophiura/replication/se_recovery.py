@@ -170,11 +170,15 @@ class RecoveryManager:
             rec = Recovery(
                 msg.kind, upto, peer, rate, vol.prefix_seq if msg.kind == "replay" else 0
             )
+            if msg.kind == "replay":  # the replay continues this SE's own prefix
+                rec.prefix_ballot = rec.cursor_ballot = vol.top_ballot
             vol.recovery = rec
             if msg.kind == "full":
                 vol.prefix_seq = 0  # nothing here is trustworthy until the copy completes
             fresh = True
         rec.peer, rec.rate, rec.error = peer, rate, ""
+        if upto >= rec.upto:
+            rec.upto_ballot = (msg.upto_epoch, msg.upto_he_id)
         rec.upto = max(rec.upto, upto)
         if rec.kind == "full":
             rec.total, rec.done = vol.size, rec.cursor
@@ -212,7 +216,7 @@ class RecoveryManager:
     def _resume_in_process(self, vol: Volume, rec: Recovery, upto: int) -> None:
         """Same process, same kind: keep the touched map; full restarts if writes were missed."""
         if rec.kind == "replay":
-            rec.cursor = vol.prefix_seq
+            rec.cursor, rec.cursor_ballot = vol.prefix_seq, rec.prefix_ballot
         elif upto >= vol.next_seq:
             log.info(
                 "SE %s: %s missed current writes %d..%d: full copy restarts at 0",
@@ -307,9 +311,11 @@ class RecoveryManager:
             vol.sync_data_blocking()
             vol.write_meta_blocking(recovery=state, applied_seq=applied)
 
+        ballot = rec.cursor_ballot
         await vol.call(work)
         if rec.kind == "replay":
             vol.advance_prefix(rec.cursor)
+            rec.prefix_ballot = ballot
 
     async def _replay(self, vol: Volume, rec: Recovery, client: SeClient) -> None:
         bucket = RateLimiter(rec.rate)
@@ -344,6 +350,9 @@ class RecoveryManager:
                     else:
                         vol.queue_recovered(r.kind, off, n, b"")
                 rec.cursor = r.seq
+                rec.cursor_ballot = (r.epoch, r.he_id)
+                if r.seq == rec.upto:
+                    rec.upto_ballot = (r.epoch, r.he_id)
                 nbytes += len(r.data)
             rec.done += nbytes
             rec.total = rec.done + max(0, remaining - nbytes)
@@ -396,15 +405,20 @@ class RecoveryManager:
         saw applied_seq 2144 after seq 2145 was acknowledged).
         """
         top = vol.next_seq - 1
+        # above upto only the owner's current writes; at upto, what the pull or RECOVER said
+        ballot = vol.ballot if top > rec.upto else rec.upto_ballot
 
         def work() -> None:
             vol.sync_data_blocking()
-            vol.write_meta_blocking(recovery=None, applied_seq=top, data_synced_seq=top)
+            vol.write_meta_blocking(
+                recovery=None, applied_seq=top, data_synced_seq=top, synced_ballot=list(ballot)
+            )
 
         await vol.call(work)
         # Writes admitted during the await (seq > top) went into `touched` and are in the log;
         # from here on `_admit` advances the prefix itself, as on any up volume.
-        vol.durable_seq = max(vol.durable_seq, top)
+        if top >= vol.durable_seq:
+            vol.durable_seq, vol.top_ballot = top, ballot
         vol.recovery = None
         vol.transition(VolEvent.DONE)
         vol.detail = ""

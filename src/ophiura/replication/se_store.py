@@ -88,6 +88,9 @@ class Recovery:
     done: int = 0
     total: int = 0
     touched: dict[int, int] = field(default_factory=dict)  # block -> seq of newest current write
+    upto_ballot: tuple[int, int] = (0, 0)  # the ballot that wrote `upto` ((0, 0): unknown)
+    prefix_ballot: tuple[int, int] = (0, 0)  # replay: the ballot that wrote the durable prefix
+    cursor_ballot: tuple[int, int] = (0, 0)  # replay: the ballot that wrote seq `cursor`
     task: asyncio.Task[None] | None = None
     error: str = ""
 
@@ -114,6 +117,7 @@ class Volume:
         self.base = 0
         self.next_seq = 1  # the next current write this volume can apply
         self.durable_seq = 0  # highest current write that is durable
+        self.top_ballot: tuple[int, int] = (0, 0)  # the ballot that wrote durable_seq
         self.prefix_seq = 0  # every write <= this is admitted here (== next_seq - 1 when up)
         self.life = VolState.UP  # se_lifecycle.TRANSITIONS: changed by `transition` only
         self.detail = ""
@@ -158,6 +162,7 @@ class Volume:
         top = loaded.current_top
         self.next_seq = top + 1 if top > applied else applied + 1
         self.durable_seq = max(top, applied)
+        self.top_ballot = loaded.top_ballot
         if meta.recovery:
             self.transition(loaded_event(str(meta.recovery.get("kind", "full"))))
             self.recovery_meta = meta.recovery
@@ -215,6 +220,7 @@ class Volume:
                 for it in batch:
                     if type(it) is Op:
                         top = it.seq
+                        top_ballot = (it.epoch, it.he_id)
                         if it.fut is not None and not it.fut.done():
                             it.fut.set_result(it.seq)
                 for fut, value, exc in results:
@@ -226,6 +232,7 @@ class Volume:
                         fut.set_exception(exc)
                 if top:
                     self.durable_seq = top
+                    self.top_ballot = top_ballot
                     if self._dup_waiters:
                         self._dup_waiters = self._release(self._dup_waiters, top)
                 if self.disk.meta_pending and self._checkpoint is None:
@@ -614,6 +621,15 @@ class Volume:
             return self.prefix_seq  # the recovered prefix, advanced only after a data sync
         return min(self.prefix_seq, self.durable_seq)
 
+    def _applied_ballot(self) -> tuple[int, int]:
+        """The ballot that wrote `applied_seq()`, where this SE knows it, else (0, 0)."""
+        if self.life is VolState.UP:
+            return self.top_ballot
+        rec = self.recovery
+        if rec is not None and rec.kind == "replay":
+            return rec.prefix_ballot
+        return (0, 0)
+
     def status(self) -> dict[str, Any]:
         detail = self.detail
         if self._buffer and not detail:
@@ -626,6 +642,7 @@ class Volume:
             "epoch": self.epoch,
             "he_id": self.he_id,
             "base_seq": self.base,
+            "top_ballot": self._applied_ballot(),
             "applied_seq": self.applied_seq(),
             "size": self.size,
             "block_size": self.block_size,

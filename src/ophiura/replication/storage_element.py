@@ -377,7 +377,8 @@ class StorageElement:
                 return p.LogGone(rid, vol.log_oldest())
             applied, remaining, records = found
             wire = [
-                p.WireLogRecord(r.seq, r.epoch, r.offset, r.length, r.kind, r.data) for r in records
+                p.WireLogRecord(r.seq, r.epoch, r.offset, r.length, r.kind, r.data, r.he_id)
+                for r in records
             ]
             return p.LogRecords(rid, applied, len(wire), remaining, p.pack_log_records(wire))
         if isinstance(msg, p.ChunkRead):
@@ -410,6 +411,8 @@ class StorageElement:
             s["log_first_seq"],
             s["he_id"],
             s["base_seq"],
+            s["top_ballot"][0],
+            s["top_ballot"][1],
         )
 
     async def open_volume(self, name: str, size: int, block_size: int) -> Volume:

@@ -47,7 +47,8 @@ class Claim:
     volume: str
     epoch: int
     he_id: int
-    base_seq: int  # highest applied seq among the SEs at the new epoch: new writes follow it
+    base_seq: int  # where the newest history among the claiming SEs ends: new writes follow it
+    base_ballot: tuple[int, int]  # the ballot that wrote base_seq in that history
     size: int
     block_size: int
     accepted: tuple[str, ...]
@@ -56,17 +57,27 @@ class Claim:
 
 
 def plan_claim(
-    applied: dict[str, int], n: int, q: int, volume: str, epoch: int
-) -> tuple[int, tuple[str, ...]]:
-    """(base_seq, up-to-date SEs) once `applied` (SE -> applied seq at the new epoch) is known."""
+    applied: dict[str, tuple[tuple[int, int], int]], n: int, q: int, volume: str, epoch: int
+) -> tuple[int, tuple[int, int], tuple[str, ...]]:
+    """(base_seq, base_ballot, SEs holding that history) once every claiming SE reported
+    (the ballot that wrote its applied seq, its applied seq).
+
+    The newest history wins, as in Raft's log comparison: the highest (ballot, seq), not the
+    highest seq. An SE's stream only ever gains writes of greater ballots (it obeys one ballot
+    at a time and adopts only greater ones), so the SE whose last write has the greatest ballot
+    holds what every later owner kept; a longer stream of an older ballot may be a tail no owner
+    acknowledged (an SE away for a whole reign), and taking it would drop writes the owner of
+    the greater ballot acknowledged.
+    """
     need = takeover_quorum(n, q)
     if len(applied) < need:
         raise TakeoverError(
             f"{volume}: only {len(applied)} SE(s) ({', '.join(sorted(applied)) or 'none'}) "
             f"accepted epoch {epoch}; need {need} of {n} (majority and quorum {q})"
         )
-    base = max(applied.values())
-    return base, tuple(sorted(name for name, seq in applied.items() if seq == base))
+    ballot, base = max(applied.values())
+    holders = tuple(sorted(name for name, top in applied.items() if top == (ballot, base)))
+    return base, ballot, holders
 
 
 async def claim_volume(
@@ -130,7 +141,8 @@ async def claim_volume(
     else:
         raise TakeoverError(f"{volume}: the epoch kept moving ({MAX_EPOCH_RACES} races)")
     applied = {name: st.applied_seq for name, st in accepted.items()}
-    base, _ = plan_claim(applied, n, quorum, volume, epoch)
+    tops = {name: (st.top_ballot, st.applied_seq) for name, st in accepted.items()}
+    base, base_ballot, _ = plan_claim(tops, n, quorum, volume, epoch)
     vol_size = max(st.size for st in accepted.values())
     bs = next(iter(accepted.values())).block_size or block_size
     claim = Claim(
@@ -138,6 +150,7 @@ async def claim_volume(
         epoch=epoch,
         he_id=he_id,
         base_seq=base,
+        base_ballot=base_ballot,
         size=vol_size,
         block_size=bs,
         accepted=tuple(sorted(accepted)),

@@ -119,6 +119,7 @@ class HostElementVolume(ReplicaLife):
         *,
         epoch: int,
         he_id: int = 0,
+        base_ballot: tuple[int, int] = (0, 0),
         next_seq: int = 1,
         epoch_base: int | None = None,
     ) -> None:
@@ -138,6 +139,7 @@ class HostElementVolume(ReplicaLife):
         self.epoch = epoch
         self.he_id = he_id
         self.base = next_seq - 1
+        self.base_ballot = base_ballot  # the ballot that wrote seq `base` in our history
         self.epoch_base = epoch_base
         self.replicas = {s.name: Replica(s) for s in sessions}
         self.queue = WriteQueue(config.queue_bytes, next_seq)
