@@ -38,6 +38,10 @@ NO_TAG = P.NO_TAG
 
 
 class IscsiConnection(asyncio.Protocol):
+    """One TCP connection (MaxConnections=1: also its session's only one). It implements
+    `link.Link` for the `CommandPath` and `TaskManagement` it holds: they answer through it,
+    so the StatSN and TTT counters and closing stay here."""
+
     def __init__(self, server: IscsiServer) -> None:
         self.server = server
         self.loop = asyncio.get_running_loop()
