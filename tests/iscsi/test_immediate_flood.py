@@ -90,7 +90,8 @@ async def outcomes(r: asyncio.StreamReader, itts: set[int]) -> dict[int, tuple[s
 def held_bytes(srv: Any) -> int:
     """Write data the target holds for tasks, plus bytes read and not yet decoded."""
     return sum(
-        c.decoder.buffered() + sum(len(t.data) for t in c.tasks.values() if t.data is not None)
+        c.decoder.buffered()
+        + sum(len(t.data) for t in c.commands.tasks.values() if t.data is not None)
         for c in srv._connections
     )
 
@@ -178,11 +179,11 @@ async def test_task_management_flood_is_bounded(start_server: Any) -> None:
     rejected = await asyncio.wait_for(outcomes(r, set(range(0x400 + CAP, 0x400 + n))), 10)
     assert all(k == "reject" for k, _ in rejected.values())
     conn = next(iter(srv._connections))
-    assert conn._tmfs == CAP and srv.counters["tmf-rejected"] == n - CAP
+    assert conn.tmf.running == CAP and srv.counters["tmf-rejected"] == n - CAP
     dev.release.set()
     done = await asyncio.wait_for(outcomes(r, set(range(0x400, 0x400 + CAP))), 10)
     assert all(k == "tmf" and h[2] == 0 for k, h in done.values())
-    assert conn._tmfs == 0
+    assert conn.tmf.running == 0
     w.close()
 
 
@@ -194,5 +195,5 @@ async def test_abort_of_a_far_future_cmdsn_is_not_remembered(start_server: Any) 
         w.writelines(ENC.encode(0x42, 0x80 | 1, 0, 0, 0x500 + i, NO_TAG, 2**31, 0, ref))
     seen = await asyncio.wait_for(outcomes(r, {0x500, 0x501, 0x502}), 10)
     assert [seen[0x500 + i][1][2] for i in range(3)] == [0, 1, 1]  # complete; does not exist
-    assert next(iter(srv._connections))._aborted_cmdsn == {5}
+    assert next(iter(srv._connections)).commands.aborted_cmdsn == {5}
     w.close()

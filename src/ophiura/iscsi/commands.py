@@ -1,4 +1,4 @@
-"""SCSI commands on the target (RFC 7143 §11.3-11.8): the connection's per-command path.
+"""SCSI commands on the target (RFC 7143 §11.3-11.8): `CommandPath`, held by the connection.
 
 A SCSI Command PDU becomes a `Task`. Write data is collected first (immediate data, unsolicited
 Data-Out, then R2T-solicited Data-Out within MaxOutstandingR2T and the connection's write
@@ -8,8 +8,12 @@ ORDERED or HEAD OF QUEUE one). Its completion goes out as Data-In and/or a SCSI 
 by `task.build_completion`, with one `writelines`. A Data-Out error ends the task with CHECK
 CONDITION.
 
+The connection creates one `CommandPath` when a normal session reaches full feature phase (a
+discovery session has none) and hands it SCSI Command and Data-Out PDUs; it answers through the
+connection's `Link`. Task management (`tmf.TaskManagement`) ends tasks through it.
+
 This is the hot path: the common case (one command in CmdSN order, nothing waiting) goes
-straight from `_on_scsi_command` to `_deliver`.
+straight from `on_command` to `_deliver`.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from collections import deque
 from typing import Any
 
 from ophiura.iscsi import pdu as P
-from ophiura.iscsi.session import DELIVER, QUEUED, Session
+from ophiura.iscsi.link import Limits, Link
+from ophiura.iscsi.session import DELIVER, QUEUED, CmdWindow, sn_diff
 from ophiura.iscsi.task import (
     SENSE_INTERNAL_FAILURE,
     SENSE_INVALID_FIELD_IN_CDB,
@@ -31,7 +36,15 @@ from ophiura.iscsi.task import (
     build_completion,
     unsolicited_length,
 )
-from ophiura.scsi.api import Command, Response, TaskAborted, TaskAttribute
+from ophiura.iscsi.text import SessionParams
+from ophiura.scsi.api import (
+    Command,
+    DeviceServer,
+    Nexus,
+    Response,
+    TaskAborted,
+    TaskAttribute,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,44 +52,89 @@ _ATTRS = {a.value: a for a in TaskAttribute}
 TASK_SET_FULL = 0x28
 
 
-class CommandsMixin:
-    """Mixed into IscsiConnection; uses its window, device server, encoder and writer."""
+class CommandPath:
+    """The SCSI tasks of one normal session's connection, from Command PDU to completion.
 
-    # provided by IscsiConnection
-    server: Any
-    loop: asyncio.AbstractEventLoop
-    transport: Any
-    peer: str
-    session: Session | None
-    window: Any
-    closed: bool
-    enc: P.PduEncoder
-    statsn: int
-    tasks: dict[int, Task]
-    _order: deque[Task]
-    _budget_wait: deque[Task]
-    _reserved: int
-    _immediate: int
-    _unsolicited: int
-    _aborted_cmdsn: set[int]
-    _mrdsl: int
-    _max_burst: int
-    _first_burst: int
-    _initial_r2t: bool
-    _immediate_data: bool
-    _max_r2t: int
-    _device: Any
-    _nexus: Any
+    It owns the connection's task set (by ITT), the queue of tasks released by the CmdSN window
+    but not yet delivered, and what they hold against the server's `Limits` (write bytes promised,
+    unsolicited bytes, immediate commands). Task management reaches tasks only through it.
+    """
+
+    def __init__(
+        self,
+        link: Link,
+        limits: Limits,
+        window: CmdWindow,
+        enc: P.PduEncoder,
+        params: SessionParams,
+        device: DeviceServer,
+        nexus: Nexus,
+    ) -> None:
+        self.link = link
+        self.limits = limits
+        self.window = window
+        self.enc = enc
+        self.device = device
+        self.nexus = nexus
+        self.loop = asyncio.get_running_loop()
+        self.tasks: dict[int, Task] = {}
+        self.aborted_cmdsn: set[int] = set()  # ABORT TASK for a command not yet arrived
+        self._order: deque[Task] = deque()  # released by the window, not yet delivered
+        self._budget_wait: deque[Task] = deque()  # waiting for write_budget to issue R2Ts
+        self._reserved = 0  # write bytes promised to tasks (unsolicited + R2T'd): write_budget
+        self._immediate = 0  # outstanding immediate SCSI commands: max_immediate
+        self._unsolicited = 0  # unsolicited bytes of unfinished tasks: unsolicited_budget
+        # negotiated values used on the hot path
+        self._mrdsl = params.initiator_mrdsl
+        self._max_burst = params.max_burst
+        self._first_burst = params.first_burst
+        self._initial_r2t = params.initial_r2t
+        self._immediate_data = params.immediate_data
+        self._max_r2t = params.max_r2t
+
+    # ---- what the connection and task management ask -------------------------------------
+    def held_bytes(self) -> int:
+        """Write data held right now for unfinished tasks."""
+        return sum(len(t.data) for t in self.tasks.values() if t.data is not None)
+
+    def running(self) -> list[asyncio.Task[None]]:
+        """Tasks the device server is executing."""
+        return [
+            t.future for t in self.tasks.values() if t.future is not None and not t.future.done()
+        ]
+
+    def abort_unarrived(self, ref_cmdsn: int, tmf_cmdsn: int) -> bool:
+        """ABORT TASK for a command that has not arrived: remember its CmdSN, so it is discarded
+        when it comes, if the initiator may have sent it (earlier than the TMF and inside the
+        window; the set stays within queue_depth entries)."""
+        if self.window.in_window(ref_cmdsn) and sn_diff(ref_cmdsn, tmf_cmdsn) < 0:
+            self.aborted_cmdsn.add(ref_cmdsn)
+            return True
+        return False
+
+    def drop_local(self, task: Task) -> None:
+        """End a task that never reached the device server (collecting Data-Out, or waiting for
+        its CmdSN turn): it gets no response."""
+        with contextlib.suppress(ValueError):
+            self._order.remove(task)
+        self._finish(task)
+        self._pump()
+
+    def close(self) -> None:
+        """The connection is gone: give back what undelivered tasks hold. Delivered ones end
+        when the device server is done with them (the nexus loss aborts them)."""
+        for task in list(self.tasks.values()):
+            if not task.delivered:
+                self._finish(task)
+        self._order.clear()
+        self._budget_wait.clear()
 
     # ---- arrival, CmdSN order, execution, completion -------------------------------------
-    def _on_scsi_command(self, pdu: P.Pdu) -> None:
-        session = self.session
-        assert session is not None and self.window is not None
-        if session.discovery:
-            self._reject(P.RejectReason.PROTOCOL_ERROR, pdu.header)
-            return
+    def on_command(self, pdu: P.Pdu) -> None:
+        """A SCSI Command PDU."""
+        link = self.link
         if pdu.itt in self.tasks:
-            self._reject(P.RejectReason.TASK_IN_PROGRESS, pdu.header)
+            link.reject(P.RejectReason.TASK_IN_PROGRESS, pdu.header)
             return
         # What this command would make us hold before the device server takes it: decided
         # before anything is allocated, so a refused command costs nothing (see server.py).
@@ -86,12 +144,13 @@ class CommandsMixin:
             held = unsolicited_length(
                 edtl, len(pdu.data), pdu.final, self._initial_r2t, self._first_burst
             )
-        over = self._unsolicited > 0 and self._unsolicited + held > self.server.unsolicited_budget
-        if pdu.immediate and (over or self._immediate >= self.server.max_immediate):
+        limits = self.limits
+        over = self._unsolicited > 0 and self._unsolicited + held > limits.unsolicited_budget
+        if pdu.immediate and (over or self._immediate >= limits.max_immediate):
             why = "unsolicited-budget" if over else "too-many-immediate"
-            self.server.counters[f"immediate-rejected:{why}"] += 1
-            log.debug("connection %s: immediate command refused (%s)", self.peer, why)
-            self._reject(P.RejectReason.IMMEDIATE_COMMAND_REJECT, pdu.header)
+            limits.counters[f"immediate-rejected:{why}"] += 1
+            log.debug("connection %s: immediate command refused (%s)", link.peer, why)
+            link.reject(P.RejectReason.IMMEDIATE_COMMAND_REJECT, pdu.header)
             return
         cdb = pdu.cdb
         if pdu.ahs:
@@ -109,7 +168,7 @@ class CommandsMixin:
         if not pdu.immediate:
             verdict, ready = self.window.accept(pdu.cmdsn, task)
             if verdict != DELIVER and verdict != QUEUED:
-                log.debug("connection %s: CmdSN 0x%08x outside window", self.peer, pdu.cmdsn)
+                log.debug("connection %s: CmdSN 0x%08x outside window", link.peer, pdu.cmdsn)
                 return
             task.counted = True
             self.window.inflight += 1
@@ -123,20 +182,20 @@ class CommandsMixin:
                 if failure is not None:
                     self._fail(task, *failure)
                 else:  # its CmdSN is taken; the initiator retries it later
-                    self.server.counters["task-set-full"] += 1
+                    limits.counters["task-set-full"] += 1
                     self._fail(task, b"", "unsolicited data budget full", TASK_SET_FULL)
                 rest = [t for t in ready if t is not task]
                 if rest:
-                    self._run_ready(rest)
+                    self.run_ready(rest)
                 return
         if ready:
             if len(ready) == 1 and not self._order and task.ready:
                 self._deliver(task)  # the common case: in order, nothing waiting
             else:
-                self._run_ready(ready)
+                self.run_ready(ready)
 
     def _start_write(self, task: Task, pdu: P.Pdu) -> tuple[bytes, str] | None:
-        if task.edtl > self.server.max_edtl:
+        if task.edtl > self.limits.max_edtl:
             return SENSE_INVALID_FIELD_IN_CDB, f"EDTL {task.edtl} too large"
         data = pdu.data
         if data and not self._immediate_data:
@@ -156,11 +215,21 @@ class CommandsMixin:
     def _queue_task(self, task: Task) -> None:
         if self.tasks.get(task.itt) is not task:
             return  # ended (failed or aborted) while it waited for its CmdSN turn
-        if task.cmdsn in self._aborted_cmdsn:
-            self._aborted_cmdsn.discard(task.cmdsn)
+        if task.cmdsn in self.aborted_cmdsn:
+            self.aborted_cmdsn.discard(task.cmdsn)
             self._finish(task)
             return
         self._order.append(task)
+
+    def run_ready(self, ready: list[Any]) -> None:
+        """Run what the CmdSN window released, in CmdSN order: tasks join the delivery queue,
+        other requests (queued there by the connection as callables) run now."""
+        for item in ready:
+            if isinstance(item, Task):
+                self._queue_task(item)
+            else:
+                item()
+        self._pump()
 
     def _pump(self) -> None:
         order = self._order
@@ -178,12 +247,12 @@ class CommandsMixin:
         self._order = remaining
 
     def _deliver(self, task: Task) -> None:
-        if self.closed:
+        if self.link.closed:
             return
         task.delivered = True
         data = task.data
         cmd = Command(
-            self._nexus,  # type: ignore[arg-type]
+            self.nexus,
             task.lun,
             task.itt,
             task.cdb,
@@ -197,7 +266,7 @@ class CommandsMixin:
 
     async def _execute(self, task: Task, cmd: Command) -> None:
         try:
-            rsp = await self._device.execute(cmd)  # type: ignore[union-attr]
+            rsp = await self.device.execute(cmd)
         except TaskAborted:
             self._finish(task)
             return
@@ -211,10 +280,10 @@ class CommandsMixin:
 
     def _complete(self, task: Task, rsp: Response) -> None:
         self._finish(task)
-        if self.closed:
+        link = self.link
+        if link.closed:
             return
         window = self.window
-        assert window is not None
         bufs = build_completion(
             self.enc,
             task,
@@ -222,13 +291,13 @@ class CommandsMixin:
             rsp.data_in,
             rsp.sense,
             rsp.data_out_length,
-            self._take_statsn(),
+            link.take_statsn(),
             window.exp,
             window.max_cmdsn,
             self._mrdsl,
             self._max_burst,
         )
-        self.transport.writelines(bufs)  # type: ignore[union-attr]
+        link.send(bufs)
 
     def _finish(self, task: Task) -> None:
         """Forget a task (completed, failed or aborted) and give back what it held."""
@@ -241,7 +310,7 @@ class CommandsMixin:
             task.unsol_held = 0
         if task.counted:
             task.counted = False
-            self.window.inflight -= 1  # type: ignore[union-attr]
+            self.window.inflight -= 1
         if task.reserved:
             self._reserved -= task.reserved
             task.reserved = 0
@@ -250,7 +319,7 @@ class CommandsMixin:
         task.data = None
 
     def _fail(self, task: Task, sense: bytes, why: str, status: int = 0x02) -> None:
-        log.warning("connection %s: task 0x%08x failed: %s", self.peer, task.itt, why)
+        log.warning("connection %s: task 0x%08x failed: %s", self.link.peer, task.itt, why)
         with contextlib.suppress(ValueError):
             self._order.remove(task)
         task.is_write = False
@@ -260,7 +329,8 @@ class CommandsMixin:
 
     # ---- Data-Out / R2T ------------------------------------------------------------------
     def _issue_r2ts(self, task: Task) -> None:
-        budget = self.server.write_budget
+        budget = self.limits.write_budget
+        link = self.link
         out: list[Any] = []
         while len(task.r2ts) < self._max_r2t and task.r2t_next < task.edtl:
             length = min(self._max_burst, task.edtl - task.r2t_next)
@@ -271,11 +341,11 @@ class CommandsMixin:
                 break
             self._reserved += length
             task.reserved += length
-            ttt = self._next_ttt()
+            ttt = link.next_ttt()
             offset = task.r2t_next
             task.r2ts[ttt] = R2TState(offset, offset + length)
             task.r2t_next = offset + length
-            exp, mx = self._serials()
+            window = self.window
             out += self.enc.encode(
                 0x31,
                 0x80,
@@ -283,16 +353,16 @@ class CommandsMixin:
                 task.lun_raw,
                 task.itt,
                 ttt,
-                self.statsn,
-                exp,
-                mx,
+                link.statsn,
+                window.exp,
+                window.max_cmdsn,
                 task.r2tsn,
                 offset,
                 length,
             )
             task.r2tsn += 1
         if out:
-            self._write(out)
+            link.send(out)
 
     def _retry_budget(self) -> None:
         waiting = self._budget_wait
@@ -304,11 +374,12 @@ class CommandsMixin:
             if self._budget_wait and self._budget_wait[-1] is task:
                 break
 
-    def _on_data_out(self, pdu: P.Pdu) -> None:
+    def on_data_out(self, pdu: P.Pdu) -> None:
+        """A SCSI Data-Out PDU."""
         task = self.tasks.get(pdu.itt)
         if task is None or task.data is None or task.delivered:
             # A task that already ended (failed, aborted, dropped by the CmdSN window).
-            log.debug("connection %s: Data-Out for finished ITT 0x%08x", self.peer, pdu.itt)
+            log.debug("connection %s: Data-Out for finished ITT 0x%08x", self.link.peer, pdu.itt)
             return
         try:
             seq_done = task.data_out(pdu.w20, pdu.w36, pdu.w40, pdu.data, pdu.final)

@@ -4,11 +4,13 @@ Bytes go into the sans-I/O `PduDecoder`; PDUs are dispatched by opcode; replies 
 with `PduEncoder` and written with one `transport.writelines` per reply (data buffers are not
 copied). Login is delegated to `LoginMachine`, the CmdSN window to `CmdWindow`. This module is
 the connection itself: its life (login, keep-alive pings, teardown), the full feature phase
-dispatch and the small requests (NOP, Text, Logout, Reject). SCSI Command and Data-Out PDUs go
-to `commands.CommandsMixin` (Data-Out collection and completion PDUs are in `task`), task
-management to `tmf.TmfMixin`. A malformed PDU gets a Reject (and, when the byte stream can no
-longer be trusted, the connection is closed); an unexpected exception closes this connection
-only, never the server.
+dispatch and the small requests (NOP, Text, Logout, Reject). A normal session's connection, once
+in full feature phase, holds a `CommandPath` (SCSI Command and Data-Out PDUs, R2T, completion;
+the per-task pure part is `task`) and a `TaskManagement` (TMF requests, which end tasks through
+the command path); both answer through the narrow `link.Link` this connection implements. A
+discovery session holds neither: its SCSI commands are rejected. A malformed PDU gets a Reject
+(and, when the byte stream can no longer be trusted, the connection is closed); an unexpected
+exception closes this connection only, never the server.
 """
 
 from __future__ import annotations
@@ -16,16 +18,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ophiura.iscsi import pdu as P
-from ophiura.iscsi.commands import CommandsMixin
+from ophiura.iscsi.commands import CommandPath
 from ophiura.iscsi.login import LoginError, LoginMachine, LoginReply, Status, login_request_from_pdu
 from ophiura.iscsi.session import DELIVER, QUEUED, CmdWindow, Session
-from ophiura.iscsi.task import Task
 from ophiura.iscsi.text import TextError, encode_text, parse_text
-from ophiura.iscsi.tmf import TmfMixin
+from ophiura.iscsi.tmf import TaskManagement, reply_rejected
 
 if TYPE_CHECKING:
     from ophiura.iscsi.server import IscsiServer
@@ -35,7 +37,11 @@ log = logging.getLogger(__name__)
 NO_TAG = P.NO_TAG
 
 
-class IscsiConnection(CommandsMixin, TmfMixin, asyncio.Protocol):
+class IscsiConnection(asyncio.Protocol):
+    """One TCP connection (MaxConnections=1: also its session's only one). It implements
+    `link.Link` for the `CommandPath` and `TaskManagement` it holds: they answer through it,
+    so the StatSN and TTT counters and closing stay here."""
+
     def __init__(self, server: IscsiServer) -> None:
         self.server = server
         self.loop = asyncio.get_running_loop()
@@ -49,16 +55,11 @@ class IscsiConnection(CommandsMixin, TmfMixin, asyncio.Protocol):
         self.closed = False
         self.statsn = 0
         self.window: CmdWindow | None = None
-        self.tasks: dict[int, Task] = {}
-        self._order: deque[Task] = deque()
-        self._budget_wait: deque[Task] = deque()
-        self._reserved = 0  # write bytes promised to tasks (unsolicited + R2T'd): write_budget
-        self._immediate = 0  # outstanding immediate SCSI commands: max_immediate
-        self._unsolicited = 0  # unsolicited bytes of unfinished tasks: unsolicited_budget
-        self._tmfs = 0  # task management functions running: max_immediate
+        # full feature phase of a normal session only
+        self.commands: CommandPath | None = None
+        self.tmf: TaskManagement | None = None
         self._ttt = 0
         self._text_rest: dict[int, bytes] = {}
-        self._aborted_cmdsn: set[int] = set()
         self._last_rx = time.monotonic()
         self._ping_ttt: int | None = None
         self._ping_deadline = 0.0
@@ -66,15 +67,7 @@ class IscsiConnection(CommandsMixin, TmfMixin, asyncio.Protocol):
         self._bg: set[asyncio.Task[Any]] = set()
         self._writing_paused = False
         self._logged_out = False
-        # negotiated values used on the hot path
-        self._mrdsl = 8192
-        self._max_burst = 262144
-        self._first_burst = 65536
-        self._initial_r2t = True
-        self._immediate_data = True
-        self._max_r2t = 1
-        self._device = None
-        self._nexus = None
+        self._mrdsl = 8192  # negotiated: Text responses are cut to it
 
     # ---- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -125,8 +118,8 @@ class IscsiConnection(CommandsMixin, TmfMixin, asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
 
-    # ---- plumbing ------------------------------------------------------------------------
-    def _write(self, bufs: list[Any]) -> None:
+    # ---- what the command path and task management use (link.Link) -----------------------
+    def send(self, bufs: list[Any]) -> None:
         if not self.closed and self.transport is not None:
             self.transport.writelines(bufs)
 
@@ -139,6 +132,22 @@ class IscsiConnection(CommandsMixin, TmfMixin, asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def close(self, why: str) -> None:
+        self.close_after_flush()
+        self._teardown(why)
+
+    def held_bytes(self) -> int:
+        """Bytes an initiator makes us hold: PDU bytes read and not yet decoded, plus write data
+        received for unfinished tasks."""
+        held = self.decoder.buffered()
+        if self.commands is not None:
+            held += self.commands.held_bytes()
+        return held
+
+    def running(self) -> list[asyncio.Task[None]]:
+        """Commands the device server is executing for this connection."""
+        return [] if self.commands is None else self.commands.running()
+
     def _teardown(self, why: str) -> None:
         if self.closed:
             return
@@ -147,16 +156,13 @@ class IscsiConnection(CommandsMixin, TmfMixin, asyncio.Protocol):
             self._timer.cancel()
         self.server._connections.discard(self)
         session = self.session
-        for task in list(self.tasks.values()):
-            if not task.delivered:
-                self._finish(task)
-        self._order.clear()
-        self._budget_wait.clear()
+        if self.commands is not None:
+            self.commands.close()
         if session is not None:
             log.info("connection %s of %s closed (%s)", self.peer, session.initiator_name, why)
             self.server._session_closed(session, self)
 
-    def _next_ttt(self) -> int:
+    def next_ttt(self) -> int:
         self._ttt = (self._ttt + 1) & 0x7FFFFFFF
         return self._ttt
 
@@ -166,12 +172,12 @@ class IscsiConnection(CommandsMixin, TmfMixin, asyncio.Protocol):
             return 0, 0
         return w.exp, w.max_cmdsn
 
-    def _take_statsn(self) -> int:
+    def take_statsn(self) -> int:
         sn = self.statsn
         self.statsn = (sn + 1) & 0xFFFFFFFF
         return sn
 
-    def _reply(
+    def reply(
         self,
         opcode: int,
         flags: int,
@@ -184,9 +190,9 @@ class IscsiConnection(CommandsMixin, TmfMixin, asyncio.Protocol):
     ) -> None:
         """Send a response that takes a StatSN (NOP-In, Text, Logout, TMF, Reject)."""
         exp, mx = self._serials()
-        self._write(
+        self.send(
             self.enc.encode(
-                opcode, flags, b2, lun_raw, itt, ttt, self._take_statsn(), exp, mx, w36, data=data
+                opcode, flags, b2, lun_raw, itt, ttt, self.take_statsn(), exp, mx, w36, data=data
             )
         )
 
@@ -215,16 +221,16 @@ class IscsiConnection(CommandsMixin, TmfMixin, asyncio.Protocol):
             return
         idle = now - self._last_rx
         if idle >= interval:
-            ttt = self._next_ttt()
+            ttt = self.next_ttt()
             self._ping_ttt = ttt
             self._ping_deadline = now + self.server.nop_timeout
             exp, mx = self._serials()
-            self._write(self.enc.encode(0x20, 0x80, 0, 0, NO_TAG, ttt, self.statsn, exp, mx))
+            self.send(self.enc.encode(0x20, 0x80, 0, 0, NO_TAG, ttt, self.statsn, exp, mx))
             self._schedule(self.server.nop_timeout)
         else:
             self._schedule(interval - idle)
 
-    def _spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         t = self.loop.create_task(coro)
         self._bg.add(t)
         t.add_done_callback(self._bg.discard)
@@ -235,18 +241,16 @@ class IscsiConnection(CommandsMixin, TmfMixin, asyncio.Protocol):
         if not self.full_feature:
             self._login_reject(Status.INITIATOR_ERROR, 0)
             return
-        self._reject(exc.reason, exc.header)
+        self.reject(exc.reason, exc.header)
         if exc.fatal or isinstance(exc, P.DataDigestError):
-            self.close_after_flush()
-            self._teardown(f"protocol error: {exc}")
+            self.close(f"protocol error: {exc}")
 
-    def _reject(self, reason: int, header: bytes) -> None:
-        self._reply(0x3F, 0x80, reason << 8, 0, NO_TAG, 0, data=P.reject_header_data(header))
+    def reject(self, reason: int, header: bytes) -> None:
+        self.reply(0x3F, 0x80, reason << 8, 0, NO_TAG, 0, data=P.reject_header_data(header))
 
     def _login_reject(self, status: int, itt: int) -> None:
-        self._write(self.enc.encode(0x23, 0, 0, 0, itt, 0, self.statsn, 0, 0, status << 16))
-        self.close_after_flush()
-        self._teardown(f"login failed 0x{status:04x}")
+        self.send(self.enc.encode(0x23, 0, 0, 0, itt, 0, self.statsn, 0, 0, status << 16))
+        self.close(f"login failed 0x{status:04x}")
 
     # ---- dispatch ------------------------------------------------------------------------
     def _dispatch(self, pdu: P.Pdu) -> None:
@@ -258,39 +262,49 @@ class IscsiConnection(CommandsMixin, TmfMixin, asyncio.Protocol):
                 return
             self._on_login(pdu)
             return
+        commands = self.commands
         if op == 0x01:
-            self._on_scsi_command(pdu)
+            if commands is not None:
+                commands.on_command(pdu)
+            else:  # a discovery session
+                self.reject(P.RejectReason.PROTOCOL_ERROR, pdu.header)
         elif op == 0x05:
-            self._on_data_out(pdu)
+            if commands is not None:
+                commands.on_data_out(pdu)
+            else:
+                log.debug("connection %s: Data-Out in a discovery session", self.peer)
         elif op == 0x00:
             self._on_nop_out(pdu)
-        elif op == 0x02 or op == 0x04 or op == 0x06:
-            self._ordered(pdu, self._NON_SCSI[op])
+        elif op == 0x02:
+            self._ordered(pdu, self._on_tmf)
+        elif op == 0x04:
+            self._ordered(pdu, self._on_text)
+        elif op == 0x06:
+            self._ordered(pdu, self._on_logout)
         elif op == 0x10:
-            self._reject(P.RejectReason.SNACK_REJECT, pdu.header)
+            self.reject(P.RejectReason.SNACK_REJECT, pdu.header)
         else:  # a Login Request in full feature phase
-            self._reject(P.RejectReason.PROTOCOL_ERROR, pdu.header)
+            self.reject(P.RejectReason.PROTOCOL_ERROR, pdu.header)
 
-    def _ordered(self, pdu: P.Pdu, handler: Any) -> None:
-        """Non-SCSI requests: immediate ones now, others in CmdSN order."""
+    def _ordered(self, pdu: P.Pdu, handler: Callable[[P.Pdu], None]) -> None:
+        """Non-SCSI requests: immediate ones now, others in CmdSN order (the window holds them
+        as callables beside the command path's tasks)."""
         if pdu.immediate:
-            handler(self, pdu)
+            handler(pdu)
             return
         assert self.window is not None
-        verdict, ready = self.window.accept(pdu.cmdsn, (handler, pdu))
+        verdict, ready = self.window.accept(pdu.cmdsn, partial(handler, pdu))
         if verdict == DELIVER:
             self._run_ready(ready)
         elif verdict != QUEUED:
             log.debug("connection %s: %r outside the CmdSN window, dropped", self.peer, pdu)
 
     def _run_ready(self, ready: list[Any]) -> None:
-        for item in ready:
-            if isinstance(item, Task):
-                self._queue_task(item)
-            else:
-                handler, pdu = item
-                handler(self, pdu)
-        self._pump()
+        if self.commands is not None:
+            self.commands.run_ready(ready)  # tasks may be among them
+        else:
+            for run in ready:
+                run()
 
     # ---- login ---------------------------------------------------------------------------
     def _on_login(self, pdu: P.Pdu) -> None:
@@ -314,7 +328,7 @@ class IscsiConnection(CommandsMixin, TmfMixin, asyncio.Protocol):
         statsn = self.statsn
         if not reply.failed:
             self.statsn = (statsn + 1) & 0xFFFFFFFF
-        self._write(
+        self.send(
             self.enc.encode(
                 0x23,
                 reply.flags,
@@ -330,8 +344,7 @@ class IscsiConnection(CommandsMixin, TmfMixin, asyncio.Protocol):
             )
         )
         if reply.failed:
-            self.close_after_flush()
-            self._teardown(f"login failed 0x{reply.status:04x}")
+            self.close(f"login failed 0x{reply.status:04x}")
             return
         if reply.complete:
             self._enter_full_feature()
@@ -342,13 +355,12 @@ class IscsiConnection(CommandsMixin, TmfMixin, asyncio.Protocol):
         params = session.params
         self.enc = P.negotiated_codec(self.decoder, *params.digests, params.target_mrdsl)
         self._mrdsl = params.initiator_mrdsl
-        self._max_burst = params.max_burst
-        self._first_burst = params.first_burst
-        self._initial_r2t = params.initial_r2t
-        self._immediate_data = params.immediate_data
-        self._max_r2t = params.max_r2t
-        self._device = session.device_server
-        self._nexus = session.nexus
+        device, nexus = session.device_server, session.nexus
+        if device is not None and nexus is not None:  # a normal session
+            assert self.window is not None
+            server = self.server
+            self.commands = CommandPath(self, server, self.window, self.enc, params, device, nexus)
+            self.tmf = TaskManagement(self, server, self.commands, device, nexus)
         self.full_feature = True
         if self._timer is not None:
             self._timer.cancel()
@@ -371,14 +383,14 @@ class IscsiConnection(CommandsMixin, TmfMixin, asyncio.Protocol):
             return  # a reply to our NOP-In: nothing to send
         if not pdu.immediate:
             assert self.window is not None
-            verdict, ready = self.window.accept(pdu.cmdsn, (IscsiConnection._nop_reply, pdu))
+            verdict, ready = self.window.accept(pdu.cmdsn, partial(self._nop_reply, pdu))
             if verdict == DELIVER:
                 self._run_ready(ready)
             return
         self._nop_reply(pdu)
 
     def _nop_reply(self, pdu: P.Pdu) -> None:
-        self._reply(0x20, 0x80, 0, pdu.lun_raw, pdu.itt, NO_TAG, data=pdu.data)
+        self.reply(0x20, 0x80, 0, pdu.lun_raw, pdu.itt, NO_TAG, data=pdu.data)
 
     def _on_text(self, pdu: P.Pdu) -> None:
         session = self.session
@@ -391,7 +403,7 @@ class IscsiConnection(CommandsMixin, TmfMixin, asyncio.Protocol):
                 pairs = parse_text(pdu.data)
             except TextError as exc:
                 log.warning("connection %s: bad text request: %s", self.peer, exc)
-                self._reject(P.RejectReason.PROTOCOL_ERROR, pdu.header)
+                self.reject(P.RejectReason.PROTOCOL_ERROR, pdu.header)
                 return
             answer: list[tuple[str, str]] = []
             for key, value in pairs:
@@ -402,12 +414,12 @@ class IscsiConnection(CommandsMixin, TmfMixin, asyncio.Protocol):
             body = encode_text(answer)
         limit = self._mrdsl
         if len(body) > limit:
-            ttt = self._next_ttt()
+            ttt = self.next_ttt()
             self._text_rest[ttt] = body[limit:]
             flags, chunk = P.F_TEXT_CONTINUE, body[:limit]
         else:
             ttt, flags, chunk = NO_TAG, P.F_FINAL, body
-        self._reply(0x24, flags, 0, pdu.lun_raw, pdu.itt, ttt, data=chunk)
+        self.reply(0x24, flags, 0, pdu.lun_raw, pdu.itt, ttt, data=chunk)
 
     def _on_logout(self, pdu: P.Pdu) -> None:
         reason = pdu.flags & 0x7F
@@ -416,10 +428,13 @@ class IscsiConnection(CommandsMixin, TmfMixin, asyncio.Protocol):
             response = 2  # connection recovery is not supported (ErrorRecoveryLevel=0)
         elif reason == 1 and pdu.cid != (self.login.cid if self.login else 0):
             response = 1  # CID not found: we have only this connection
-        self._reply(0x26, 0x80, response << 8, 0, pdu.itt, 0)
+        self.reply(0x26, 0x80, response << 8, 0, pdu.itt, 0)
         if response == 0:
             self._logged_out = True
-            self.close_after_flush()
-            self._teardown("logout")
+            self.close("logout")
 
-    _NON_SCSI = {0x02: TmfMixin._on_tmf, 0x04: _on_text, 0x06: _on_logout}
+    def _on_tmf(self, pdu: P.Pdu) -> None:
+        if self.tmf is not None:
+            self.tmf.on_request(pdu)
+        else:  # a discovery session has no tasks to manage
+            reply_rejected(self, pdu)

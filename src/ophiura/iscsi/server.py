@@ -118,11 +118,7 @@ class IscsiServer:
     def buffered_write_bytes(self) -> int:
         """Write data held right now for tasks on every connection (received, not yet done),
         plus PDU bytes read but not yet decoded: what an initiator can make us hold."""
-        return sum(
-            conn.decoder.buffered()
-            + sum(len(t.data) for t in conn.tasks.values() if t.data is not None)
-            for conn in self._connections
-        )
+        return sum(conn.held_bytes() for conn in self._connections)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -133,12 +129,7 @@ class IscsiServer:
             self._server.close()
         for conn in list(self._connections):
             conn.abort()
-        pending = [
-            t.future
-            for conn in list(self._connections)
-            for t in conn.tasks.values()
-            if t.future is not None and not t.future.done()
-        ]
+        pending = [fut for conn in list(self._connections) for fut in conn.running()]
         if pending:
             _, still = await asyncio.wait(pending, timeout=grace)
             for fut in still:
