@@ -10,8 +10,15 @@ W2 = stamp.write_id(1, 2)
 W3 = stamp.write_id(2, 1)
 
 
-def rd(label: str, start: float, end: float, value: int, lba: int = 0, count: int = 1,
-       final: bool = False) -> Read:  # fmt: skip
+def rd(
+    label: str,
+    start: float,
+    end: float,
+    value: int,
+    lba: int = 0,
+    count: int = 1,
+    final: bool = False,
+) -> Read:
     return Read(label, start, end, ((lba, count, value),), final)
 
 

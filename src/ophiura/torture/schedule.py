@@ -92,8 +92,8 @@ FAULT_KINDS: dict[str, FaultKind] = {
         FaultKind(
             "concurrent-takeover",
             "he",
-            0.0,
-            0.0,
+            1.0,
+            3.0,
             1,
             doc="two standbys run `takeover` at the same moment (the active HE killed -9 first "
             "or left running, by a coin toss); clients spread over every HE that says active",
