@@ -77,7 +77,9 @@ def test_final_read_of_zeros_after_acks_is_lost_per_sector() -> None:
         Read("final-he", 10, 11, ((0, 4, stamp.INITIAL),), final=True),
         Read("final-disk", 12, 13, ((0, 4, stamp.INITIAL),), final=True),
     ]
-    assert check(writes, reads).lost == 4  # sectors, counted once however many final reads
+    v = check(writes, reads)
+    assert v.lost == 4  # sectors, counted once however many final reads saw it
+    assert v.lost_by == {"final-he": 4, "final-disk": 4}
 
 
 def test_garbled_and_phantom_values_are_corrupt() -> None:
@@ -116,3 +118,19 @@ def test_diverged_counts_sectors() -> None:
 def test_write_availability() -> None:
     writes = [Write(W1, 0, 1, 0, 0.1), Write(W2, 0, 1, 0, 1.2), Write(W3, 0, 1, 0, None)]
     assert write_availability(writes, 0, 2, bucket=0.5) == 0.5
+
+
+def test_final_read_undoing_an_unacknowledged_value_a_read_saw_is_stale_not_lost() -> None:
+    writes = [Write(W1, 0, 1, 0, 1), Write(W2, 0, 1, 2, None)]
+    reads = [rd("saw-dirty", 3, 4, W2), rd("final", 10, 11, W1, final=True)]
+    v = check(writes, reads)
+    assert (v.stale, v.lost) == (1, 0)
+    assert "final" in v.examples[0] and "seen by saw-dirty" in v.examples[0]
+
+
+def test_final_read_older_than_both_kinds_of_witness_is_lost() -> None:
+    writes = [Write(W1, 0, 1, 0, 1), Write(W2, 0, 1, 2, 3), Write(W3, 0, 1, 4, None)]
+    reads = [rd("saw", 5, 6, W3), rd("final", 10, 11, W1, final=True)]
+    v = check(writes, reads)
+    assert (v.stale, v.lost) == (0, 1)
+    assert "older than w1:2 (acknowledged" in v.examples[0]

@@ -60,14 +60,19 @@ class Verdict:
     corrupt: int = 0  # garbled sectors, unknown or future write ids
     diverged: int = 0  # sectors on which the SEs' data files differ
     observations: int = 0
+    lost_by: dict[str, int] = field(default_factory=dict)  # final reader -> sectors it lacked
     examples: list[str] = field(default_factory=list)
+    _per_kind: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return not (self.stale or self.lost or self.corrupt or self.diverged)
 
     def note(self, text: str) -> None:
-        if len(self.examples) < 20:
+        """Keep a few examples of each kind (the text starts with it)."""
+        kind = text.split(":", 1)[0]
+        if self._per_kind.get(kind, 0) < 5:
+            self._per_kind[kind] = self._per_kind.get(kind, 0) + 1
             self.examples.append(text)
 
     def to_json(self) -> dict[str, Any]:
@@ -77,6 +82,7 @@ class Verdict:
             "corrupt": self.corrupt,
             "diverged": self.diverged,
             "observations": self.observations,
+            "lost_by": self.lost_by,
             "examples": self.examples,
         }
 
@@ -110,11 +116,11 @@ def check(writes: list[Write], reads: list[Read]) -> Verdict:
                 continue
             for lba in range(first, first + count):
                 per_sector.setdefault(lba, []).append(_Obs(r.start, r.end, value, r))
-    lost_sectors: set[int] = set()
+    lost_sectors: set[tuple[str, int]] = set()
     for lba, obs in per_sector.items():
         verdict.observations += len(obs)
         _check_sector(lba, obs, span, verdict, lost_sectors)
-    verdict.lost = len(lost_sectors)
+    verdict.lost = len({lba for _, lba in lost_sectors})
     return verdict
 
 
@@ -145,36 +151,49 @@ def _check_sector(
     obs: list[_Obs],
     span: dict[int, tuple[float, float]],
     verdict: Verdict,
-    lost_sectors: set[int],
+    lost_sectors: set[tuple[str, int]],
 ) -> None:
+    """Two running maxima over the observations ended before each read began: over all of
+    them (a read older than that is stale) and over acknowledged writes only (a final read
+    older than that lost an acknowledged write; one older only than a value some read saw,
+    of a write never acknowledged, is a stale final read, not a loss)."""
     by_end = sorted(obs, key=lambda o: o.end)
     ends = [o.end for o in by_end]
-    newest_start = NEG_INF  # max over observations ended so far of their value's write start
-    newest: _Obs | None = None
+    newest: _Obs | None = None  # the ended observation whose value's write began last
+    acked: _Obs | None = None  # the same among acknowledged writes
     done = 0
     for o2 in sorted(obs, key=lambda o: o.start):
         upto = bisect.bisect_left(ends, o2.start)  # observations with end < o2.start
         while done < upto:
             o1 = by_end[done]
             vs = span[o1.value][0]
-            if vs > newest_start:
-                newest_start, newest = vs, o1
+            if newest is None or vs > span[newest.value][0]:
+                newest = o1
+            if o1.read is None and (acked is None or vs > span[acked.value][0]):
+                acked = o1
             done += 1
         if o2.read is None or newest is None:
             continue
-        if span[o2.value][1] < newest_start:
-            seen = "acknowledged" if newest.read is None else f"seen by {newest.read.label}"
-            what = (
-                f"lba {lba} ({lba * SECTOR}): {o2.read.label} returned {describe(o2.value)}, "
-                f"older than {describe(newest.value)} ({seen}, before the read began)"
-            )
-            if o2.read.final:
-                if lba not in lost_sectors:
-                    lost_sectors.add(lba)
-                    verdict.note("lost: " + what)
-            else:
-                verdict.stale += 1
-                verdict.note("stale: " + what)
+        v2_end = span[o2.value][1]
+        if not v2_end < span[newest.value][0]:
+            continue
+        is_lost = o2.read.final and acked is not None and v2_end < span[acked.value][0]
+        witness = acked if is_lost else newest
+        assert witness is not None
+        seen = "acknowledged" if witness.read is None else f"seen by {witness.read.label}"
+        what = (
+            f"lba {lba} ({lba * SECTOR}): {o2.read.label} returned {describe(o2.value)}, "
+            f"older than {describe(witness.value)} ({seen}, before the read began)"
+        )
+        if is_lost:
+            source = o2.read.label.split("@", 1)[0]
+            if (source, lba) not in lost_sectors:
+                lost_sectors.add((source, lba))
+                verdict.lost_by[source] = verdict.lost_by.get(source, 0) + 1
+                verdict.note("lost: " + what)
+        else:
+            verdict.stale += 1
+            verdict.note("stale: " + what)
 
 
 def diverged_sectors(images: dict[str, bytes]) -> tuple[int, list[str]]:

@@ -259,12 +259,8 @@ class Nemesis:
     async def _se_disk_full(self, fault: Fault, record: FaultRecord) -> None:
         assert self.cluster.disk_full_dir is not None
         ballast = self.cluster.disk_full_dir / "ballast"
-        st = os.statvfs(self.cluster.disk_full_dir)
-        free = st.f_bavail * st.f_frsize
         try:
-            # on ENOSPC what was allocated stays: the filesystem is (nearly) full
-            with open(ballast, "wb") as f, contextlib.suppress(OSError):
-                os.posix_fallocate(f.fileno(), 0, free)
+            fill(ballast)
             left = os.statvfs(self.cluster.disk_full_dir)
             record.notes.append(f"free {left.f_bavail * left.f_frsize} bytes")
             await asyncio.sleep(fault.duration)
@@ -361,6 +357,18 @@ class Nemesis:
                 if await self._takeover(he, record or FaultRecord(Fault(0, "", "", 0))):
                     break
         await self.cluster.poll()
+
+
+def fill(path: Path) -> None:
+    """Allocate `path` until the filesystem says ENOSPC (chunks halving down to 4 KiB)."""
+    chunk, offset = 8 << 20, 0
+    with open(path, "wb") as f:
+        while chunk >= 4096:
+            try:
+                os.posix_fallocate(f.fileno(), offset, chunk)
+                offset += chunk
+            except OSError:
+                chunk //= 2
 
 
 def powerloss_dirs(root: Path, names: list[str], available: bool) -> dict[str, Path | None]:

@@ -315,9 +315,7 @@ def _report(
     for r in nemesis.records:
         if r.outcome == "done":
             injected[r.fault.kind] = injected.get(r.fault.kind, 0) + 1
-    unavailable = sorted(
-        k for k, v in FAULT_KINDS.items() if v.needs and not caps.get(v.needs)
-    )
+    unavailable = sorted(k for k, v in FAULT_KINDS.items() if v.needs and not caps.get(v.needs))
     acked = sum(1 for w in hist.writes if w.end is not None)
     return {
         "seed": schedule.seed,
@@ -355,13 +353,18 @@ def failed(result: dict[str, Any]) -> bool:
     )
 
 
+def _by(lost_by: dict[str, int]) -> str:
+    return f"({', '.join(f'{k} {n}' for k, n in sorted(lost_by.items()))})" if lost_by else ""
+
+
 def one_line(result: dict[str, Any]) -> str:
     kinds = ", ".join(f"{k} {n}" for k, n in sorted(result["faults_injected"].items()))
     na = result["unavailable_kinds"]
     return (
         f"seed={result['seed']} cache={'on' if result['cache'] else 'off'} "
         f"faults={result['faults_total']} ({kinds}) acked={result['acked_writes']} "
-        f"lost={result['lost']} stale={result['stale']} corrupt={result['corrupt']} "
+        f"lost={result['lost']}{_by(result['lost_by'])} stale={result['stale']} "
+        f"corrupt={result['corrupt']} "
         f"diverged={result['diverged']} split_brain={result['split_brain']} "
         f"write_avail={result['write_availability']:.2f} "
         f"healed={'yes' if result['healed'] else 'NO'}"
