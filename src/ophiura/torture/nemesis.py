@@ -290,8 +290,13 @@ class Nemesis:
             await self._restart(se, record)
 
     # ---- HE faults ------------------------------------------------------------------------
-    def _standbys(self, exclude: list[HeProc]) -> list[HeProc]:
-        return [h for h in self.cluster.hes if h not in exclude and h.running]
+    async def _roles(self) -> dict[str, list[HeProc]]:
+        """HEs by the role they report now (a fresh status each; "down" if no answer)."""
+        roles: dict[str, list[HeProc]] = {}
+        for he in self.cluster.hes:
+            st = await he.status()
+            roles.setdefault(st["role"] if st else "down", []).append(he)
+        return roles
 
     async def _takeover(self, he: HeProc, record: FaultRecord) -> bool:
         t = self.now()
@@ -304,25 +309,25 @@ class Nemesis:
             return False
 
     async def _he_kill_takeover(self, fault: Fault, record: FaultRecord) -> None:
-        await self.cluster.poll()
-        victims = list(self.cluster.active)
+        roles = await self._roles()
+        victims = roles.get("active", [])
         for he in victims:
             he.kill9()
         record.notes.append(f"killed {','.join(h.name for h in victims) or 'no active HE'}")
-        standbys = self._standbys(victims)
+        standbys = roles.get("standby", [])
         if standbys:
             await self._takeover(standbys[0], record)
         await self.cluster.poll()
         await self.normalize_hes(record)
 
     async def _concurrent_takeover(self, fault: Fault, record: FaultRecord) -> None:
-        await self.cluster.poll()
-        victims = list(self.cluster.active) if fault.params.get("kill_active") else []
+        roles = await self._roles()
+        victims = roles.get("active", []) if fault.params.get("kill_active") else []
         for he in victims:
             he.kill9()
         if victims:
             record.notes.append(f"killed {','.join(h.name for h in victims)}")
-        contenders = [h for h in self._standbys(victims) if h not in self.cluster.active][:2]
+        contenders = roles.get("standby", [])[:2]
         await asyncio.gather(*(self._takeover(h, record) for h in contenders))
         heads = await self.cluster.poll()
         record.notes.append(f"active and unfenced after: {','.join(h.name for h in heads)}")
