@@ -24,6 +24,15 @@ PLANT_ENV = "OPHIURA_TORTURE_PLANT"  # the HE's test-only bug switch (read by th
 POWERLOSS_ENV = "OPHIURA_POWERLOSS_JOURNAL"
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the harness dies (a backstop if the harness is
+    itself killed before its `finally` stops everything by PID)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -80,7 +89,13 @@ class SeProc:
         cmd += ["--data-dir", str(self.data_dir), "--listen", f"127.0.0.1:{self.port}"]
         cmd += ["--log-size", self.log_size, "--secret-file", str(self.secret_file)]
         with open(self.log_dir / f"se-{self.name}.log", "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)
+            self.proc = subprocess.Popen(
+                cmd,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env=env,
+                preexec_fn=_die_with_parent,
+            )
         self.paused = False
         self.starts += 1
 
@@ -150,7 +165,13 @@ class HeProc:
         if self.plant:
             env[PLANT_ENV] = self.plant
         with open(self.log_dir / f"{self.name}.log", "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)
+            self.proc = subprocess.Popen(
+                cmd,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env=env,
+                preexec_fn=_die_with_parent,
+            )
         self.starts += 1
 
     async def start(self, standby: bool, timeout: float = 20) -> None:
