@@ -315,7 +315,11 @@ def _report(
     for r in nemesis.records:
         if r.outcome == "done":
             injected[r.fault.kind] = injected.get(r.fault.kind, 0) + 1
-    unavailable = sorted(k for k, v in FAULT_KINDS.items() if v.needs and not caps.get(v.needs))
+    unavailable = sorted(
+        k
+        for k, v in FAULT_KINDS.items()
+        if v.needs and not caps.get(v.needs) and (k in schedule.kinds or v.weight == 0)
+    )
     acked = sum(1 for w in hist.writes if w.end is not None)
     return {
         "seed": schedule.seed,
