@@ -141,8 +141,6 @@ def torture(
                 f"  {f.at:7.2f}s {f.kind:22} {f.target:3} {f.duration:5.2f}s {f.params or ''}"
             )
         opts = Options(
-            seed=schedule.seed,
-            duration=schedule.duration,
             json_path=json_dir / f"torture-{schedule.seed}.json",
             writers=writers,
             readers=readers,

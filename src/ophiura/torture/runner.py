@@ -14,7 +14,7 @@ import contextlib
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,20 +47,15 @@ PLANTS: dict[str, tuple[str, str]] = {
 
 @dataclass
 class Options:
-    seed: int = 1
-    duration: float = 60.0
-    kinds: list[str] = field(default_factory=list)
-    replay: Path | None = None
+    """How to run a schedule (what to inject is the Schedule's)."""
+
     json_path: Path = Path("torture.json")
-    cache: bool | None = None  # None: drawn from the seed (on in 3 runs of 4)
     writers: int = 3
     readers: int = 2
     volume_size: int = 16 << 20
     heal_timeout: float = 60.0
     plant: str = ""
     keep: bool = False
-    mean_gap: float = 1.5
-    echo: Any = print
 
 
 def plant_wired() -> bool:
@@ -75,28 +70,24 @@ async def run(opts: Options, schedule: Schedule) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix=f"ophiura-torture-{schedule.seed}-"))
     disk_dir = tmp / "se-c-disk"
     mounted = False
-    if "se-disk-full" in schedule.kinds or any(f.kind == "se-disk-full" for f in schedule.faults):
-        mounted = mount_small_fs(disk_dir, f"{(opts.volume_size >> 20) + 48}M")
-    caps = capabilities(disk_dir if mounted else None)
-    secret_file = tmp / "secret"
-    secret_file.write_bytes(SECRET)
-    secret_file.chmod(0o600)
-    pl = powerloss_dirs(tmp, list(SE_NAMES), caps["powerloss"])
-    ses = {
-        n: SeProc(
-            n,
-            (disk_dir / "data") if (n == "c" and mounted) else tmp / f"se-{n}",
-            secret_file,
-            tmp,
-            powerloss_dir=pl[n],
-        )
-        for n in SE_NAMES
-    }
-    config = tmp / "he.toml"
     hes: list[HeProc] = []
-    cluster = Cluster(ses, hes, VOLUME, opts.volume_size, disk_dir if mounted else None)
+    ses: dict[str, SeProc] = {}
     result: dict[str, Any] = {"seed": schedule.seed, "workdir": str(tmp)}
     try:
+        if "se-disk-full" in schedule.kinds or any(
+            f.kind == "se-disk-full" for f in schedule.faults
+        ):
+            mounted = mount_small_fs(disk_dir, f"{(opts.volume_size >> 20) + 48}M")
+        caps = capabilities(disk_dir if mounted else None)
+        secret_file = tmp / "secret"
+        secret_file.write_bytes(SECRET)
+        secret_file.chmod(0o600)
+        pl = powerloss_dirs(tmp, list(SE_NAMES), caps["powerloss"])
+        for n in SE_NAMES:
+            data = (disk_dir / "data") if (n == "c" and mounted) else tmp / f"se-{n}"
+            ses[n] = SeProc(n, data, secret_file, tmp, powerloss_dir=pl[n])
+        config = tmp / "he.toml"
+        cluster = Cluster(ses, hes, VOLUME, opts.volume_size, disk_dir if mounted else None)
         for se in ses.values():
             await se.start()
         write_he_config(
