@@ -24,6 +24,7 @@ from typing import Any
 
 from ophiura.replication.control import ControlError
 from ophiura.torture.clients import Target
+from ophiura.torture.links import LinkProxy
 from ophiura.torture.processes import HeProc, SeProc
 from ophiura.torture.schedule import FAULT_KINDS, Fault, Schedule
 
@@ -31,9 +32,10 @@ BUSY_WAIT = 15.0
 RECOVERING_WAIT = 10.0
 
 
-def capabilities(disk_full_dir: Path | None) -> dict[str, bool]:
+def capabilities(disk_full_dir: Path | None, links: bool) -> dict[str, bool]:
     """What this machine and this code base can do, decided once per run."""
     return {
+        "links": links,
         "powerloss": importlib.util.find_spec("ophiura.replication.powerloss") is not None,
         "root": os.geteuid() == 0 and disk_full_dir is not None,
         "eio": False,
@@ -49,6 +51,7 @@ class Cluster:
     volume: str
     size: int
     disk_full_dir: Path | None = None  # SE c's data dir when it is a small tmpfs
+    links: dict[str, LinkProxy] = field(default_factory=dict)  # HE->SE forwarders, by SE
     active: list[HeProc] = field(default_factory=list)  # HEs that say active and not fenced
     samples: list[dict[str, Any]] = field(default_factory=list)  # the poller's observations
 
@@ -121,6 +124,7 @@ class Nemesis:
             "se-slow": self._se_slow,
             "se-powerloss": self._se_powerloss,
             "se-disk-full": self._se_disk_full,
+            "he-se-partition": self._he_se_partition,
             "he-kill-takeover": self._he_kill_takeover,
             "concurrent-takeover": self._concurrent_takeover,
             "resize-se-down": self._resize_se_down,
@@ -267,6 +271,14 @@ class Nemesis:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 ballast.unlink()
+
+    async def _he_se_partition(self, fault: Fault, record: FaultRecord) -> None:
+        link = self.cluster.links[fault.target]
+        link.hold(fault.params["direction"])
+        try:
+            await asyncio.sleep(fault.duration)
+        finally:
+            link.release()
 
     async def _resize_se_down(self, fault: Fault, record: FaultRecord) -> None:
         se = self._se(fault)

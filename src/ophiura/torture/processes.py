@@ -218,12 +218,14 @@ def write_he_config(
     volume: tuple[str, int],
     cache: bool,
     se_delay_ms: dict[str, float],
+    via: dict[str, int] | None = None,
     quorum: int = 2,
 ) -> None:
-    """The TOML every HE reads (flags give each its own ports)."""
+    """The TOML every HE reads (flags give each its own ports); `via` replaces an SE's port
+    with its link forwarder's."""
     specs = []
     for s in ses:
-        spec = f"{s.name}=127.0.0.1:{s.port}"
+        spec = f"{s.name}=127.0.0.1:{(via or {}).get(s.name, s.port)}"
         if se_delay_ms.get(s.name):
             spec += f",delay={se_delay_ms[s.name]:g}"
         specs.append(f'"{spec}"')

@@ -20,6 +20,7 @@ from typing import Any
 
 from ophiura.torture import clients, stamp
 from ophiura.torture.checker import Read, Verdict, check, diverged_sectors, write_availability
+from ophiura.torture.links import LinkProxy
 from ophiura.torture.nemesis import (
     Cluster,
     Nemesis,
@@ -72,13 +73,17 @@ async def run(opts: Options, schedule: Schedule) -> dict[str, Any]:
     mounted = False
     hes: list[HeProc] = []
     ses: dict[str, SeProc] = {}
+    links: list[LinkProxy] = []
     result: dict[str, Any] = {"seed": schedule.seed, "workdir": str(tmp)}
     try:
         if "se-disk-full" in schedule.kinds or any(
             f.kind == "se-disk-full" for f in schedule.faults
         ):
             mounted = mount_small_fs(disk_dir, f"{(opts.volume_size >> 20) + 48}M")
-        caps = capabilities(disk_dir if mounted else None)
+        want_links = "he-se-partition" in schedule.kinds or any(
+            f.kind == "he-se-partition" for f in schedule.faults
+        )
+        caps = capabilities(disk_dir if mounted else None, want_links)
         secret_file = tmp / "secret"
         secret_file.write_bytes(SECRET)
         secret_file.chmod(0o600)
@@ -90,12 +95,18 @@ async def run(opts: Options, schedule: Schedule) -> dict[str, Any]:
         cluster = Cluster(ses, hes, VOLUME, opts.volume_size, disk_dir if mounted else None)
         for se in ses.values():
             await se.start()
+        if want_links:
+            for n, se in ses.items():
+                cluster.links[n] = LinkProxy(n, se.port)
+                links.append(cluster.links[n])
+                await cluster.links[n].start()
         write_he_config(
             config,
             list(ses.values()),
             (VOLUME, opts.volume_size),
             schedule.cache,
             schedule.se_delay_ms,
+            {n: link.port for n, link in cluster.links.items()},
         )
         plant_he = opts.plant if PLANTS.get(opts.plant, ("",))[0] == "he" else ""
         hes.extend(HeProc(i, config, secret_file, SECRET, tmp, plant_he) for i in range(3))
@@ -111,6 +122,8 @@ async def run(opts: Options, schedule: Schedule) -> dict[str, Any]:
             he.terminate()
         for se in ses.values():
             se.terminate()
+        for link in links:
+            await link.stop()
         if mounted and not opts.keep:
             unmount(disk_dir)
         if not opts.keep:
@@ -223,6 +236,8 @@ async def _heal(cluster: Cluster, nemesis: Nemesis, timeout: float) -> tuple[boo
         se.resume()
         if not se.running:
             await se.start()
+    for link in cluster.links.values():
+        link.release()
     if cluster.disk_full_dir is not None:
         with contextlib.suppress(FileNotFoundError):
             (cluster.disk_full_dir / "ballast").unlink()

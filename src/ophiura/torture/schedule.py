@@ -82,6 +82,16 @@ FAULT_KINDS: dict[str, FaultKind] = {
             doc="the SE's disk returns EIO (needs a device-mapper error target: not yet available)",
         ),
         FaultKind(
+            "he-se-partition",
+            "se",
+            0.5,
+            4.0,
+            2,
+            needs="links",
+            doc="the HEs' link to one SE is held one way (requests or answers) or both ways "
+            "(a TCP forwarder stops reading: the sender stalls as over a real partition)",
+        ),
+        FaultKind(
             "he-kill-takeover",
             "he",
             0.0,
@@ -111,7 +121,6 @@ FAULT_KINDS: dict[str, FaultKind] = {
 
 # Kinds that exist in the table but are never scheduled by default (weight 0 or not yet built).
 LATER_KINDS = (
-    "he-se-partition (one-way and two-way, via the HE's link emulation)",
     "clock-step",
     "cluster node crash / pause / heartbeat link cut / partition / restart",
 )
@@ -210,6 +219,8 @@ def make_schedule(
             target = "c"  # the one SE whose data dir is a small filesystem
         if kind.name == "se-powerloss":
             params = {"mode": rng.choice(("lose", "tear")), "seed": rng.randrange(1 << 30)}
+        if kind.name == "he-se-partition":
+            params = {"direction": rng.choice(("to-se", "to-he", "both"))}
         if kind.name == "concurrent-takeover":
             params = {"kill_active": rng.random() < 0.5}
         faults.append(Fault(round(t, 3), kind.name, target, dur, params))
