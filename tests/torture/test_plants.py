@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ophiura.torture import stamp
 from ophiura.torture.checker import Read, Write, check, diverged_sectors
 from ophiura.torture.clients import History
-from ophiura.torture.runner import PLANTS, _plant_after
+from ophiura.torture.runner import PLANTS, _plant_after, save_history
 
 W1 = stamp.write_id(1, 1)
 
@@ -59,3 +61,15 @@ def test_he_plants_are_only_an_environment_hook() -> None:
         "he-skip-cache-update",
     }
     assert _plant_after("he-ack-without-send", hist, images) == ""
+
+
+def test_history_is_saved_readably(tmp_path: Path) -> None:
+    import gzip
+    import json
+
+    hist, _ = _history()
+    save_history(tmp_path / "h.jsonl.gz", hist)
+    with gzip.open(tmp_path / "h.jsonl.gz", "rt") as f:
+        lines = [json.loads(x) for x in f]
+    assert lines[0] == {"write": "w1:1", "lba": 2, "count": 2, "start": 0.0, "end": 1.0}
+    assert lines[1]["read"] == "r1" and lines[1]["runs"] == [[2, 2, "w1:1"]]

@@ -78,6 +78,11 @@ def _kinds(value: str | None) -> list[str]:
     help="TEST ONLY: plant a bug; the run must then fail.",
 )
 @click.option("--keep", is_flag=True, help="Keep the work dir (logs, data files).")
+@click.option(
+    "--save-history",
+    is_flag=True,
+    help="Also save every operation to torture-SEED.history.jsonl.gz (to look into a failure).",
+)
 @click.option("--list-kinds", is_flag=True, help="Print the fault table and exit.")
 def torture(
     seed: int,
@@ -94,6 +99,7 @@ def torture(
     heal_timeout: float,
     plant: str | None,
     keep: bool,
+    save_history: bool,
     list_kinds: bool,
 ) -> None:
     """Randomized fault injection against real SE and HE processes on 127.0.0.1, checked
@@ -148,6 +154,9 @@ def torture(
             heal_timeout=heal_timeout,
             plant=plant or "",
             keep=keep,
+            history_path=json_dir / f"torture-{schedule.seed}.history.jsonl.gz"
+            if save_history
+            else None,
         )
         try:
             result = asyncio.run(run(opts, schedule))

@@ -57,6 +57,7 @@ class Options:
     heal_timeout: float = 60.0
     plant: str = ""
     keep: bool = False
+    history_path: Path | None = None  # where to save the whole history (JSON lines, gzip)
 
 
 def plant_wired() -> bool:
@@ -206,6 +207,8 @@ async def _workload(
         )
         hist.reads.append(Read(f"disk-{name}", t, t, tuple(runs), True))
 
+    if opts.history_path is not None:
+        save_history(opts.history_path, hist)
     verdict: Verdict = check(hist.writes, hist.reads)
     verdict.diverged, div_examples = diverged_sectors(images)
     verdict.examples.extend(div_examples)
@@ -228,6 +231,23 @@ async def _workload(
             "planted": planted,
         },
     )
+
+
+def save_history(path: Path, hist: clients.History) -> None:
+    """Every write and read, one JSON object a line (times in seconds from the start; a write's
+    `end` null when it was not acknowledged; a read's runs as [first lba, count, value]), for
+    looking into a violation: `stamp.describe(value)` names the write."""
+    import gzip
+    import json
+
+    with gzip.open(path, "wt") as f:
+        for w in hist.writes:
+            rec = {"write": stamp.describe(w.id), "lba": w.lba, "count": w.count}
+            f.write(json.dumps({**rec, "start": w.start, "end": w.end}) + "\n")
+        for r in hist.reads:
+            runs = [[a, n, stamp.describe(v)] for a, n, v in r.runs]
+            rec = {"read": r.label, "start": r.start, "end": r.end, "final": r.final}
+            f.write(json.dumps({**rec, "runs": runs}) + "\n")
 
 
 async def _heal(cluster: Cluster, nemesis: Nemesis, timeout: float) -> tuple[bool, str]:
