@@ -17,7 +17,7 @@ DEBIAN_TOOLS += chromium
 # libnbd-bin provides (dpkg -s would never see it installed), so list it only where it is real.
 DEBIAN_TOOLS += $(shell apt-cache show nbdfuse 2>/dev/null | grep -q '^Package: nbdfuse' && echo nbdfuse)
 
-.PHONY: demo test bench bench-quick bench-venv lint venv tools clean
+.PHONY: demo test torture bench bench-quick bench-venv lint venv tools clean
 
 $(BIN)/ophiura: pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "need $(PY)"; exit 1; }
@@ -55,6 +55,14 @@ demo: venv
 test: venv tools
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest tests
+
+# Jepsen-style fault injection against real SE/HE processes (docs/reliability.md): several
+# seeds, 5 minutes each; one line per run, JSON in torture-results/. Exit 1 if anything was lost.
+TORTURE_SEED ?= 1
+TORTURE_RUNS ?= 6
+TORTURE_DURATION ?= 300
+torture: venv
+	$(BIN)/ophiura torture --seed $(TORTURE_SEED) --runs $(TORTURE_RUNS) --duration $(TORTURE_DURATION) --mean-gap 1.0 $(TORTURE_ARGS)
 
 # Both suites: the SCSI target against tgtd, then StarFish replicated volumes against the direct
 # target (plots need matplotlib: the `bench` extra). `make bench-quick` is the short pass.

@@ -318,5 +318,9 @@ from ophiura.availability.cli import avail  # noqa: E402
 
 main.add_command(avail)
 
+from ophiura.torture.cli import torture  # noqa: E402
+
+main.add_command(torture)
+
 if __name__ == "__main__":
     main()

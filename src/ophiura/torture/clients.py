@@ -1,0 +1,234 @@
+"""The workload: concurrent writers and readers over NBD, and the history they record.
+
+Writers send stamped writes (`stamp`) of 512 B to 1 MiB at any 512-byte offset (sub-page and
+unaligned to pages), a third of them to a hot 64 KiB region, some with FUA, with FLUSHes in
+between. Readers read 512 B to 128 KiB, often at unaligned byte offsets, mostly where writers
+write (the hot region, or the range a writer is writing right now), so reads race writes to the
+same pages. Each client holds its own NBD connection to an HE that says it is active; on a lost
+connection it reconnects to whichever HE is active then (several, if several say so).
+
+Every operation is timed with one monotonic clock (all clients live in this process), which is
+what the checker's real-time order needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ophiura.nbd.client import NbdClient, NbdClientError, NbdError
+from ophiura.torture import stamp
+from ophiura.torture.checker import Read, Write
+
+SECTOR = stamp.SECTOR
+HOT_SECTORS = 128  # 64 KiB
+OP_TIMEOUT = 20.0  # a client gives up on one request after this (the HE's own is 10 s per SE)
+
+
+@dataclass
+class History:
+    t0: float = field(default_factory=time.monotonic)
+    writes: list[Write] = field(default_factory=list)
+    reads: list[Read] = field(default_factory=list)
+    acks_by_he: dict[str, list[float]] = field(default_factory=dict)
+    flushes: int = 0
+    flush_errors: int = 0
+    read_errors: int = 0
+    reconnects: int = 0
+    in_flight: dict[int, tuple[int, int]] = field(default_factory=dict)  # writer -> (lba, count)
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+
+@dataclass
+class Target:
+    """An HE for clients to use: its name (for the history) and NBD port."""
+
+    name: str
+    port: int
+
+
+class Connection:
+    """One client's NBD connection, re-established on failure to an active HE."""
+
+    def __init__(
+        self, pick: Callable[[], list[Target]], volume: str, rng: random.Random, hist: History
+    ) -> None:
+        self.pick = pick
+        self.hist = hist
+        self.connects = 0
+        self.volume = volume
+        self.rng = rng
+        self.client: NbdClient | None = None
+        self.target: Target | None = None
+
+    async def get(self, stop: asyncio.Event) -> NbdClient | None:
+        delay = 0.05
+        while self.client is None and not stop.is_set():
+            targets = self.pick()
+            if targets:
+                target = self.rng.choice(targets)
+                try:
+                    self.client = await NbdClient.connect(
+                        "127.0.0.1", target.port, self.volume, timeout=5
+                    )
+                    self.target = target
+                    self.connects += 1
+                    if self.connects > 1:
+                        self.hist.reconnects += 1
+                    break
+                except (NbdClientError, OSError, TimeoutError, asyncio.IncompleteReadError):
+                    pass
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(0.5, delay * 2)
+        return self.client
+
+    async def drop(self) -> None:
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.client.close(), 5)
+        self.client = None
+
+
+def _write_size(rng: random.Random) -> int:
+    """Sectors: mostly sub-page, some large, a few up to 1 MiB."""
+    r = rng.random()
+    if r < 0.35:
+        return 1
+    if r < 0.65:
+        return rng.randint(2, 7)
+    if r < 0.9:
+        return rng.randint(8, 64)
+    return rng.randint(65, 2048)
+
+
+async def writer(
+    wid: int,
+    hist: History,
+    pick: Callable[[], list[Target]],
+    volume: str,
+    sectors: int,
+    stop: asyncio.Event,
+    seed: int,
+) -> None:
+    rng = random.Random(seed * 1000 + wid)
+    conn = Connection(pick, volume, rng, hist)
+    op = 0
+    while not stop.is_set():
+        client = await conn.get(stop)
+        if client is None:
+            break
+        op += 1
+        count = min(_write_size(rng), sectors)
+        if rng.random() < 0.33:
+            lba = rng.randrange(HOT_SECTORS)
+            count = min(count, HOT_SECTORS * 2)
+        else:
+            lba = rng.randrange(sectors - count + 1)
+        count = min(count, sectors - lba)
+        data = stamp.payload(wid, op, lba, count)
+        fua = rng.random() < 0.2
+        he = conn.target.name if conn.target else "?"
+        hist.in_flight[wid] = (lba, count)
+        start = hist.now()
+        end: float | None = None
+        try:
+            await asyncio.wait_for(client.write(lba * SECTOR, data, fua=fua), OP_TIMEOUT)
+            end = hist.now()
+            hist.acks_by_he.setdefault(he, []).append(end)
+        except NbdError:
+            await asyncio.sleep(0.05)  # read-only (quorum lost, fenced): try again, same HE
+            if rng.random() < 0.3:
+                await conn.drop()  # now and then look for another active HE
+        except (NbdClientError, OSError, TimeoutError, asyncio.IncompleteReadError):
+            await conn.drop()
+        hist.in_flight.pop(wid, None)
+        hist.writes.append(Write(stamp.write_id(wid, op), lba, count, start, end))
+        if rng.random() < 0.1 and conn.client is not None:
+            try:
+                await asyncio.wait_for(conn.client.flush(), OP_TIMEOUT)
+                hist.flushes += 1
+            except (NbdClientError, OSError, TimeoutError, asyncio.IncompleteReadError):
+                hist.flush_errors += 1
+        await asyncio.sleep(rng.uniform(0.0, 0.02))  # keep the CPU for the processes under test
+    await conn.drop()
+
+
+async def reader(
+    rid: int,
+    hist: History,
+    pick: Callable[[], list[Target]],
+    volume: str,
+    sectors: int,
+    stop: asyncio.Event,
+    seed: int,
+) -> None:
+    rng = random.Random(seed * 1000 + 500 + rid)
+    conn = Connection(pick, volume, rng, hist)
+    n = 0
+    while not stop.is_set():
+        client = await conn.get(stop)
+        if client is None:
+            break
+        n += 1
+        busy = list(hist.in_flight.values())
+        r = rng.random()
+        if busy and r < 0.4:
+            lba, count = rng.choice(busy)  # race the write in flight
+            lba = max(0, lba + rng.randint(-4, 4))
+            count = min(max(1, count + rng.randint(-4, 8)), 256)
+        elif r < 0.8:
+            lba, count = rng.randrange(HOT_SECTORS), rng.randint(1, 16)
+        else:
+            lba, count = rng.randrange(sectors), rng.randint(1, 256)
+        count = max(1, min(count, sectors - lba))
+        skew = rng.randrange(1, SECTOR) if rng.random() < 0.3 else 0  # unaligned byte offset
+        offset, length = lba * SECTOR + skew, count * SECTOR - skew
+        start = hist.now()
+        try:
+            data = await asyncio.wait_for(client.read(offset, length), OP_TIMEOUT)
+        except NbdError:
+            hist.read_errors += 1
+            await asyncio.sleep(0.05)
+            continue
+        except (NbdClientError, OSError, TimeoutError, asyncio.IncompleteReadError):
+            hist.read_errors += 1
+            await conn.drop()
+            continue
+        end = hist.now()
+        first = lba + (1 if skew else 0)  # only the sectors read whole
+        whole = data[SECTOR - skew :] if skew else data
+        runs = stamp.decode_runs(whole, first)
+        hist.reads.append(Read(f"r{rid}:{n}", start, end, tuple(runs)))
+        await asyncio.sleep(rng.uniform(0.0, 0.02))
+    await conn.drop()
+
+
+async def full_read(
+    target: Target, volume: str, sectors: int, hist: History, label: str
+) -> str | None:
+    """Read every sector through one HE (after healing); None, or why it failed."""
+    try:
+        client = await NbdClient.connect("127.0.0.1", target.port, volume, timeout=10)
+    except (NbdClientError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+        return f"connect: {exc}"
+    try:
+        step = 2048
+        for first in range(0, sectors, step):
+            count = min(step, sectors - first)
+            start = hist.now()
+            data = await asyncio.wait_for(client.read(first * SECTOR, count * SECTOR), 30)
+            runs = stamp.decode_runs(data, first)
+            hist.reads.append(Read(f"{label}@{first}", start, hist.now(), tuple(runs), True))
+    except (NbdClientError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+        return f"read: {exc}"
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.disconnect(), 5)
+    return None

@@ -1,0 +1,232 @@
+"""The fault kinds (a table, so more can be added) and a seeded, replayable fault schedule.
+
+A schedule is data: the seed, the run's knobs (cache on or off, a static link delay) and a list
+of faults, each with its start time, kind, target and parameters. The nemesis only executes it,
+so a saved schedule (`--replay FILE`) reruns exactly the same faults at the same offsets.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SE_NAMES = ("a", "b", "c")
+
+
+@dataclass(frozen=True)
+class FaultKind:
+    """One row of the fault table: what it does, what it targets, how long it lasts."""
+
+    name: str
+    target: str  # "se" (one SE), "he" (the HEs), "none"
+    min_s: float  # duration range of the fault before it heals
+    max_s: float
+    weight: float  # relative frequency in generated schedules
+    needs: str = ""  # a run-time capability ("powerloss", "root"); "" = always available
+    doc: str = ""
+
+
+FAULT_KINDS: dict[str, FaultKind] = {
+    k.name: k
+    for k in (
+        FaultKind("se-kill", "se", 0.3, 4.0, 3, doc="kill -9 one SE, restart it after a while"),
+        FaultKind("se-pause", "se", 0.3, 3.0, 2, doc="SIGSTOP one SE, SIGCONT after a while"),
+        FaultKind(
+            "se-restart-recovering",
+            "se",
+            0.2,
+            2.0,
+            2,
+            doc="kill -9 one SE, restart it, kill -9 again as soon as the HE says it is "
+            "recovering, restart it again",
+        ),
+        FaultKind(
+            "se-slow",
+            "se",
+            1.0,
+            4.0,
+            1,
+            doc="one SE runs slowly: SIGSTOP 30 ms out of every 100 ms (the HE's link delay is "
+            "fixed per run in its config, so the dynamic slowness is made at the process)",
+        ),
+        FaultKind(
+            "se-powerloss",
+            "se",
+            0.3,
+            2.0,
+            2,
+            needs="powerloss",
+            doc="kill -9 one SE, then lose or tear (512-byte granularity) every write not covered "
+            "by a completed fdatasync (python -m ophiura.replication.powerloss), restart it",
+        ),
+        FaultKind(
+            "se-disk-full",
+            "se",
+            0.5,
+            3.0,
+            1,
+            needs="root",
+            doc="SE c's data dir is a small tmpfs; a ballast file fills it (ENOSPC), removed "
+            "after a while",
+        ),
+        FaultKind(
+            "se-eio",
+            "se",
+            0.5,
+            3.0,
+            0,
+            needs="eio",
+            doc="the SE's disk returns EIO (needs a device-mapper error target: not yet available)",
+        ),
+        FaultKind(
+            "he-se-partition",
+            "se",
+            0.5,
+            4.0,
+            2,
+            needs="links",
+            doc="the HEs' link to one SE is held one way (requests or answers) or both ways "
+            "(a TCP forwarder stops reading: the sender stalls as over a real partition)",
+        ),
+        FaultKind(
+            "he-kill-takeover",
+            "he",
+            0.0,
+            0.0,
+            2,
+            doc="kill -9 the active HE; a standby takes over; the killed one restarts as standby",
+        ),
+        FaultKind(
+            "concurrent-takeover",
+            "he",
+            1.0,
+            3.0,
+            1,
+            doc="two standbys run `takeover` at the same moment (the active HE killed -9 first "
+            "or left running, by a coin toss); clients spread over every HE that says active",
+        ),
+        FaultKind(
+            "resize-se-down",
+            "se",
+            0.5,
+            3.0,
+            1,
+            doc="kill -9 one SE, grow the volume by 1 MiB through the active HE, restart the SE",
+        ),
+    )
+}
+
+# Kinds that exist in the table but are never scheduled by default (weight 0 or not yet built).
+LATER_KINDS = (
+    "clock-step",
+    "cluster node crash / pause / heartbeat link cut / partition / restart",
+)
+
+
+@dataclass(frozen=True)
+class Fault:
+    at: float  # seconds after the workload started
+    kind: str
+    target: str  # SE name, or "he"
+    duration: float
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Schedule:
+    seed: int
+    duration: float  # seconds of faults (the workload runs as long, then healing and checks)
+    cache: bool  # HE read cache on
+    se_delay_ms: dict[str, float]  # static link delay per SE in the HE config
+    faults: list[Fault]
+    kinds: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "duration": self.duration,
+            "cache": self.cache,
+            "se_delay_ms": self.se_delay_ms,
+            "kinds": self.kinds,
+            "faults": [asdict(f) for f in self.faults],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Schedule:
+        try:
+            faults = [Fault(**f) for f in data["faults"]]
+            unknown = sorted({f.kind for f in faults} - set(FAULT_KINDS))
+            if unknown:
+                raise ValueError(f"unknown fault kinds {unknown}")
+            return cls(
+                seed=int(data["seed"]),
+                duration=float(data["duration"]),
+                cache=bool(data["cache"]),
+                se_delay_ms={str(k): float(v) for k, v in data.get("se_delay_ms", {}).items()},
+                faults=faults,
+                kinds=list(data.get("kinds", sorted({f.kind for f in faults}))),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a torture schedule: {exc}") from exc
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> Schedule:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+        # a run's result file embeds its schedule: accept either
+        return cls.from_json(data.get("schedule", data))
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for f in self.faults:
+            out[f.kind] = out.get(f.kind, 0) + 1
+        return out
+
+
+def make_schedule(
+    seed: int,
+    duration: float,
+    kinds: list[str],
+    mean_gap: float = 1.5,
+    cache: bool | None = None,
+) -> Schedule:
+    """Faults with exponential gaps (mean `mean_gap` s), so several overlap; everything drawn
+    from one `random.Random(seed)`, so the same arguments give the same schedule."""
+    bad = [k for k in kinds if k not in FAULT_KINDS]
+    if bad:
+        raise ValueError(f"unknown fault kinds {bad} (known: {', '.join(FAULT_KINDS)})")
+    rng = random.Random(seed)
+    use_cache = rng.random() < 0.75 if cache is None else cache
+    slow = rng.choice(SE_NAMES)
+    se_delay = {slow: rng.choice((0.0, 1.0, 3.0))}
+    weighted = [FAULT_KINDS[k] for k in kinds if FAULT_KINDS[k].weight > 0]
+    faults: list[Fault] = []
+    t = rng.uniform(0.5, 1.5)
+    while weighted and t < duration:
+        kind = rng.choices(weighted, [k.weight for k in weighted])[0]
+        dur = round(rng.uniform(kind.min_s, kind.max_s), 3)
+        target = rng.choice(SE_NAMES) if kind.target == "se" else kind.target
+        params: dict[str, Any] = {}
+        if kind.name == "se-disk-full":
+            target = "c"  # the one SE whose data dir is a small filesystem
+        if kind.name == "se-powerloss":
+            params = {"mode": rng.choice(("lose", "tear")), "seed": rng.randrange(1 << 30)}
+        if kind.name == "he-se-partition":
+            params = {"direction": rng.choice(("to-se", "to-he", "both"))}
+        if kind.name == "concurrent-takeover":
+            params = {"kill_active": rng.random() < 0.5}
+        faults.append(Fault(round(t, 3), kind.name, target, dur, params))
+        t += rng.expovariate(1.0 / mean_gap)
+    return Schedule(seed, duration, use_cache, se_delay, faults, list(kinds))
+
+
+def default_kinds() -> list[str]:
+    return [k.name for k in FAULT_KINDS.values() if k.weight > 0]
