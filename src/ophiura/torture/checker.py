@@ -11,9 +11,13 @@ certainly newer. The one rule:
 
     if observation o1 ended before observation o2 began, o2's value must not precede o1's.
 
-A read that returns a value older than a write acknowledged before it began breaks it (stale),
-and so does a read that goes back to an older value after an earlier read saw a newer one (the
-case of failed/unknown writes: they may or may not have happened, but once seen they stay). A
+A read that returns a value older than a write acknowledged before it began breaks it (stale:
+issue 9's definition, a failure). A read that goes back to an older value only because an
+earlier read saw a newer value whose write had not been acknowledged when that read ended is
+counted apart as "dirty", not a failure: a block device may show a write in flight (an SE
+serves its data file before the write is durable, as a disk serves its volatile cache) and then
+lose it (the HE died before Q SEs had it), and issue 9's register allows any write that
+overlapped the read. Linearizable reads would need every read to wait for the quorum. A
 value from a write that began after the read ended, an unknown write id, or a sector failing its
 checksum is "corrupt". Violations by a read made after healing (the final full read through the
 HE, and the SEs' data files after a clean stop) are "lost": an acknowledged write is gone.
@@ -55,7 +59,8 @@ class Read:
 
 @dataclass
 class Verdict:
-    stale: int = 0  # sector-reads that returned an older value than allowed
+    stale: int = 0  # sector-reads older than a write acknowledged before they began
+    dirty: int = 0  # sector-reads older only than an unacknowledged value a read saw (allowed)
     lost: int = 0  # sectors whose final value is older than an acknowledged write
     corrupt: int = 0  # garbled sectors, unknown or future write ids
     diverged: int = 0  # sectors on which the SEs' data files differ
@@ -78,6 +83,7 @@ class Verdict:
     def to_json(self) -> dict[str, Any]:
         return {
             "stale": self.stale,
+            "dirty": self.dirty,
             "lost": self.lost,
             "corrupt": self.corrupt,
             "diverged": self.diverged,
@@ -177,8 +183,9 @@ def _check_sector(
         v2_end = span[o2.value][1]
         if not v2_end < span[newest.value][0]:
             continue
-        is_lost = o2.read.final and acked is not None and v2_end < span[acked.value][0]
-        witness = acked if is_lost else newest
+        older_than_ack = acked is not None and v2_end < span[acked.value][0]
+        is_lost = o2.read.final and older_than_ack
+        witness = acked if older_than_ack else newest
         assert witness is not None
         seen = "acknowledged" if witness.read is None else f"seen by {witness.read.label}"
         what = (
@@ -191,9 +198,12 @@ def _check_sector(
                 lost_sectors.add((source, lba))
                 verdict.lost_by[source] = verdict.lost_by.get(source, 0) + 1
                 verdict.note("lost: " + what)
-        else:
+        elif older_than_ack:
             verdict.stale += 1
             verdict.note("stale: " + what)
+        else:
+            verdict.dirty += 1
+            verdict.note("dirty: " + what)
 
 
 def diverged_sectors(images: dict[str, bytes]) -> tuple[int, list[str]]:

@@ -394,6 +394,7 @@ def one_line(result: dict[str, Any]) -> str:
         f"seed={result['seed']} cache={'on' if result['cache'] else 'off'} "
         f"faults={result['faults_total']} ({kinds}) acked={result['acked_writes']} "
         f"lost={result['lost']}{_by(result['lost_by'])} stale={result['stale']} "
+        f"dirty={result.get('dirty', 0)} "
         f"corrupt={result['corrupt']} "
         f"diverged={result['diverged']} split_brain={result['split_brain']} "
         f"write_avail={result['write_availability']:.2f} "
