@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from ophiura.cli import main
-from ophiura.replication.control import ControlError, control_call
+from ophiura.replication.he.control import ControlError, control_call
 
 from .he_harness import SECRET, SeHandle, he_config, secret_file, start_he, wait_all_up
 

@@ -20,18 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ophiura.replication.control import ControlError, ControlServer
-from ophiura.replication.he_config import HeConfig, check_volume_name
-from ophiura.replication.quorum import config_warning, takeover_quorum
-from ophiura.replication.scsi_state import (
+from ophiura.replication.he.config import HeConfig, check_volume_name
+from ophiura.replication.he.control import ControlError, ControlServer
+from ophiura.replication.he.quorum import config_warning, takeover_quorum
+from ophiura.replication.he.scsi_state import (
     META_SIZE,
     ScsiStateMirror,
     is_meta_volume,
     meta_volume_name,
 )
-from ophiura.replication.se_session import SeSession
-from ophiura.replication.takeover import TakeoverError, claim_volume
-from ophiura.replication.volume import HostElementVolume, VolumeConfig
+from ophiura.replication.he.se_session import SeSession
+from ophiura.replication.he.takeover import TakeoverError, claim_volume
+from ophiura.replication.he.volume import HostElementVolume, VolumeConfig
 from ophiura.serve import stop_on_signals
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ class HostElement:
         return info
 
     async def _volumes_on_ses(self) -> dict[str, int]:
-        from ophiura.replication.se_client import SeError
+        from ophiura.replication.wire.client import SeError
 
         found: dict[str, int] = {}
         live = [s for s in self.sessions if s.connected]
@@ -312,7 +312,7 @@ class HostElement:
         return vol.data.status()
 
     async def delete_volume(self, name: str) -> dict[str, Any]:
-        from ophiura.replication.se_client import SeError
+        from ophiura.replication.wire.client import SeError
 
         self._need_active()
         async with self._lock:

@@ -14,15 +14,15 @@ import time
 from collections import deque
 from typing import Any
 
-from ophiura.replication.quorum import AckTracker
-from ophiura.replication.recovery import (
+from ophiura.replication.he.quorum import AckTracker
+from ophiura.replication.he.recovery import (
     PeerView,
     RecoveryKind,
     RecoveryPlan,
     RecoveryView,
     choose_recovery,
 )
-from ophiura.replication.se_session import (
+from ophiura.replication.he.se_session import (
     READABLE,
     ReplicaEvent,
     ReplicaState,
@@ -30,7 +30,7 @@ from ophiura.replication.se_session import (
     next_state,
 )
 
-log = logging.getLogger("ophiura.replication.volume")
+log = logging.getLogger("ophiura.replication.he.volume")
 
 
 HISTORY = 16  # state changes kept per replica for `status`
