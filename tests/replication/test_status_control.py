@@ -38,7 +38,7 @@ async def test_status_volume_admin_and_auth(ses: list[SeHandle], tmp_path: Path)
         await he.volumes["extra"].data.write(0, b"e" * 4096)
         names = [v["name"] for v in await control_call("127.0.0.1", port, SECRET, "volume-list")]
         assert sorted(names) == ["extra", "vol"]
-        assert "extra" in he._nbd_exports
+        assert "extra" in he.frontends.exports
         resized = await control_call(
             "127.0.0.1", port, SECRET, "volume-resize", name="extra", size=8 << 20
         )
