@@ -2,7 +2,7 @@
 
 Same rules as `bench/servers.py`: free ports on 127.0.0.1, a bounded wait for the port, output
 to a log file, stop by PID only (SIGTERM, then SIGKILL). The HE's status comes from its control
-API (`ophiura.replication.control.control_call`, what `ophiura status --json` prints) so a
+API (`ophiura.replication.he.control.control_call`, what `ophiura status --json` prints) so a
 recovery can be polled every few milliseconds without starting a Python process per poll.
 """
 
@@ -169,8 +169,8 @@ def he_proc(
 
 
 def he_status(control_port: int, secret_file: Path, timeout: float = 10.0) -> dict[str, Any]:
-    from ophiura.replication.control import control_call
-    from ophiura.replication.secret import load_secret
+    from ophiura.replication.he.control import control_call
+    from ophiura.replication.wire.secret import load_secret
 
     secret = load_secret(secret_file)
     return asyncio.run(control_call(HOST, control_port, secret, "status", timeout=timeout))

@@ -85,10 +85,10 @@ async def test_full_disk_gives_space_allocation_failed_and_target_lives(tmp_path
         TargetConfig(backing=Path("/dev/full"), size=MiB, port=0, state_dir=tmp_path / "state")
     )
     await daemon.start()
-    assert daemon.server is not None
+    assert daemon.frontends.iscsi is not None
     try:
         ini = await IscsiInitiator.connect(
-            "127.0.0.1", daemon.server.port, daemon.config.iqn, "iqn.x:full"
+            "127.0.0.1", daemon.frontends.iscsi.port, daemon.config.iqn, "iqn.x:full"
         )
         await ini.test_unit_ready()
         result = await ini.scsi(0, cdbs.write(10, 0, 1), data_out=bytes(512))

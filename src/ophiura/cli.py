@@ -294,11 +294,11 @@ def demo(
     )
 
 
-from ophiura.replication.se_cli import se  # noqa: E402
+from ophiura.replication.se.cli import se  # noqa: E402
 
 main.add_command(se)
 
-from ophiura.replication.he_cli import he, status, takeover, volume  # noqa: E402
+from ophiura.replication.he.cli import he, status, takeover, volume  # noqa: E402
 
 main.add_command(he)
 main.add_command(takeover)

@@ -14,9 +14,8 @@ from pathlib import Path
 
 from ophiura.block.device import BlockDeviceError
 from ophiura.block.file import FileBlockDevice
+from ophiura.frontends import Export, Frontends
 from ophiura.iscsi.chap import Credentials
-from ophiura.iscsi.server import IscsiServer
-from ophiura.nbd.server import NbdServer
 from ophiura.scsi.target import ScsiTarget
 from ophiura.serve import stop_on_signals
 
@@ -46,8 +45,7 @@ class TargetDaemon:
     def __init__(self, config: TargetConfig) -> None:
         self.config = config
         self.device: FileBlockDevice | None = None
-        self.server: IscsiServer | None = None
-        self.nbd: NbdServer | None = None
+        self.frontends = Frontends((config.host, config.port), config.nbd)
 
     async def start(self) -> None:
         cfg = self.config
@@ -57,42 +55,31 @@ class TargetDaemon:
             cfg.backing, cfg.size, block_size=cfg.block_size, thin=cfg.thin
         )
         scsi = ScsiTarget(cfg.iqn, {0: self.device}, state_dir=state_dir)
-        chap = {cfg.iqn: cfg.chap} if cfg.chap else None
-        self.server = IscsiServer({cfg.iqn: scsi}, (cfg.host, cfg.port), chap)
-        await self.server.start()
+        # The same device object behind both: NBD and iSCSI writes meet in one page cache and
+        # one flush.
+        self.frontends.add(Export(cfg.nbd_export, cfg.iqn, scsi, self.device, cfg.chap))
+        try:
+            await self.frontends.start()
+        except OSError:
+            await self.stop()  # the file must not outlive a failed start
+            raise
+        listening = self.frontends.listening()
         log.info(
-            "serving %s (%d bytes%s) as %s on %s:%d",
+            "serving %s (%d bytes%s) as %s on %s",
             cfg.backing,
             self.device.size,
             ", thin" if cfg.thin else "",
             cfg.iqn,
-            cfg.host,
-            self.server.port,
+            listening["iscsi"],
         )
-        if cfg.nbd is not None:
-            # The same device object: NBD and iSCSI writes meet in one page cache and one flush.
-            nbd = NbdServer({cfg.nbd_export: self.device}, cfg.nbd[0], cfg.nbd[1])
-            try:
-                await nbd.start()
-            except OSError:
-                await self.stop()  # the iSCSI portal and the file must not outlive a failed start
-                raise
-            self.nbd = nbd
+        if listening["nbd"] is not None:
             log.info(
-                "serving %s as NBD export %r on %s:%d",
-                cfg.backing,
-                cfg.nbd_export,
-                cfg.nbd[0],
-                self.nbd.port,
+                "serving %s as NBD export %r on %s", cfg.backing, cfg.nbd_export, listening["nbd"]
             )
 
     async def stop(self) -> None:
-        if self.nbd is not None:
-            await self.nbd.stop()
-            self.nbd = None
-        if self.server is not None:
-            await self.server.stop()
-            self.server = None
+        await self.frontends.stop()
+        self.frontends.remove(self.config.nbd_export)
         if self.device is not None:
             try:
                 await self.device.flush()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ophiura.cluster.config import load
-from ophiura.replication.he_config import build_config, load_toml
+from ophiura.replication.he.config import build_config, load_toml
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from ophiura.block.device import BlockDeviceError
-from ophiura.replication.he_config import HeConfig
-from ophiura.replication.host_element import HostElement
-from ophiura.replication.se_session import SeSpec
-from ophiura.replication.storage_element import StorageElement
+from ophiura.replication.he.config import HeConfig
+from ophiura.replication.he.host_element import HostElement
+from ophiura.replication.he.se_session import SeSpec
+from ophiura.replication.se.storage_element import StorageElement
 
 SECRET = b"0123456789abcdef-test-secret"
 
@@ -458,7 +458,7 @@ def all_caught_up(snap: dict[str, Any]) -> bool:
 async def se_served_digest(se: SeHandle, volume: str, size: int) -> tuple[str, set[int]]:
     """sha256 of the whole volume as this SE serves it (its own READ path, over the wire, from a
     client of our own), and the set of applied seqs its answers carried."""
-    from ophiura.replication.se_client import SeClient
+    from ophiura.replication.wire.client import SeClient
 
     client = await SeClient.connect(se.name, "127.0.0.1", se.port, SECRET, client_name="checker")
     h = hashlib.sha256()

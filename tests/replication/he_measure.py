@@ -17,7 +17,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from ophiura.replication.control import control_call
+from ophiura.replication.he.control import control_call
 
 from .he_harness import SECRET, he_config, spawn_ses, start_he, wait_all_up
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from ophiura.replication.se_client import SeClient
+from ophiura.replication.wire.client import SeClient
 
 from .he_harness import (
     SECRET,

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from ophiura.block.device import BlockDeviceError
-from ophiura.replication import protocol as p
-from ophiura.replication.recovery import RecoveryKind, RecoveryView, choose_recovery
-from ophiura.replication.se_client import SeClient, SeError, StaleEpoch
+from ophiura.replication.he.recovery import RecoveryKind, RecoveryView, choose_recovery
+from ophiura.replication.wire import messages
+from ophiura.replication.wire.client import SeClient, SeError, StaleEpoch
 
 from .he_harness import (
     SECRET,
@@ -53,7 +53,7 @@ async def test_equal_epoch_from_another_he_is_not_adopted(ses: list[SeHandle]) -
         for s in range(1, 4):
             await a.write("v", 1, s, s * BS, block(s), he_id=5, base=0)
         # both take over from epoch 1; b has the higher he_id and comes second
-        await a.set_epoch("v", 2, he_id=7, base=p.NO_BASE)
+        await a.set_epoch("v", 2, he_id=7, base=messages.NO_BASE)
         st = await b.set_epoch("v", 2, he_id=9, base=3)
         assert st.ballot == (2, 9) and st.base_seq == 3
         with pytest.raises(StaleEpoch) as err:
@@ -64,7 +64,7 @@ async def test_equal_epoch_from_another_he_is_not_adopted(ses: list[SeHandle]) -
         assert await b.write("v", 2, 4, 0, block(4), he_id=9, base=3) == 4
         # a lower he_id coming second is refused outright
         with pytest.raises(StaleEpoch):
-            await a.set_epoch("v", 2, he_id=8, base=p.NO_BASE)
+            await a.set_epoch("v", 2, he_id=8, base=messages.NO_BASE)
         assert (await b.read("v", 0, BS, ballot=(2, 9))) == block(4)
         with pytest.raises(StaleEpoch):  # a fenced HE is refused reads too (failure 7)
             await a.read("v", 0, BS, ballot=(2, 7))
@@ -133,8 +133,8 @@ async def test_establishing_a_base_truncates_an_older_ballots_tail(ses: list[SeH
         await old.open_volume("v", 1 << 20)
         for s in range(1, 11):
             await old.write("v", 1, s, s * BS, block(s), he_id=3, base=0)
-        st = await new.set_epoch("v", 2, he_id=4, base=p.NO_BASE)  # the claim
-        assert st.applied_seq == 10 and st.base_seq == p.NO_BASE
+        st = await new.set_epoch("v", 2, he_id=4, base=messages.NO_BASE)  # the claim
+        assert st.applied_seq == 10 and st.base_seq == messages.NO_BASE
         st = await new.set_epoch("v", 2, he_id=4, base=8)  # the attach
         assert st.state == "interrupted-full" and "diverged" in st.detail, st
         # the new owner's seq 10 is not a duplicate of the old owner's 10: it waits for 9
@@ -167,7 +167,7 @@ async def test_establishing_a_base_truncates_an_older_ballots_tail(ses: list[SeH
 def test_interrupted_recoveries_are_resumed_never_quick() -> None:
     """choose_recovery from what the SE reports: a stopped replay or full copy is resumed from
     a peer, never answered with a resend from the HE queue (which cannot fill its hole)."""
-    from ophiura.replication.recovery import PeerView
+    from ophiura.replication.he.recovery import PeerView
 
     peer = (PeerView("a", 200, 1),)
     for state, kind in (
@@ -229,7 +229,7 @@ async def test_se_restarted_during_recovery_does_not_ack_what_it_lacks(
         for s in (prefix + 1, 1200, 1500):
             with pytest.raises(SeError) as err:
                 await cb.write("v", 1, s, (s % 2000) * BS, block(s), he_id=2, base=0)
-            assert err.value.code == p.ErrorCode.NOT_HELD, err.value
+            assert err.value.code == messages.ErrorCode.NOT_HELD, err.value
         # what it holds is acknowledged again: its prefix and the current writes after 1000
         assert await cb.write("v", 1, 1505, (1505 % 2000) * BS, block(1505), he_id=2) == 1505
         # RECOVER resumes the replay and brings the volume up with everything
@@ -289,7 +289,7 @@ def test_claim_takes_the_newest_history_not_the_longest() -> None:
     """SE m was away for B's whole reign with A's unacknowledged 101..105; x holds B's
     acknowledged 101..103. The base is x's (B, 103): taking m's longer stream (the old rule,
     max applied seq) would drop B's acknowledged writes."""
-    from ophiura.replication.takeover import plan_claim
+    from ophiura.replication.he.takeover import plan_claim
 
     a, b = (1, 7), (2, 9)
     base, ballot, holders = plan_claim({"m": (a, 105), "x": (b, 103)}, 3, 2, "v", 3)

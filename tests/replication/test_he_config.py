@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from ophiura.replication.he_config import ConfigError, build_config, load_toml, parse_se
-from ophiura.replication.scsi_state import SLOT_SIZE, choose_slot, decode_slot, encode_slot
-from ophiura.replication.se_session import SeSpec
+from ophiura.replication.he.config import ConfigError, build_config, load_toml, parse_se
+from ophiura.replication.he.scsi_state import SLOT_SIZE, choose_slot, decode_slot, encode_slot
+from ophiura.replication.he.se_session import SeSpec
 
 
 @pytest.mark.parametrize(

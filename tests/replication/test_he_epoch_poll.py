@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from ophiura.replication.quorum import Fenced, QuorumLost
-from ophiura.replication.se_client import SeUnavailable, VolumeState
-from ophiura.replication.se_session import SeSession, SeSpec, SessionState
-from ophiura.replication.volume import HostElementVolume, VolumeConfig
+from ophiura.replication.he.quorum import Fenced, QuorumLost
+from ophiura.replication.he.se_session import SeSession, SeSpec, SessionState
+from ophiura.replication.he.volume import HostElementVolume, VolumeConfig
+from ophiura.replication.wire.client import SeUnavailable, VolumeState
 
 
 @dataclass

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from ophiura.block.device import ReadOnlyError
-from ophiura.replication.quorum import (
+from ophiura.replication.he.quorum import (
     AckTracker,
     Fenced,
     QuorumLost,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ophiura.replication.read_cache import ReadCache
+from ophiura.replication.he.read_cache import ReadCache
 
 
 def _fill(c: ReadCache, offset: int, data: bytes, applied: int = 0) -> int:

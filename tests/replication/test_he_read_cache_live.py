@@ -19,10 +19,10 @@ import pytest
 
 from ophiura.nbd.commands import error_for
 from ophiura.nbd.constants import Errno
-from ophiura.replication.control import control_call
-from ophiura.replication.host_element import HostElement
-from ophiura.replication.quorum import Fenced
-from ophiura.replication.volume import HostElementVolume
+from ophiura.replication.he.control import control_call
+from ophiura.replication.he.host_element import HostElement
+from ophiura.replication.he.quorum import Fenced
+from ophiura.replication.he.volume import HostElementVolume
 from ophiura.scsi.logical_unit import backend_error
 from ophiura.scsi.sense import SenseKey
 

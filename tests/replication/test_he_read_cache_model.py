@@ -3,7 +3,7 @@
 The real `HostElementVolume` (cache on, 512-byte blocks, 4 KiB pages, writes split above two
 pages) runs over three fake SEs whose every step is chosen by Hypothesis: when an SE writes an
 admitted op into its data file, when it makes it durable and acknowledges it, when it answers
-a read (from its data file, with its durable seq, exactly as `se_store.read` does: the data
+a read (from its data file, with its durable seq, exactly as `se.store.Volume.read` does: the data
 may already hold writes newer than the seq). Host writes, trims, write-zeroes and reads of
 random sizes and alignments run concurrently; host writes are cancelled at random (ABORT TASK).
 
@@ -28,9 +28,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
-from ophiura.replication.quorum import Fenced
-from ophiura.replication.se_session import ReplicaState, SeSession, SeSpec, SessionState
-from ophiura.replication.volume import HostElementVolume, VolumeConfig
+from ophiura.replication.he.quorum import Fenced
+from ophiura.replication.he.se_session import ReplicaState, SeSession, SeSpec, SessionState
+from ophiura.replication.he.volume import HostElementVolume, VolumeConfig
 
 BLOCK = 512
 PAGE = 4096

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ophiura.replication.se_session import (
+from ophiura.replication.he.se_session import (
     COUNTING,
     READABLE,
     SENDING,

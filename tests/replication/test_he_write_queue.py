@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ophiura.replication.write_queue import (
+from ophiura.replication.he.write_queue import (
     ENTRY_OVERHEAD,
     BlockSeqMap,
     OpKind,

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from ophiura.replication import link_emulation
-from ophiura.replication.link_emulation import DelayLine, LinkEmulation
+from ophiura.replication.wire import link as link_emulation
+from ophiura.replication.wire.link import DelayLine, LinkEmulation
 
 
 async def _errors(delay: float, n: int, line_factory=DelayLine) -> list[float]:  # type: ignore[no-untyped-def]

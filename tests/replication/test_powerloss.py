@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ophiura.replication import disk_io
-from ophiura.replication.powerloss import PowerLossError, apply_power_loss
+from ophiura.replication.se import disk_io
+from ophiura.replication.se.powerloss import PowerLossError, apply_power_loss
 
 S = disk_io.SECTOR
 
@@ -95,7 +95,7 @@ def test_cli_applies_and_reports_and_rejects_bad_input(tmp_path: Path) -> None:
     fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o600)
     io["pwrite"](fd, _fill(7, 4), 0)
     os.close(fd)
-    cmd = [sys.executable, "-m", "ophiura.replication.powerloss"]
+    cmd = [sys.executable, "-m", "ophiura.replication.se.powerloss"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     out = subprocess.run(
         [*cmd, str(tmp_path / "j"), "--seed", "3", "--mode", "lose"],

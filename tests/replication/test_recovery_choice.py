@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ophiura.replication.recovery import (
+from ophiura.replication.he.recovery import (
     PeerView,
     RecoveryKind,
     RecoveryView,

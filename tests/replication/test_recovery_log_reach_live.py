@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ophiura.replication.replica import ReplicaLife
+from ophiura.replication.he.replica import ReplicaLife
 
 from .he_harness import SeHandle, spawn_ses
 from .test_recovery_live import _outage

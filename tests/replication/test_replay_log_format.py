@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ophiura.replication.protocol import KIND_TRIM, KIND_WRITE
-from ophiura.replication.replay_log import ALIGN, LogRecord, ReplayLog, ReplayLogError, _span
+from ophiura.replication.se.replay_log import ALIGN, LogRecord, ReplayLog, ReplayLogError, _span
+from ophiura.replication.wire.messages import KIND_TRIM, KIND_WRITE
 
 from .test_se_support import MiB, block
 

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from ophiura.replication import se_disk
-from ophiura.replication.se_client import (
+from ophiura.replication.se import disk as se_disk
+from ophiura.replication.se.disk import VolumeDisk
+from ophiura.replication.se.storage_element import StorageElement
+from ophiura.replication.wire.client import (
     LinkEmulation,
     SeClient,
     SeError,
     SeUnavailable,
     StaleEpoch,
 )
-from ophiura.replication.se_disk import VolumeDisk
-from ophiura.replication.storage_element import StorageElement
 
 from .test_se_support import SECRET, MiB, block, client_for, running_se
 

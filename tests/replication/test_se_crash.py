@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from ophiura.replication.metadata import SLOT_SIZE, decode_slot
-from ophiura.replication.protocol import KIND_WRITE
-from ophiura.replication.replay_log import ALIGN, FILE_HEADER, LogRecord, ReplayLog
-from ophiura.replication.se_client import SeClient, SeError
+from ophiura.replication.se.metadata import SLOT_SIZE, decode_slot
+from ophiura.replication.se.replay_log import ALIGN, FILE_HEADER, LogRecord, ReplayLog
+from ophiura.replication.wire.client import SeClient, SeError
+from ophiura.replication.wire.messages import KIND_WRITE
 
 from .test_se_support import SECRET, MiB, SeProcess, block, client_for, running_se
 
@@ -70,7 +70,7 @@ async def test_acked_writes_past_the_metadata_checkpoint_survive_kill_9(tmp_path
     durability. With no checkpoint at all after the first write, kill -9, lose the unsynced
     data file too: every acknowledged write must come back, from the log alone."""
     se = SeProcess(
-        tmp_path, prelude="import ophiura.replication.se_disk as d; d.CHECKPOINT_INTERVAL = 1e9"
+        tmp_path, prelude="import ophiura.replication.se.disk as d; d.CHECKPOINT_INTERVAL = 1e9"
     )
     port = se.start()
     acked: list[int] = []

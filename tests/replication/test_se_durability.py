@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from ophiura.replication import se_recovery
-from ophiura.replication.metadata import SLOT_SIZE, decode_slot
-from ophiura.replication.se_client import SeClient, SeError
+from ophiura.replication.se import recovery as se_recovery
+from ophiura.replication.se.metadata import SLOT_SIZE, decode_slot
+from ophiura.replication.wire.client import SeClient, SeError
 
 from .test_se_recovery import wait_state
 from .test_se_support import MiB, block, client_for, running_se

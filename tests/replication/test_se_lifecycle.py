@@ -1,10 +1,10 @@
-"""The SE volume lifecycle table (`se_lifecycle`): every event outside it is an error."""
+"""The SE volume lifecycle table (`se.lifecycle`): every event outside it is an error."""
 
 from __future__ import annotations
 
 import pytest
 
-from ophiura.replication.se_lifecycle import (
+from ophiura.replication.se.lifecycle import (
     TRANSITIONS,
     LifecycleError,
     VolEvent,

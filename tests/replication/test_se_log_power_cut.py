@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from ophiura.replication.protocol import KIND_WRITE
-from ophiura.replication.replay_log import ALIGN, LogRecord, ReplayLog
-from ophiura.replication.se_disk import Op, VolumeDisk
+from ophiura.replication.se.disk import Op, VolumeDisk
+from ophiura.replication.se.replay_log import ALIGN, LogRecord, ReplayLog
+from ophiura.replication.wire.messages import KIND_WRITE
 
 from .test_se_support import MiB, block
 

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from ophiura.replication.disk_io import ENV
-from ophiura.replication.metadata import MetadataFile
-from ophiura.replication.powerloss import apply_power_loss
-from ophiura.replication.replay_log import ReplayLog
-from ophiura.replication.se_client import SeClient, SeError
+from ophiura.replication.se.disk_io import ENV
+from ophiura.replication.se.metadata import MetadataFile
+from ophiura.replication.se.powerloss import apply_power_loss
+from ophiura.replication.se.replay_log import ReplayLog
+from ophiura.replication.wire.client import SeClient, SeError
 
 from .test_se_support import SECRET, MiB, SeProcess, block
 
@@ -39,7 +39,7 @@ PER_CYCLE = 150  # acknowledged writes before the cut
 _PRELUDE = """
 import os, signal
 os.environ[{env!r}] = {journal!r}
-from ophiura.replication import replay_log as _rl
+from ophiura.replication.se import replay_log as _rl
 _sync, _synced = _rl.ReplayLog.sync, [0]
 def _cut(self):
     if self.newest_seq() >= {target} and self.newest_seq() - _synced[0] >= 3:

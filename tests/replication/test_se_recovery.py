@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ophiura.replication.se_client import SeClient, VolumeRecovering, VolumeState
+from ophiura.replication.wire.client import SeClient, VolumeRecovering, VolumeState
 
 from .test_se_support import MiB, block, client_for, running_se
 

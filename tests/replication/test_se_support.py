@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from ophiura.replication.se_client import SeClient
-from ophiura.replication.storage_element import StorageElement
+from ophiura.replication.se.storage_element import StorageElement
+from ophiura.replication.wire.client import SeClient
 
 SECRET = b"test-secret-0123456789abcdef"
 MiB = 1 << 20

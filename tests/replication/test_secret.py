@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ophiura.replication.secret import SecretError, load_secret
+from ophiura.replication.wire.secret import SecretError, load_secret
 
 
 def test_default_secret_created_private_and_stable(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

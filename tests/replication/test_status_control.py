@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from ophiura.cli import main
-from ophiura.replication.control import ControlError, control_call
+from ophiura.replication.he.control import ControlError, control_call
 
 from .he_harness import SECRET, SeHandle, he_config, secret_file, start_he, wait_all_up
 
@@ -38,7 +38,7 @@ async def test_status_volume_admin_and_auth(ses: list[SeHandle], tmp_path: Path)
         await he.volumes["extra"].data.write(0, b"e" * 4096)
         names = [v["name"] for v in await control_call("127.0.0.1", port, SECRET, "volume-list")]
         assert sorted(names) == ["extra", "vol"]
-        assert "extra" in he._nbd_exports
+        assert "extra" in he.frontends.exports
         resized = await control_call(
             "127.0.0.1", port, SECRET, "volume-resize", name="extra", size=8 << 20
         )

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ophiura.replication.control import control_call
-from ophiura.replication.quorum import Fenced
+from ophiura.replication.he.control import control_call
+from ophiura.replication.he.quorum import Fenced
 
 from .he_harness import (
     SECRET,

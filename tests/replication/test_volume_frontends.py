@@ -35,9 +35,9 @@ async def test_read_only_over_iscsi_and_nbd(ses: list[SeHandle], tmp_path: Path)
     ini = nbd = None
     try:
         await wait_all_up(he)
-        ini = await IscsiInitiator.connect("127.0.0.1", he.iscsi.port, IQN)
+        ini = await IscsiInitiator.connect("127.0.0.1", he.frontends.iscsi.port, IQN)
         await ini.test_unit_ready()  # consumes the power-on unit attention
-        nbd = await NbdClient.connect("127.0.0.1", he.nbd.port, "vol")
+        nbd = await NbdClient.connect("127.0.0.1", he.frontends.nbd.port, "vol")
         await ini.write(0, b"i" * 4096)
         await nbd.write(4096, b"n" * 4096)
         ses[1].kill9()
@@ -73,7 +73,9 @@ async def test_pr_state_survives_takeover(ses: list[SeHandle], tmp_path: Path) -
     new = await start_he(replace(cfg, standby=True, state_dir=tmp_path / "new"), tmp_path)
     try:
         await wait_all_up(old)
-        ini = await IscsiInitiator.connect("127.0.0.1", old.iscsi.port, IQN, "iqn.2026-11.t:h1")
+        ini = await IscsiInitiator.connect(
+            "127.0.0.1", old.frontends.iscsi.port, IQN, "iqn.2026-11.t:h1"
+        )
         await ini.test_unit_ready()
         r = await ini.persistent_reserve_out(pr.PrOut.REGISTER, sa_key=0xABC, aptpl=True)
         assert r.ok
@@ -86,7 +88,9 @@ async def test_pr_state_survives_takeover(ses: list[SeHandle], tmp_path: Path) -
         await ini.logout()
         await new.takeover()
         assert (tmp_path / "new" / "vol" / "lun0.pr.json").exists()
-        ini2 = await IscsiInitiator.connect("127.0.0.1", new.iscsi.port, IQN, "iqn.2026-11.t:h2")
+        ini2 = await IscsiInitiator.connect(
+            "127.0.0.1", new.frontends.iscsi.port, IQN, "iqn.2026-11.t:h2"
+        )
         await ini2.test_unit_ready()
         try:
             keys = await ini2.persistent_reserve_in(pr.PrIn.READ_KEYS)

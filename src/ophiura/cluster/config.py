@@ -338,7 +338,7 @@ def parse(data: Mapping[str, Any], source: str = "", base: Path | None = None) -
         path = Path(secret_file)
         if base is not None and not path.is_absolute():
             path = base / path
-        from ophiura.replication.secret import SecretError, load_secret
+        from ophiura.replication.wire.secret import SecretError, load_secret
 
         try:
             secret_bytes = load_secret(path)

@@ -421,7 +421,7 @@ class Topology:
         return self.loop(node).run(call(host, port, self._admin_key, req, timeout), timeout + 3)
 
     def he_status(self, node: str, timeout: float = 2.0) -> dict[str, Any]:
-        from ophiura.replication.control import control_call
+        from ophiura.replication.he.control import control_call
 
         secret = self.secret_file.read_text().strip().encode()
         coro = control_call(*self.control, secret, "status", timeout=timeout)

@@ -99,6 +99,24 @@ class IscsiServer:
         self._server: asyncio.base_events.Server | None = None
         self._next_tsih = secrets.randbelow(0xFFF0) + 1
 
+    # ---- targets -------------------------------------------------------------------------
+    def add_target(
+        self,
+        name: str,
+        device_server: DeviceServer,
+        chap: Credentials | None = None,
+        alias: str | None = None,
+    ) -> None:
+        """Serve one more target (or replace one): logins and discovery from now on see it."""
+        self.device_servers[name] = device_server
+        self.target_infos[name] = TargetInfo(name, self.tpgt, alias, chap)
+
+    def remove_target(self, name: str) -> None:
+        """Offer a target no more to new logins and discovery; sessions already logged in keep
+        their device server until they end (their owner decides when to close the device)."""
+        self.device_servers.pop(name, None)
+        self.target_infos.pop(name, None)
+
     # ---- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         loop = asyncio.get_running_loop()

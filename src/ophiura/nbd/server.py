@@ -239,7 +239,7 @@ class NbdServer:
             raise ValueError(f"default export {default_export!r} is not an export")
         if max_in_flight < 1 or max_in_flight_bytes < max_request:
             raise ValueError("in-flight bounds must allow at least one largest request")
-        self.exports = exports
+        self.exports: dict[str, BlockDevice] = dict(exports)
         self.host = host
         self.requested_port = port
         self.descriptions = dict(descriptions or {})
@@ -250,6 +250,18 @@ class NbdServer:
         self.handshake_timeout = handshake_timeout
         self.connections: set[NbdConnection] = set()
         self._server: asyncio.base_events.Server | None = None
+
+    def add_export(self, name: str, device: BlockDevice, description: str = "") -> None:
+        """Serve one more export (or replace one): connections opened from now on see it."""
+        self.exports[name] = device
+        self.descriptions[name] = description
+
+    def remove_export(self, name: str) -> None:
+        """Offer an export no more to new connections; ones already serving it keep it."""
+        if name == self.default_export:
+            self.default_export = None
+        self.exports.pop(name, None)
+        self.descriptions.pop(name, None)
 
     def catalog(self) -> dict[str, ExportInfo]:
         """A snapshot per connection: exports added or resized later show up on new ones."""

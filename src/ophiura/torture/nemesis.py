@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ophiura.replication.control import ControlError
+from ophiura.replication.he.control import ControlError
 from ophiura.torture.clients import Target
 from ophiura.torture.links import LinkProxy
 from ophiura.torture.processes import HeProc, SeProc
@@ -36,7 +36,7 @@ def capabilities(disk_full_dir: Path | None, links: bool) -> dict[str, bool]:
     """What this machine and this code base can do, decided once per run."""
     return {
         "links": links,
-        "powerloss": importlib.util.find_spec("ophiura.replication.powerloss") is not None,
+        "powerloss": importlib.util.find_spec("ophiura.replication.se.powerloss") is not None,
         "root": os.geteuid() == 0 and disk_full_dir is not None,
         "eio": False,
     }
@@ -242,7 +242,7 @@ class Nemesis:
         se = self._se(fault)
         se.kill9()
         assert se.powerloss_dir is not None
-        cmd = [sys.executable, "-m", "ophiura.replication.powerloss", str(se.powerloss_dir)]
+        cmd = [sys.executable, "-m", "ophiura.replication.se.powerloss", str(se.powerloss_dir)]
         cmd += ["--seed", str(fault.params.get("seed", 0)), "--mode", fault.params["mode"]]
         proc = await asyncio.create_subprocess_exec(
             *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT

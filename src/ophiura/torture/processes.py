@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ophiura.replication.control import ControlError, control_call
+from ophiura.replication.he.control import ControlError, control_call
 
 PLANT_ENV = "OPHIURA_TORTURE_PLANT"  # the HE's test-only bug switch (read by the HE once wired)
 POWERLOSS_ENV = "OPHIURA_POWERLOSS_JOURNAL"

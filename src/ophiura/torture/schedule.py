@@ -60,7 +60,7 @@ FAULT_KINDS: dict[str, FaultKind] = {
             2,
             needs="powerloss",
             doc="kill -9 one SE, then lose or tear (512-byte granularity) every write not covered "
-            "by a completed fdatasync (python -m ophiura.replication.powerloss), restart it",
+            "by a completed fdatasync (python -m ophiura.replication.se.powerloss), restart it",
         ),
         FaultKind(
             "se-disk-full",

@@ -39,9 +39,9 @@ from ophiura.cluster.agents.base import OcfCode, Outcome, Resource
 from ophiura.cluster.agents.params import ParamError, Params, config_error, done
 from ophiura.cluster.agents.process import ProcessAgent, read_pidfile
 from ophiura.cluster.agents.process_runner import run_process, to_outcome
-from ophiura.replication.control import ControlError, control_call
-from ophiura.replication.he_config import ConfigError, parse_host_port
-from ophiura.replication.secret import SecretError, load_secret
+from ophiura.replication.he.config import ConfigError, parse_host_port
+from ophiura.replication.he.control import ControlError, control_call
+from ophiura.replication.wire.secret import SecretError, load_secret
 
 POLL = 0.1
 

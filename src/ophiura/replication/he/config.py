@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ophiura.replication.se_session import SeSpec
+from ophiura.replication.he.se_session import SeSpec
 from ophiura.sizes import parse_size
 
 DEFAULT_CONTROL = ("127.0.0.1", 7600)

@@ -19,7 +19,7 @@ from typing import Any
 
 import google_crc32c
 
-from ophiura.replication import disk_io
+from ophiura.replication.se import disk_io
 
 log = logging.getLogger(__name__)
 

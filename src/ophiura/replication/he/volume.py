@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ophiura.block.device import BlockDeviceError, Extent, MediumError
-from ophiura.replication.quorum import Fenced, QuorumLost, QuorumWaiter
-from ophiura.replication.read_cache import ReadCache
-from ophiura.replication.replica import Replica, ReplicaLife
-from ophiura.replication.se_session import (
+from ophiura.replication.he.quorum import Fenced, QuorumLost, QuorumWaiter
+from ophiura.replication.he.read_cache import ReadCache
+from ophiura.replication.he.replica import Replica, ReplicaLife
+from ophiura.replication.he.se_session import (
     COUNTING,
     READABLE,
     SENDING,
@@ -43,7 +43,7 @@ from ophiura.replication.se_session import (
     ReplicaState,
     SeSession,
 )
-from ophiura.replication.write_queue import (
+from ophiura.replication.he.write_queue import (
     ENTRY_OVERHEAD,
     BlockSeqMap,
     OpKind,
@@ -104,7 +104,7 @@ def _se_errors() -> tuple[
     type[BaseException], type[BaseException], tuple[type[BaseException], ...]
 ]:
     """(StaleEpoch, SeError, transport errors) from the SE client, imported late."""
-    from ophiura.replication.se_client import SeError, StaleEpoch
+    from ophiura.replication.wire.client import SeError, StaleEpoch
 
     return StaleEpoch, SeError, (SeError, OSError, TimeoutError, ConnectionError)
 

@@ -4,7 +4,7 @@ Why it is built this way:
 - Writes are applied strictly in sequence order (StarFish §3): an out-of-order arrival waits in
   a bounded buffer; a full buffer is an error the HE answers with recovery, never unbounded growth.
 - Every disk action of a volume runs on one dedicated thread, in the order the event loop queued
-  it (`se_disk`). That single order is what makes "recovered data never overwrites a newer
+  it (`disk`). That single order is what makes "recovered data never overwrites a newer
   current write" checkable on the loop: whatever the loop queued first reaches the disk first.
 - Group commit: all writes that arrived while the previous batch was on disk go down together
   (bounded in bytes, so a batch never laps the replay log it is written to), then every write of
@@ -25,17 +25,17 @@ from pathlib import Path
 from typing import Any
 
 from ophiura.block.io_threads import IoThreads
-from ophiura.replication import se_disk
-from ophiura.replication.protocol import NO_BASE, ErrorCode
-from ophiura.replication.replay_log import LogRecord
-from ophiura.replication.se_disk import Op, VolumeDisk
-from ophiura.replication.se_lifecycle import (
+from ophiura.replication.se import disk as se_disk
+from ophiura.replication.se.disk import Op, VolumeDisk
+from ophiura.replication.se.lifecycle import (
     NOT_READABLE,
     VolEvent,
     VolState,
     loaded_event,
     next_state,
 )
+from ophiura.replication.se.replay_log import LogRecord
+from ophiura.replication.wire.messages import NO_BASE, ErrorCode
 
 __all__ = [
     "MAX_BUFFERED_BYTES",
@@ -78,7 +78,7 @@ def _fmt(ballot: tuple[int, int]) -> str:
 
 @dataclass
 class Recovery:
-    """In-memory state of a running or interrupted recovery (see se_recovery)."""
+    """In-memory state of a running or interrupted recovery (see recovery)."""
 
     kind: str  # "replay" | "full"
     upto: int
@@ -119,7 +119,7 @@ class Volume:
         self.durable_seq = 0  # highest current write that is durable
         self.top_ballot: tuple[int, int] = (0, 0)  # the ballot that wrote durable_seq
         self.prefix_seq = 0  # every write <= this is admitted here (== next_seq - 1 when up)
-        self.life = VolState.UP  # se_lifecycle.TRANSITIONS: changed by `transition` only
+        self.life = VolState.UP  # lifecycle.TRANSITIONS: changed by `transition` only
         self.detail = ""
         self.recovery: Recovery | None = None
         self._buffer: dict[int, Op] = {}
@@ -132,7 +132,7 @@ class Volume:
         self._meta_dirty = False
         self._checkpoint: asyncio.TimerHandle | None = None
         self.recovery_meta: dict[str, Any] | None = None
-        self.recovery_lock = asyncio.Lock()  # serialises RECOVER handling (se_recovery.start)
+        self.recovery_lock = asyncio.Lock()  # serialises RECOVER handling (recovery.start)
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -598,13 +598,13 @@ class Volume:
     # -- state ----------------------------------------------------------------------------
 
     def transition(self, event: VolEvent) -> None:
-        """Move along `se_lifecycle.TRANSITIONS`; an event it does not allow is a bug."""
+        """Move along `lifecycle.TRANSITIONS`; an event it does not allow is a bug."""
         old, self.life = self.life, next_state(self.life, event)
         if old is not self.life:
             log.info("volume %s: %s -> %s (%s)", self.name, old, self.life, event)
 
     def state_name(self) -> str:
-        """What STATUS reports (see `se_lifecycle`): the life state, or `gap` for an up volume
+        """What STATUS reports (see `lifecycle`): the life state, or `gap` for an up volume
         waiting for a resend to fill a hole (writes buffered out of order)."""
         if self.life is VolState.UP and self._buffer:
             return "gap"
@@ -666,10 +666,10 @@ class Volume:
         await self.call(lambda: None)
 
     def run_blocking(self, fn: Callable[[], Any]) -> Any:
-        """For se_recovery: `fn` gets the data fd / log on the volume thread."""
+        """For recovery: `fn` gets the data fd / log on the volume thread."""
         return self.call(fn)
 
-    # Blocking steps se_recovery queues with `call` (they run on the volume thread).
+    # Blocking steps recovery queues with `call` (they run on the volume thread).
 
     def sync_data_blocking(self) -> None:
         self.disk.sync_data()

@@ -16,7 +16,7 @@ independent of the others:
 The choice is made by the caller's `random.Random`, so a seed replays the same cut. The journal
 is consumed (emptied) so a restarted SE journals afresh into the same directory.
 
-    python -m ophiura.replication.powerloss DIR --seed N --mode lose|tear
+    python -m ophiura.replication.se.powerloss DIR --seed N --mode lose|tear
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ophiura.replication.disk_io import ENTRY, PATH_SUFFIX, SECTOR, UNDO_SUFFIX
+from ophiura.replication.se.disk_io import ENTRY, PATH_SUFFIX, SECTOR, UNDO_SUFFIX
 
 MODES = ("lose", "tear")
 
@@ -142,7 +142,7 @@ def apply_power_loss(journal_dir: Path | str, rng: random.Random, mode: str = "t
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m ophiura.replication.powerloss",
+        prog="python -m ophiura.replication.se.powerloss",
         description="Apply a power cut to a killed SE's files from its undo journal (test only).",
     )
     parser.add_argument("journal_dir", type=Path)

@@ -261,7 +261,7 @@ class SeSession:
         task.add_done_callback(self._tasks.discard)
 
     async def _connect(self) -> Any:
-        from ophiura.replication.se_client import LinkEmulation, SeClient
+        from ophiura.replication.wire.client import LinkEmulation, SeClient
 
         spec = self.spec
         link = None
@@ -276,7 +276,7 @@ class SeSession:
 
     async def _run(self) -> None:
         """Connect, then ping until lost, then back off and connect again; until closed."""
-        from ophiura.replication.se_client import SeError
+        from ophiura.replication.wire.client import SeError
 
         delay = self.backoff[0]
         while self.state is not SessionState.CLOSED:
@@ -303,7 +303,7 @@ class SeSession:
             await self._ping_until_lost()
 
     async def _ping_until_lost(self) -> None:
-        from ophiura.replication.se_client import SeError
+        from ophiura.replication.wire.client import SeError
 
         gen = self.generation
         while self.state is SessionState.CONNECTED and gen == self.generation:

@@ -21,13 +21,13 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from ophiura.replication import protocol as p
-from ophiura.replication.se_client import LogGoneError, SeClient, SeError
-from ophiura.replication.se_lifecycle import VolEvent, VolState, recover_event
-from ophiura.replication.se_store import Recovery, Volume, VolumeError
+from ophiura.replication.se.lifecycle import VolEvent, VolState, recover_event
+from ophiura.replication.se.store import Recovery, Volume, VolumeError
+from ophiura.replication.wire import messages
+from ophiura.replication.wire.client import LogGoneError, SeClient, SeError
 
 if TYPE_CHECKING:
-    from ophiura.replication.storage_element import StorageElement
+    from ophiura.replication.se.storage_element import StorageElement
 
 log = logging.getLogger(__name__)
 
@@ -113,27 +113,27 @@ class RecoveryManager:
 
     # -- starting --------------------------------------------------------------------------
 
-    async def start(self, vol: Volume, msg: p.Recover) -> None:
+    async def start(self, vol: Volume, msg: messages.Recover) -> None:
         """Start (or resume) the recovery RECOVER asks for; returns once it is under way."""
         # Two RECOVERs for one volume (an HE re-attaching) must not interleave across the
         # awaits below: both would start a copy task on the same Recovery.
         async with vol.recovery_lock:
             await self._start(vol, msg)
 
-    async def _start(self, vol: Volume, msg: p.Recover) -> None:
+    async def _start(self, vol: Volume, msg: messages.Recover) -> None:
         if msg.kind not in ("replay", "full"):
             raise VolumeError(
-                f"recovery kind {msg.kind!r} is not replay or full", p.ErrorCode.BAD_REQUEST
+                f"recovery kind {msg.kind!r} is not replay or full", messages.ErrorCode.BAD_REQUEST
             )
         if vol.life is VolState.FAILED:
-            raise VolumeError(vol.detail, p.ErrorCode.VOLUME_FAILED)
+            raise VolumeError(vol.detail, messages.ErrorCode.VOLUME_FAILED)
         # Only the owner, after establishing its ballot's base (the attach does): a recovery
         # jumps the stream, and a base fixed after that would take the jump for a diverged tail.
         vol.check_owner(msg.epoch, msg.he_id)
-        if vol.base == p.NO_BASE:
+        if vol.base == messages.NO_BASE:
             raise VolumeError(
                 f"volume {vol.name}: establish the ballot's base before RECOVER",
-                p.ErrorCode.NOT_OWNER,
+                messages.ErrorCode.NOT_OWNER,
             )
         peer = (msg.peer_name, msg.peer_host, msg.peer_port)
         rate = msg.rate or self.se.recovery_rate
@@ -343,9 +343,9 @@ class RecoveryManager:
                         client.name, "replay", f"sent seq {r.seq}, wanted {rec.cursor + 1}"
                     )
                 for off, n in _untouched_runs(rec, bs, r.offset, r.length, r.seq):
-                    if r.kind == p.KIND_WRITE:
+                    if r.kind == messages.KIND_WRITE:
                         vol.queue_recovered(
-                            p.KIND_WRITE, off, n, r.data[off - r.offset : off - r.offset + n]
+                            messages.KIND_WRITE, off, n, r.data[off - r.offset : off - r.offset + n]
                         )
                     else:
                         vol.queue_recovered(r.kind, off, n, b"")
@@ -381,10 +381,12 @@ class RecoveryManager:
             sparse = data == zeros[:n]
             for off, length in _untouched_runs(rec, bs, rec.cursor, n, peer_seq):
                 if sparse:
-                    vol.queue_recovered(p.KIND_TRIM, off, length, b"")
+                    vol.queue_recovered(messages.KIND_TRIM, off, length, b"")
                 else:
                     rel = off - rec.cursor
-                    vol.queue_recovered(p.KIND_WRITE, off, length, bytes(data[rel : rel + length]))
+                    vol.queue_recovered(
+                        messages.KIND_WRITE, off, length, bytes(data[rel : rel + length])
+                    )
             rec.cursor += n
             rec.done = rec.cursor
             since_checkpoint += n

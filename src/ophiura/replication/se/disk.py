@@ -1,6 +1,6 @@
 """The disk side of one volume on a storage element: data file, metadata slots, replay log.
 
-Split from `se_store` (the in-order apply and the volume's state): everything here blocks and
+Split from `store` (the in-order apply and the volume's state): everything here blocks and
 runs on the volume's one thread, in the order the event loop queued it, so this module is only
 about what reaches the disk and in which order it becomes durable:
 
@@ -11,7 +11,7 @@ about what reaches the disk and in which order it becomes durable:
   sync and before the ack, when anything but `applied_seq` changes (epoch, size: an epoch
   raised by SET_EPOCH has no log record), and as a checkpoint of `applied_seq` at most every
   `CHECKPOINT_INTERVAL` (piggybacked on a batch, or on its own once the volume is idle).
-  Recovery boundaries and log resets/overwrites write it synchronously (below, se_recovery).
+  Recovery boundaries and log resets/overwrites write it synchronously (below, recovery).
   The data file is written lazily.
 - Group commit: one batch = log records appended, log fdatasync, then the data file written
   (not synced). Records are appended in queue order *relative to the other items*: a log reset
@@ -42,12 +42,12 @@ from pathlib import Path
 from typing import Any
 
 from ophiura.block.file import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE
-from ophiura.replication import disk_io
-from ophiura.replication.metadata import MetadataFile, VolumeMeta
-from ophiura.replication.protocol import KIND_WRITE, NO_BASE
-from ophiura.replication.replay_log import LogRecord, ReplayLog, ReplayLogError
+from ophiura.replication.se import disk_io
+from ophiura.replication.se.metadata import MetadataFile, VolumeMeta
+from ophiura.replication.se.replay_log import LogRecord, ReplayLog, ReplayLogError
+from ophiura.replication.wire.messages import KIND_WRITE, NO_BASE
 
-log = logging.getLogger("ophiura.replication.se_store")
+log = logging.getLogger("ophiura.replication.se.store")
 
 _NOWAIT = hasattr(os, "RWF_NOWAIT")
 
@@ -67,7 +67,7 @@ class Op:
     data: bytes
     fut: asyncio.Future[int] | None = None
     he_id: int = 0  # with `epoch`, the owner ballot that sent it (kept in its log record)
-    base: int = 0  # that ballot's base (see se_store.Volume.adopt)
+    base: int = 0  # that ballot's base (see store.Volume.adopt)
 
 
 @dataclass(slots=True)

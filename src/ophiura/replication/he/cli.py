@@ -15,14 +15,14 @@ from typing import Any
 
 import click
 
-from ophiura.replication.control import ControlError, control_call
-from ophiura.replication.he_config import (
+from ophiura.replication.he.config import (
     DEFAULT_CONTROL,
     ConfigError,
     build_config,
     load_toml,
     parse_host_port,
 )
+from ophiura.replication.he.control import ControlError, control_call
 from ophiura.sizes import format_size, parse_size
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ _DEFAULT_CONTROL = f"{DEFAULT_CONTROL[0]}:{DEFAULT_CONTROL[1]}"
 
 
 def _secret(path: Path | None) -> bytes:
-    from ophiura.replication.secret import SecretError, load_secret
+    from ophiura.replication.wire.secret import SecretError, load_secret
 
     try:
         return load_secret(path)
@@ -85,7 +85,7 @@ def _secret(path: Path | None) -> bytes:
 )
 def he(config_file: Path | None, **flags: Any) -> None:
     """Run a host element: replicate volumes to SEs, serve them over iSCSI and NBD."""
-    from ophiura.replication.host_element import HostElement
+    from ophiura.replication.he.host_element import HostElement
     from ophiura.serve import run_event_loop
 
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))

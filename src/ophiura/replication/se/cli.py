@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ophiura.replication.secret import SecretError, load_secret
+from ophiura.replication.wire.secret import SecretError, load_secret
 from ophiura.sizes import parse_size
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ def _size(value: str, what: str) -> int:
 
 
 async def _serve(se_kwargs: dict[str, object]) -> None:
-    from ophiura.replication.storage_element import StorageElement
+    from ophiura.replication.se.storage_element import StorageElement
     from ophiura.serve import stop_on_signals
 
     se = StorageElement(**se_kwargs)  # type: ignore[arg-type]

@@ -25,8 +25,8 @@ Why this is right (and the old "newest contiguous chain, downwards" was not):
   *up* from the synced point keeps 1..104 and drops 106..110.
 - *Nothing after the synced point was overwritten.* A lap overwrites only records the data file
   durably holds: before an append would evict a record above `data_synced_seq`, the data file
-  is fdatasync'd and a metadata slot saying so is made durable (`se_disk`). A batch is at most
-  a quarter of the log (`se_store`), so a batch never overwrites itself, and the unsynced part
+  is fdatasync'd and a metadata slot saying so is made durable (`disk`). A batch is at most
+  a quarter of the log (`store`), so a batch never overwrites itself, and the unsynced part
   of the log is at most one batch.
 - *Stale records cannot join the chain.* A reset (start of a recovery) draws a new salt, so
   records from before it never validate again. Within one salt, seqs are appended strictly
@@ -57,8 +57,8 @@ from pathlib import Path
 
 import google_crc32c
 
-from ophiura.replication import disk_io
-from ophiura.replication.protocol import KIND_TRIM, KIND_WRITE, KIND_ZERO
+from ophiura.replication.se import disk_io
+from ophiura.replication.wire.messages import KIND_TRIM, KIND_WRITE, KIND_ZERO
 
 log = logging.getLogger(__name__)
 

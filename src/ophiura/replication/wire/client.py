@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ophiura.replication import protocol as p
-from ophiura.replication.link_emulation import DelayLine, LinkEmulation
+from ophiura.replication.wire import frames, messages
+from ophiura.replication.wire.link import DelayLine, LinkEmulation
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class VolumeState:
     # (the next seq when the log is empty). None when the SE did not say.
     log_first_seq: int | None = None
     he_id: int = 0  # the SE's ballot is (epoch, he_id)
-    base_seq: int = 0  # its base once established; p.NO_BASE while only claimed
+    base_seq: int = 0  # its base once established; messages.NO_BASE while only claimed
     top_ballot: tuple[int, int] = (0, 0)  # the ballot that wrote applied_seq; (0, 0) unknown
 
     @property
@@ -62,7 +62,7 @@ class VolumeState:
         return (self.epoch, self.he_id)
 
     @classmethod
-    def from_msg(cls, m: p.VolumeStateMsg) -> VolumeState:
+    def from_msg(cls, m: messages.VolumeStateMsg) -> VolumeState:
         return cls(
             m.volume,
             m.epoch,
@@ -83,7 +83,9 @@ class VolumeState:
 class SeError(Exception):
     """A request to an SE failed. `se` names the SE, `what` the request, the message says why."""
 
-    def __init__(self, se: str, what: str, why: str, code: int = p.ErrorCode.INTERNAL) -> None:
+    def __init__(
+        self, se: str, what: str, why: str, code: int = messages.ErrorCode.INTERNAL
+    ) -> None:
         super().__init__(f"SE {se}: {what}: {why}")
         self.se = se
         self.what = what
@@ -156,7 +158,7 @@ class SeClient:
         self.name = name
         self.rtt = 0.0
         self.request_timeout = request_timeout
-        self._conn = p.Connection("client", client_name, secret)
+        self._conn = frames.Connection("client", client_name, secret)
         self._transport: asyncio.Transport | None = None
         self._pending: dict[int, tuple[asyncio.Future[Any], float, str]] = {}
         self._next_id = 1
@@ -263,10 +265,10 @@ class SeClient:
             return
         try:
             events = self._conn.receive_data(data)
-        except p.AuthenticationFailed as exc:
+        except frames.AuthenticationFailed as exc:
             self._fail(SeError(self.name, "authenticate", str(exc)))
             return
-        except p.ProtocolError as exc:
+        except messages.ProtocolError as exc:
             log.error("SE %s sent an invalid frame, closing: %s", self.name, exc)
             self._fail(SeUnavailable(self.name, "receive", f"protocol error: {exc}"))
             return
@@ -280,7 +282,7 @@ class SeClient:
                 self.rtt = sample if not self.rtt else self.rtt + _RTT_ALPHA * (sample - self.rtt)
                 if not fut.done():
                     fut.set_result(ev)
-            elif isinstance(ev, p.Authenticated):
+            elif isinstance(ev, frames.Authenticated):
                 if not self._authed.done():
                     self._authed.set_result(None)
             else:
@@ -337,7 +339,7 @@ class SeClient:
 
     # -- requests ------------------------------------------------------------------------------
 
-    def _request(self, msg: p.Message, what: str) -> asyncio.Future[Any]:
+    def _request(self, msg: messages.Message, what: str) -> asyncio.Future[Any]:
         if self._closed_exc is not None:
             raise type(self._closed_exc)(self.name, what, self._closed_exc.why)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -351,14 +353,14 @@ class SeClient:
         return rid
 
     def _raise(self, reply: Any, what: str) -> None:
-        if isinstance(reply, p.StaleEpochMsg):
+        if isinstance(reply, messages.StaleEpochMsg):
             raise StaleEpoch(self.name, what, reply.current_epoch, reply.current_he_id)
-        if isinstance(reply, p.Error):
-            kind = VolumeRecovering if reply.code == p.ErrorCode.RECOVERING else SeError
+        if isinstance(reply, messages.Error):
+            kind = VolumeRecovering if reply.code == messages.ErrorCode.RECOVERING else SeError
             raise kind(self.name, what, reply.message, reply.code)
         raise SeError(self.name, what, f"unexpected reply {type(reply).__name__}")
 
-    async def _call(self, msg: p.Message, what: str, expect: type[Any]) -> Any:
+    async def _call(self, msg: messages.Message, what: str, expect: type[Any]) -> Any:
         reply = await self._request(msg, what)
         if type(reply) is not expect:
             self._raise(reply, what)
@@ -367,25 +369,25 @@ class SeClient:
     async def ping(self) -> float:
         """One round trip (seconds), also folded into `rtt`."""
         start = time.monotonic()
-        await self._call(p.Ping(self._id()), "ping", p.Pong)
+        await self._call(messages.Ping(self._id()), "ping", messages.Pong)
         return time.monotonic() - start
 
     async def open_volume(self, volume: str, size: int, block_size: int = 512) -> VolumeState:
         """Create the volume if the SE lacks it; either way its state (size may differ)."""
         what = f"open volume {volume}"
         reply = await self._call(
-            p.OpenVolume(self._id(), volume, size, block_size), what, p.VolumeStateMsg
+            messages.OpenVolume(self._id(), volume, size, block_size), what, messages.VolumeStateMsg
         )
         return VolumeState.from_msg(reply)
 
     async def set_epoch(
-        self, volume: str, epoch: int, *, he_id: int = 0, base: int = p.NO_BASE
+        self, volume: str, epoch: int, *, he_id: int = 0, base: int = messages.NO_BASE
     ) -> VolumeState:
-        """Claim the ballot (epoch, he_id) (`base=p.NO_BASE`), or claim and establish it with
+        """Claim the ballot (epoch, he_id) (`base=messages.NO_BASE`), or claim and establish it with
         its base: the SE then drops what it holds above `base` from an older ballot."""
         what = f"set ballot ({epoch}, {he_id:x}) on {volume}"
-        msg = p.SetEpoch(self._id(), volume, epoch, he_id, base)
-        reply = await self._call(msg, what, p.VolumeStateMsg)
+        msg = messages.SetEpoch(self._id(), volume, epoch, he_id, base)
+        reply = await self._call(msg, what, messages.VolumeStateMsg)
         return VolumeState.from_msg(reply)
 
     async def write(
@@ -401,7 +403,7 @@ class SeClient:
     ) -> int:
         """Returns `seq` once the SE made the write durable. `data` is sent without a copy."""
         reply = await self.write_nowait(volume, epoch, seq, offset, data, he_id=he_id, base=base)
-        if type(reply) is not p.Ack:
+        if type(reply) is not messages.Ack:
             self._raise(reply, f"write seq {seq} to {volume}")
         return reply.seq
 
@@ -418,7 +420,7 @@ class SeClient:
     ) -> asyncio.Future[Any]:
         """`write` without a coroutine: the request is on the wire (or in the emulated link)
         when this returns; the future gets the SE's reply, to be checked by `check_ack`."""
-        msg = p.Write(self._id(), volume, epoch, he_id, base, seq, offset, data)
+        msg = messages.Write(self._id(), volume, epoch, he_id, base, seq, offset, data)
         return self._request(msg, "write")
 
     def trim_nowait(
@@ -434,12 +436,12 @@ class SeClient:
         base: int = 0,
     ) -> asyncio.Future[Any]:
         what = f"{'write zeroes' if zero else 'trim'} seq {seq} on {volume}"
-        msg = p.Trim(self._id(), volume, epoch, he_id, base, seq, offset, length, int(zero))
+        msg = messages.Trim(self._id(), volume, epoch, he_id, base, seq, offset, length, int(zero))
         return self._request(msg, what)
 
     def check_ack(self, reply: Any, op: Any) -> None:
         """Raise what `write`/`trim` would for a reply that is not an Ack."""
-        if type(reply) is not p.Ack:
+        if type(reply) is not messages.Ack:
             self._raise(reply, f"seq {op.seq} ({op.kind.name.lower()})")
 
     async def trim(
@@ -458,7 +460,7 @@ class SeClient:
         reply = await self.trim_nowait(
             volume, epoch, seq, offset, length, zero, he_id=he_id, base=base
         )
-        if type(reply) is not p.Ack:
+        if type(reply) is not messages.Ack:
             self._raise(reply, what)
         return reply.seq
 
@@ -473,8 +475,8 @@ class SeClient:
         """(applied_seq when read, data): lets the HE check the SE had the latest write.
         With a `ballot`, only the SE's current owner is served (a fenced HE gets StaleEpoch)."""
         what = f"read {length} bytes at {offset} of {volume}"
-        msg = p.Read(self._id(), volume, offset, length, ballot[0], ballot[1])
-        reply = await self._call(msg, what, p.Data)
+        msg = messages.Read(self._id(), volume, offset, length, ballot[0], ballot[1])
+        reply = await self._call(msg, what, messages.Data)
         return reply.applied_seq, reply.data
 
     async def recover(
@@ -493,47 +495,57 @@ class SeClient:
         `upto_ballot` is the ballot that wrote `upto_seq` in the owner's history, if known."""
         name, host, port = peer
         what = f"recover {volume} ({kind} from {name} up to seq {upto_seq})"
-        msg = p.Recover(
+        msg = messages.Recover(
             self._id(), volume, epoch, kind, name, host, port, upto_seq, rate, he_id, *upto_ballot
         )
-        await self._call(msg, what, p.Ok)
+        await self._call(msg, what, messages.Ok)
 
     async def volume_state(self, volume: str) -> VolumeState:
         reply = await self._call(
-            p.Status(self._id(), volume), f"status of {volume}", p.VolumeStateMsg
+            messages.Status(self._id(), volume), f"status of {volume}", messages.VolumeStateMsg
         )
         return VolumeState.from_msg(reply)
 
     async def resize_volume(self, volume: str, size: int) -> VolumeState:
         what = f"resize {volume} to {size}"
-        reply = await self._call(p.Resize(self._id(), volume, size), what, p.VolumeStateMsg)
+        reply = await self._call(
+            messages.Resize(self._id(), volume, size), what, messages.VolumeStateMsg
+        )
         return VolumeState.from_msg(reply)
 
     async def delete_volume(self, volume: str) -> None:
-        await self._call(p.Delete(self._id(), volume), f"delete {volume}", p.Ok)
+        await self._call(messages.Delete(self._id(), volume), f"delete {volume}", messages.Ok)
 
     async def list_volumes(self) -> list[VolumeState]:
-        reply = await self._call(p.ListVolumes(self._id()), "list volumes", p.VolumeList)
-        return [VolumeState.from_msg(m) for m in p.decode_volume_list(reply.entries)]
+        reply = await self._call(
+            messages.ListVolumes(self._id()), "list volumes", messages.VolumeList
+        )
+        return [VolumeState.from_msg(m) for m in messages.decode_volume_list(reply.entries)]
 
     # -- peer (SE-to-SE recovery) ------------------------------------------------------------
 
     async def log_read(
         self, volume: str, from_seq: int, upto_seq: int, max_bytes: int
-    ) -> tuple[int, int, list[p.WireLogRecord]]:
+    ) -> tuple[int, int, list[messages.WireLogRecord]]:
         """(peer applied_seq, remaining bytes estimate, records); LogGoneError if trimmed."""
         what = f"log read {volume} from seq {from_seq}"
         reply = await self._request(
-            p.LogRead(self._id(), volume, from_seq, upto_seq, max_bytes), what
+            messages.LogRead(self._id(), volume, from_seq, upto_seq, max_bytes), what
         )
-        if isinstance(reply, p.LogGone):
+        if isinstance(reply, messages.LogGone):
             raise LogGoneError(self.name, what, reply.oldest_seq)
-        if not isinstance(reply, p.LogRecords):
+        if not isinstance(reply, messages.LogRecords):
             self._raise(reply, what)
-        return reply.applied_seq, reply.remaining, p.unpack_log_records(reply.records, reply.count)
+        return (
+            reply.applied_seq,
+            reply.remaining,
+            messages.unpack_log_records(reply.records, reply.count),
+        )
 
     async def chunk_read(self, volume: str, offset: int, length: int) -> tuple[int, bytes]:
         """(peer applied_seq at the moment of the read, data)."""
         what = f"chunk read {length} at {offset} of {volume}"
-        reply = await self._call(p.ChunkRead(self._id(), volume, offset, length), what, p.Chunk)
+        reply = await self._call(
+            messages.ChunkRead(self._id(), volume, offset, length), what, messages.Chunk
+        )
         return reply.applied_seq, reply.data

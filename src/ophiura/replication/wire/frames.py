@@ -32,47 +32,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ophiura.replication.protocol_messages import (  # noqa: F401 - re-exported
-    KIND_TRIM,
-    KIND_WRITE,
-    KIND_ZERO,
-    NO_BASE,
-    Ack,
+from ophiura.replication.wire.messages import (
     AuthOk,
-    Chunk,
-    ChunkRead,
-    Data,
-    Delete,
-    Error,
-    ErrorCode,
-    ListVolumes,
-    LogGone,
-    LogRead,
-    LogRecords,
-    MalformedMessage,
     Message,
-    Ok,
-    OpenVolume,
-    Ping,
-    Pong,
     ProtocolError,
-    Read,
-    Recover,
-    Resize,
-    SetEpoch,
-    StaleEpochMsg,
-    Status,
-    Trim,
-    VolumeList,
-    VolumeStateMsg,
-    WireLogRecord,
-    Write,
     decode_body,
-    decode_volume_list,
     encode_body,
-    encode_volume_list,
-    pack_log_records,
-    unpack_log_records,
 )
 
 VERSION = 3  # 3: ballots (epoch, he_id) and bases; 2: log_first_seq. Other versions are refused

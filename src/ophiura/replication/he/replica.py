@@ -15,15 +15,15 @@ from collections import deque
 from dataclasses import replace
 from typing import Any
 
-from ophiura.replication.quorum import AckTracker
-from ophiura.replication.recovery import (
+from ophiura.replication.he.quorum import AckTracker
+from ophiura.replication.he.recovery import (
     PeerView,
     RecoveryKind,
     RecoveryPlan,
     RecoveryView,
     choose_recovery,
 )
-from ophiura.replication.se_session import (
+from ophiura.replication.he.se_session import (
     READABLE,
     ReplicaEvent,
     ReplicaState,
@@ -31,7 +31,7 @@ from ophiura.replication.se_session import (
     next_state,
 )
 
-log = logging.getLogger("ophiura.replication.volume")
+log = logging.getLogger("ophiura.replication.he.volume")
 
 
 HISTORY = 16  # state changes kept per replica for `status`
@@ -262,7 +262,7 @@ class ReplicaLife:
             return (self.epoch, self.he_id)
         if seq == self.base and self.base_ballot != (0, 0):
             return self.base_ballot
-        from ophiura.replication.se_client import LogGoneError
+        from ophiura.replication.wire.client import LogGoneError
 
         peers = [
             p

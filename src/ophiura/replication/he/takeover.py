@@ -17,7 +17,7 @@ current ballot retries above it.
 
 The claim fixes no base: `HostElementVolume` establishes `(ballot, base_seq)` on every SE it
 attaches, and an SE holding writes above the base from an older ballot truncates them then
-(`se_store.Volume.adopt`).
+(`se.store.Volume.adopt`).
 
 The plan is pure (`plan_claim`), the I/O is `claim_volume`.
 """
@@ -30,8 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ophiura.replication.quorum import takeover_quorum
-from ophiura.replication.se_session import SeSession
+from ophiura.replication.he.quorum import takeover_quorum
+from ophiura.replication.he.se_session import SeSession
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,8 @@ async def claim_volume(
     timeout: float = 5.0,
 ) -> Claim:
     """Open the volume on every connected SE, claim a new ballot, read the highest seq."""
-    from ophiura.replication.protocol import NO_BASE
-    from ophiura.replication.se_client import SeError, StaleEpoch
+    from ophiura.replication.wire.client import SeError, StaleEpoch
+    from ophiura.replication.wire.messages import NO_BASE
 
     n = len(sessions)
     live = [s for s in sessions if s.connected]

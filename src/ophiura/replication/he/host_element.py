@@ -20,18 +20,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ophiura.replication.control import ControlError, ControlServer
-from ophiura.replication.he_config import HeConfig, check_volume_name
-from ophiura.replication.quorum import config_warning, takeover_quorum
-from ophiura.replication.scsi_state import (
+from ophiura.frontends import Export, Frontends
+from ophiura.replication.he.config import HeConfig, check_volume_name
+from ophiura.replication.he.control import ControlError, ControlServer
+from ophiura.replication.he.quorum import config_warning, takeover_quorum
+from ophiura.replication.he.scsi_state import (
     META_SIZE,
     ScsiStateMirror,
     is_meta_volume,
     meta_volume_name,
 )
-from ophiura.replication.se_session import SeSession
-from ophiura.replication.takeover import TakeoverError, claim_volume
-from ophiura.replication.volume import HostElementVolume, VolumeConfig
+from ophiura.replication.he.se_session import SeSession
+from ophiura.replication.he.takeover import TakeoverError, claim_volume
+from ophiura.replication.he.volume import HostElementVolume, VolumeConfig
+from ophiura.scsi.target import ScsiTarget
 from ophiura.serve import stop_on_signals
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ class ExportedVolume:
     data: HostElementVolume
     meta: HostElementVolume
     mirror: ScsiStateMirror
-    scsi: Any  # ScsiTarget
+    scsi: ScsiTarget
     iqn: str
     state_dir: Path
 
@@ -57,9 +59,7 @@ class HostElement:
         self.sessions = [SeSession(spec, secret) for spec in config.ses]
         self.role = "standby" if config.standby else "starting"
         self.volumes: dict[str, ExportedVolume] = {}
-        self.iscsi: Any = None
-        self.nbd: Any = None
-        self._nbd_exports: dict[str, Any] = {}
+        self.frontends = Frontends(config.iscsi, config.nbd)
         self.control = ControlServer(self.handle, secret, *config.control)
         self.warning = config_warning(len(config.ses), config.quorum)
         self.takeover_info: dict[str, Any] | None = None
@@ -85,7 +85,7 @@ class HostElement:
 
     async def stop(self) -> None:
         await self.control.stop()
-        await self._stop_frontends()
+        await self.frontends.stop()
         for vol in list(self.volumes.values()):
             await self._close_volume(vol)
         self.volumes.clear()
@@ -140,7 +140,7 @@ class HostElement:
             ]
             for err in errors:
                 log.error("activation: %s", err)
-            await self._start_frontends()
+            await self.frontends.start()
             self.role = "active"
             elapsed = time.monotonic() - t0
             info = {
@@ -164,7 +164,7 @@ class HostElement:
         return info
 
     async def _volumes_on_ses(self) -> dict[str, int]:
-        from ophiura.replication.se_client import SeError
+        from ophiura.replication.wire.client import SeError
 
         found: dict[str, int] = {}
         live = [s for s in self.sessions if s.connected]
@@ -183,8 +183,6 @@ class HostElement:
         return found
 
     async def _open_volume(self, name: str, size: int) -> ExportedVolume:
-        from ophiura.scsi.target import ScsiTarget
-
         cfg = self.config
         bs = cfg.block_size
         claim, mclaim = await asyncio.gather(
@@ -244,46 +242,8 @@ class HostElement:
         mirror.start()
         vol = ExportedVolume(name, data, meta, mirror, scsi, iqn, state_dir)
         self.volumes[name] = vol
-        self._export(vol)
+        self.frontends.add(Export(name, iqn, scsi, data))
         return vol
-
-    # ---- frontends -----------------------------------------------------------------------
-    async def _start_frontends(self) -> None:
-        cfg = self.config
-        if cfg.iscsi is not None and self.iscsi is None:
-            from ophiura.iscsi.server import IscsiServer
-
-            self.iscsi = IscsiServer({v.iqn: v.scsi for v in self.volumes.values()}, cfg.iscsi)
-            await self.iscsi.start()
-        if cfg.nbd is not None and self.nbd is None:
-            from ophiura.nbd.server import NbdServer
-
-            self._nbd_exports.update({v.name: v.data for v in self.volumes.values()})
-            self.nbd = NbdServer(self._nbd_exports, cfg.nbd[0], cfg.nbd[1])
-            await self.nbd.start()
-
-    def _export(self, vol: ExportedVolume) -> None:
-        """Add a volume to running frontends (new logins/connections see it)."""
-        self._nbd_exports[vol.name] = vol.data
-        if self.iscsi is not None:
-            from ophiura.iscsi.login import TargetInfo
-
-            self.iscsi.device_servers[vol.iqn] = vol.scsi
-            self.iscsi.target_infos[vol.iqn] = TargetInfo(vol.iqn, self.iscsi.tpgt, None, None)
-
-    def _unexport(self, vol: ExportedVolume) -> None:
-        self._nbd_exports.pop(vol.name, None)
-        if self.iscsi is not None:
-            self.iscsi.device_servers.pop(vol.iqn, None)
-            self.iscsi.target_infos.pop(vol.iqn, None)
-
-    async def _stop_frontends(self) -> None:
-        if self.iscsi is not None:
-            await self.iscsi.stop()
-            self.iscsi = None
-        if self.nbd is not None:
-            await self.nbd.stop()
-            self.nbd = None
 
     async def _close_volume(self, vol: ExportedVolume) -> None:
         await vol.mirror.stop()
@@ -314,12 +274,12 @@ class HostElement:
         return vol.data.status()
 
     async def delete_volume(self, name: str) -> dict[str, Any]:
-        from ophiura.replication.se_client import SeError
+        from ophiura.replication.wire.client import SeError
 
         self._need_active()
         async with self._lock:
             vol = self._volume(name)
-            self._unexport(vol)
+            self.frontends.remove(vol.name)
             self.volumes.pop(name, None)
             await self._close_volume(vol)
             deleted, errors = [], []
@@ -378,8 +338,7 @@ class HostElement:
             ],
             "volumes": volumes,
             "frontends": {
-                "iscsi": None if self.iscsi is None else f"{cfg.iscsi[0]}:{self.iscsi.port}",  # type: ignore[index]
-                "nbd": None if self.nbd is None else f"{cfg.nbd[0]}:{self.nbd.port}",  # type: ignore[index]
+                **self.frontends.listening(),
                 "control": f"{cfg.control[0]}:{self.control.port}",
             },
             "state_dir": str(self._state_root),

@@ -18,15 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from ophiura.block.io_threads import IoThreads
-from ophiura.replication import protocol as p
-from ophiura.replication.se_recovery import RecoveryManager
-from ophiura.replication.se_store import (
+from ophiura.replication.se.recovery import RecoveryManager
+from ophiura.replication.se.store import (
     VOLUME_NAME,
     Op,
     StaleEpochError,
     Volume,
     VolumeError,
 )
+from ophiura.replication.wire import frames, messages
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ MAX_IN_FLIGHT = 4096  # requests per connection before the SE stops reading from
 class _ServerConnection(asyncio.Protocol):
     def __init__(self, se: StorageElement) -> None:
         self.se = se
-        self.conn = p.Connection("server", se.name, se.secret)
+        self.conn = frames.Connection("server", se.name, se.secret)
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.tasks: set[asyncio.Task[None]] = set()
@@ -62,7 +62,7 @@ class _ServerConnection(asyncio.Protocol):
         for task in self.tasks:
             task.cancel()
 
-    def send(self, msg: p.Message) -> None:
+    def send(self, msg: messages.Message) -> None:
         """Send a response (every request gets exactly one).
 
         The first response of an event-loop turn goes out at once; the ones after it in the
@@ -90,12 +90,12 @@ class _ServerConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             events = self.conn.receive_data(data)
-        except p.AuthenticationFailed as exc:
+        except frames.AuthenticationFailed as exc:
             log.warning("SE %s: rejected connection from %s: %s", self.se.name, self.peer, exc)
             self._flush_handshake()
             self._close()
             return
-        except p.ProtocolError as exc:
+        except messages.ProtocolError as exc:
             log.error(
                 "SE %s: protocol error from %s (%s), closing: %s",
                 self.se.name,
@@ -107,13 +107,13 @@ class _ServerConnection(asyncio.Protocol):
             return
         self._flush_handshake()
         for ev in events:
-            if isinstance(ev, p.Authenticated):
+            if isinstance(ev, frames.Authenticated):
                 log.info("SE %s: %s authenticated from %s", self.se.name, ev.peer_name, self.peer)
                 continue
             self.in_flight += 1
-            if type(ev) is p.Write:
+            if type(ev) is messages.Write:
                 self._write(ev)
-            elif type(ev) is p.Read and self._read_cached(ev):
+            elif type(ev) is messages.Read and self._read_cached(ev):
                 pass
             else:
                 task = asyncio.create_task(self._handle(ev))
@@ -135,7 +135,7 @@ class _ServerConnection(asyncio.Protocol):
 
     # -- writes: no task per write --------------------------------------------------------
 
-    def _write(self, msg: p.Write) -> None:
+    def _write(self, msg: messages.Write) -> None:
         rid = msg.req_id
         if msg.volume in self.se._opening:  # the SE is starting: wait for the volume
             task = asyncio.create_task(self._write_when_open(msg))
@@ -145,7 +145,7 @@ class _ServerConnection(asyncio.Protocol):
         try:
             vol = self.se.volume(msg.volume)
             op = Op(
-                p.KIND_WRITE,
+                messages.KIND_WRITE,
                 msg.seq,
                 msg.epoch,
                 msg.offset,
@@ -161,31 +161,33 @@ class _ServerConnection(asyncio.Protocol):
             return
         fut.add_done_callback(lambda f: self._acked(rid, f))
 
-    async def _write_when_open(self, msg: p.Write) -> None:
+    async def _write_when_open(self, msg: messages.Write) -> None:
         with contextlib.suppress(Exception):  # a failed open: `_write` answers NO_VOLUME
             await self.se.ready_volume(msg.volume)
         self._write(msg)
 
     def _acked(self, rid: int, fut: asyncio.Future[int]) -> None:
         if fut.cancelled():
-            self.send(p.Error(rid, p.ErrorCode.INTERNAL, "write cancelled (SE stopping)"))
+            self.send(
+                messages.Error(rid, messages.ErrorCode.INTERNAL, "write cancelled (SE stopping)")
+            )
             return
         exc = fut.exception()
         if exc is None:
-            self.send(p.Ack(rid, fut.result()))
+            self.send(messages.Ack(rid, fut.result()))
         elif isinstance(exc, VolumeError):
             self.send(self._error(rid, exc))
         else:
             log.error("SE %s: write failed: %s", self.se.name, exc)
-            self.send(p.Error(rid, p.ErrorCode.IO_ERROR, str(exc)))
+            self.send(messages.Error(rid, messages.ErrorCode.IO_ERROR, str(exc)))
 
     # -- reads: answered inline when the page cache has them --------------------------------
 
-    def _read_cached(self, msg: p.Read) -> bool:
+    def _read_cached(self, msg: messages.Read) -> bool:
         """Answer a READ now if its data is in the page cache (no task, no thread hop);
         False leaves it to `_handle` (a miss, a volume still opening, any error)."""
         vol = self.se.volumes.get(msg.volume)
-        if vol is None or msg.length > p.MAX_DATA:
+        if vol is None or msg.length > frames.MAX_DATA:
             return False
         try:
             seq, buf, done = vol.read_cached(msg.offset, msg.length, (msg.epoch, msg.he_id))
@@ -193,14 +195,14 @@ class _ServerConnection(asyncio.Protocol):
             return False  # `_handle` answers it, with the same error
         if done < msg.length:
             return False
-        self.send(p.Data(msg.req_id, seq, buf))
+        self.send(messages.Data(msg.req_id, seq, buf))
         return True
 
     @staticmethod
-    def _error(rid: int, exc: VolumeError) -> p.Message:
+    def _error(rid: int, exc: VolumeError) -> messages.Message:
         if isinstance(exc, StaleEpochError):
-            return p.StaleEpochMsg(rid, exc.current[0], exc.current[1])
-        return p.Error(rid, exc.code, str(exc))
+            return messages.StaleEpochMsg(rid, exc.current[0], exc.current[1])
+        return messages.Error(rid, exc.code, str(exc))
 
     # -- everything else -----------------------------------------------------------------
 
@@ -214,7 +216,7 @@ class _ServerConnection(asyncio.Protocol):
             raise
         except Exception as exc:
             log.exception("SE %s: %s failed", self.se.name, type(msg).__name__)
-            reply = p.Error(rid, p.ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+            reply = messages.Error(rid, messages.ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         self.send(reply)
 
 
@@ -327,7 +329,9 @@ class StorageElement:
     def volume(self, name: str) -> Volume:
         vol = self.volumes.get(name)
         if vol is None:
-            raise VolumeError(f"SE {self.name} has no volume {name!r}", p.ErrorCode.NO_VOLUME)
+            raise VolumeError(
+                f"SE {self.name} has no volume {name!r}", messages.ErrorCode.NO_VOLUME
+            )
         return vol
 
     async def ready_volume(self, name: str) -> Volume:
@@ -339,65 +343,73 @@ class StorageElement:
 
     # -- request dispatch ------------------------------------------------------------------
 
-    async def handle(self, msg: Any) -> p.Message:
+    async def handle(self, msg: Any) -> messages.Message:
         rid = msg.req_id
-        if isinstance(msg, p.Ping):
-            return p.Pong(rid, msg.note)
-        if isinstance(msg, p.OpenVolume):
+        if isinstance(msg, messages.Ping):
+            return messages.Pong(rid, msg.note)
+        if isinstance(msg, messages.OpenVolume):
             return self._state(rid, await self.open_volume(msg.volume, msg.size, msg.block_size))
-        if isinstance(msg, p.ListVolumes):
+        if isinstance(msg, messages.ListVolumes):
             for fut in list(self._opening.values()):  # the whole list, never half of it
                 with contextlib.suppress(Exception):
                     await asyncio.shield(fut)
             states = [self._state(0, v) for v in self.volumes.values()]
-            return p.VolumeList(rid, p.encode_volume_list(states))  # type: ignore[arg-type]
+            return messages.VolumeList(rid, messages.encode_volume_list(states))  # type: ignore[arg-type]
         vol = await self.ready_volume(msg.volume)
-        if isinstance(msg, p.Trim):
-            kind = p.KIND_ZERO if msg.zero else p.KIND_TRIM
+        if isinstance(msg, messages.Trim):
+            kind = messages.KIND_ZERO if msg.zero else messages.KIND_TRIM
             op = Op(kind, msg.seq, msg.epoch, msg.offset, msg.length, b"", None, msg.he_id)
             op.base = msg.base_seq
             seq = await vol.submit(op)
-            return p.Ack(rid, seq)
-        if isinstance(msg, p.Read):
-            if msg.length > p.MAX_DATA:
-                raise VolumeError(f"read of {msg.length} bytes too large", p.ErrorCode.BAD_REQUEST)
+            return messages.Ack(rid, seq)
+        if isinstance(msg, messages.Read):
+            if msg.length > frames.MAX_DATA:
+                raise VolumeError(
+                    f"read of {msg.length} bytes too large", messages.ErrorCode.BAD_REQUEST
+                )
             seq, data = await vol.read(msg.offset, msg.length, (msg.epoch, msg.he_id))
-            return p.Data(rid, seq, data)
-        if isinstance(msg, p.SetEpoch):
+            return messages.Data(rid, seq, data)
+        if isinstance(msg, messages.SetEpoch):
             await vol.set_epoch(msg.epoch, msg.he_id, msg.base_seq)
             return self._state(rid, vol)
-        if isinstance(msg, p.Status):
+        if isinstance(msg, messages.Status):
             return self._state(rid, vol)
-        if isinstance(msg, p.Recover):
+        if isinstance(msg, messages.Recover):
             await self.recovery.start(vol, msg)
-            return p.Ok(rid)
-        if isinstance(msg, p.LogRead):
-            found = await vol.log_read(msg.from_seq, msg.upto_seq, min(msg.max_bytes, p.MAX_DATA))
+            return messages.Ok(rid)
+        if isinstance(msg, messages.LogRead):
+            found = await vol.log_read(
+                msg.from_seq, msg.upto_seq, min(msg.max_bytes, frames.MAX_DATA)
+            )
             if found is None:
-                return p.LogGone(rid, vol.log_oldest())
+                return messages.LogGone(rid, vol.log_oldest())
             applied, remaining, records = found
             wire = [
-                p.WireLogRecord(r.seq, r.epoch, r.offset, r.length, r.kind, r.data, r.he_id)
+                messages.WireLogRecord(r.seq, r.epoch, r.offset, r.length, r.kind, r.data, r.he_id)
                 for r in records
             ]
-            return p.LogRecords(rid, applied, len(wire), remaining, p.pack_log_records(wire))
-        if isinstance(msg, p.ChunkRead):
-            if msg.length > p.MAX_DATA:
-                raise VolumeError(f"chunk of {msg.length} bytes too large", p.ErrorCode.BAD_REQUEST)
+            return messages.LogRecords(
+                rid, applied, len(wire), remaining, messages.pack_log_records(wire)
+            )
+        if isinstance(msg, messages.ChunkRead):
+            if msg.length > frames.MAX_DATA:
+                raise VolumeError(
+                    f"chunk of {msg.length} bytes too large", messages.ErrorCode.BAD_REQUEST
+                )
             seq, data = await vol.chunk_read(msg.offset, msg.length)
-            return p.Chunk(rid, seq, data)
-        if isinstance(msg, p.Resize):
+            return messages.Chunk(rid, seq, data)
+        if isinstance(msg, messages.Resize):
             await vol.resize(msg.size)
             return self._state(rid, vol)
-        if isinstance(msg, p.Delete):
+        if isinstance(msg, messages.Delete):
             await self.delete_volume(msg.volume)
-            return p.Ok(rid)
-        raise VolumeError(f"{type(msg).__name__} is not a request", p.ErrorCode.BAD_REQUEST)
+            return messages.Ok(rid)
+        raise VolumeError(f"{type(msg).__name__} is not a request", messages.ErrorCode.BAD_REQUEST)
 
     @staticmethod
-    def _state(rid: int, vol: Volume) -> p.VolumeStateMsg:
+    def _state(rid: int, vol: Volume) -> messages.VolumeStateMsg:
         s = vol.status()
-        return p.VolumeStateMsg(
+        return messages.VolumeStateMsg(
             rid,
             s["epoch"],
             s["applied_seq"],
@@ -418,19 +430,21 @@ class StorageElement:
     async def open_volume(self, name: str, size: int, block_size: int) -> Volume:
         """The existing volume (whatever its size: the HE resizes), or a new empty one."""
         if not VOLUME_NAME.match(name):
-            raise VolumeError(f"bad volume name {name!r}", p.ErrorCode.BAD_REQUEST)
+            raise VolumeError(f"bad volume name {name!r}", messages.ErrorCode.BAD_REQUEST)
         vol = self.volumes.get(name)
         if vol is not None:
             if vol.block_size != block_size:
                 raise VolumeError(
                     f"volume {name} has block size {vol.block_size}, not {block_size}",
-                    p.ErrorCode.BAD_REQUEST,
+                    messages.ErrorCode.BAD_REQUEST,
                 )
             return vol
         if name in self._opening:
             return await asyncio.shield(self._opening[name])
         if block_size <= 0 or block_size & (block_size - 1) or size <= 0 or size % block_size:
-            raise VolumeError(f"bad size {size} / block size {block_size}", p.ErrorCode.BAD_REQUEST)
+            raise VolumeError(
+                f"bad size {size} / block size {block_size}", messages.ErrorCode.BAD_REQUEST
+            )
         fut: asyncio.Future[Volume] = asyncio.get_running_loop().create_future()
         self._opening[name] = fut
         try:

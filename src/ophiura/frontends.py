@@ -1,0 +1,118 @@
+"""The iSCSI portal and the NBD server in front of a set of exports.
+
+`ophiura target` (one file) and the host element (its replicated volumes) both put a device
+behind an iSCSI target and an NBD export of their own; this is that wiring, once. An `Export`
+names a device both ways (NBD name, iSCSI target name) together with its SCSI device server.
+Exports can be added and removed while the servers run (the HE's volume admin): new logins
+and connections see the change, sessions already open keep what they had until they end, and
+the owner of a device closes it only after removing its export.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from ophiura.block.device import BlockDevice
+from ophiura.iscsi.chap import Credentials
+from ophiura.iscsi.server import IscsiServer
+from ophiura.nbd.server import NbdServer
+from ophiura.scsi.api import DeviceServer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Export:
+    """One device as NBD export `name` and as LUN 0 of iSCSI target `iqn`."""
+
+    name: str
+    iqn: str
+    scsi: DeviceServer
+    device: BlockDevice
+    chap: Credentials | None = None  # iSCSI CHAP for this target (none: open)
+
+
+class Frontends:
+    """Starts, stops and feeds the iSCSI and NBD servers; either address may be None (off)."""
+
+    def __init__(
+        self, iscsi: tuple[str, int] | None = None, nbd: tuple[str, int] | None = None
+    ) -> None:
+        self.iscsi_address = iscsi
+        self.nbd_address = nbd
+        self.exports: dict[str, Export] = {}
+        self.iscsi: IscsiServer | None = None
+        self.nbd: NbdServer | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.iscsi is not None or self.nbd is not None
+
+    def add(self, export: Export) -> None:
+        """Export a device (or replace the export of that name), also on running servers."""
+        self.exports[export.name] = export
+        if self.iscsi is not None:
+            self.iscsi.add_target(export.iqn, export.scsi, export.chap)
+        if self.nbd is not None:
+            self.nbd.add_export(export.name, export.device)
+
+    def remove(self, name: str) -> None:
+        """Offer the export no more (a name that is not exported is ignored)."""
+        export = self.exports.pop(name, None)
+        if export is None:
+            return
+        if self.iscsi is not None:
+            self.iscsi.remove_target(export.iqn)
+        if self.nbd is not None:
+            self.nbd.remove_export(export.name)
+
+    async def start(self) -> None:
+        """Bind the configured servers not yet running, serving every export added so far.
+
+        A failure to bind stops what this call started, so no portal outlives a failed start.
+        """
+        started: list[IscsiServer | NbdServer] = []
+        try:
+            if self.iscsi_address is not None and self.iscsi is None:
+                chap = {e.iqn: e.chap for e in self.exports.values() if e.chap is not None}
+                iscsi = IscsiServer(
+                    {e.iqn: e.scsi for e in self.exports.values()}, self.iscsi_address, chap
+                )
+                await iscsi.start()
+                started.append(iscsi)
+                self.iscsi = iscsi
+            if self.nbd_address is not None and self.nbd is None:
+                host, port = self.nbd_address
+                nbd = NbdServer({e.name: e.device for e in self.exports.values()}, host, port)
+                await nbd.start()
+                started.append(nbd)
+                self.nbd = nbd
+        except BaseException:
+            for server in reversed(started):
+                await server.stop()
+                if server is self.iscsi:
+                    self.iscsi = None
+                if server is self.nbd:
+                    self.nbd = None
+            raise
+
+    async def stop(self) -> None:
+        """Stop both servers (sessions see a clean close); the exports stay registered."""
+        if self.nbd is not None:
+            await self.nbd.stop()
+            self.nbd = None
+        if self.iscsi is not None:
+            await self.iscsi.stop()
+            self.iscsi = None
+
+    def listening(self) -> dict[str, str | None]:
+        """`host:port` each server listens on (the bound port when 0 was asked), None if off."""
+        return {
+            "iscsi": None
+            if self.iscsi is None or self.iscsi_address is None
+            else f"{self.iscsi_address[0]}:{self.iscsi.port}",
+            "nbd": None
+            if self.nbd is None or self.nbd_address is None
+            else f"{self.nbd_address[0]}:{self.nbd.port}",
+        }

@@ -1,0 +1,1 @@
+"""The storage element: volume store, disk and replay log, recovery from peers, lifecycle."""
