@@ -23,6 +23,7 @@ from typing import Any
 from ophiura.frontends import Export, Frontends
 from ophiura.replication.he.config import HeConfig, check_volume_name
 from ophiura.replication.he.control import ControlError, ControlServer
+from ophiura.replication.he.plant import Plant
 from ophiura.replication.he.quorum import config_warning, takeover_quorum
 from ophiura.replication.he.scsi_state import (
     META_SIZE,
@@ -225,6 +226,7 @@ class HostElement:
             next_seq=mclaim.base_seq + 1,
             epoch_base=mclaim.base_seq,
         )
+        data.plant = Plant.from_env(name)  # None unless the torture harness planted a bug
         data.start()
         meta.start()
         await asyncio.gather(data.wait_ready(3.0), meta.wait_ready(3.0))

@@ -117,6 +117,10 @@ class ReadCache:
         start = offset - pages.start * self.page_size
         return b"".join(got)[start : start + length]
 
+    def holds(self, offset: int, length: int) -> bool:
+        """Whether any page of the range is cached (no counting, no LRU move)."""
+        return any(p in self._pages for p in self._span(offset, length))
+
     def page_range(self, offset: int, length: int, size: int) -> tuple[int, int]:
         """The page-aligned range to fetch on a miss (clipped to the volume size)."""
         ps = self.page_size

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ophiura.block.device import BlockDeviceError, Extent, MediumError
+from ophiura.replication.he.plant import Plant
 from ophiura.replication.he.quorum import Fenced, QuorumLost, QuorumWaiter
 from ophiura.replication.he.read_cache import ReadCache
 from ophiura.replication.he.replica import Replica, ReplicaLife
@@ -161,6 +162,7 @@ class HostElementVolume(ReplicaLife):
         self.writes = 0
         self.reads = 0
         self.on_state_change: Callable[[HostElementVolume], None] | None = None
+        self.plant: Plant | None = None  # test only (he/plant.py): set by the HostElement
         self._stale, self._se_error, self._transport = _se_errors()
 
     # ---- lifecycle -----------------------------------------------------------------------
@@ -394,8 +396,16 @@ class HostElementVolume(ReplicaLife):
         seq = self._next_seq
         self._next_seq += 1
         op = WriteOp(seq, kind, offset, length, data)
+        cache_it = True
+        if self.plant is not None:  # test only: he/plant.py
+            if kind is OpKind.WRITE and self.plant.drop_data():
+                op = WriteOp(seq, OpKind.ZERO, offset, length, None)
+                data = None
+            sub_page = length < self.cache.page_size
+            cache_it = not self.plant.skip_cache(sub_page, self.cache.holds(offset, length))
         self.queue.append(op)
-        self.cache.write(seq, offset, data, length)
+        if cache_it:
+            self.cache.write(seq, offset, data, length)
         waiter = QuorumWaiter(seq, self.quorum, outstanding=n)
         self._pending[seq] = waiter
         for r in self.replicas.values():
@@ -405,13 +415,15 @@ class HostElementVolume(ReplicaLife):
         try:
             await waiter.future
         except BaseException:  # failed, fenced, or cancelled (ABORT TASK, LUN RESET)
-            self.cache.failed(seq, offset, length)
+            if cache_it:
+                self.cache.failed(seq, offset, length)
             raise
         finally:
             self._pending.pop(seq, None)
             self._signal.notify()
         self.seqmap.record(offset, length, seq)
-        self.cache.acked(seq)  # with the seqmap: from here a read can only fetch it
+        if cache_it:
+            self.cache.acked(seq)  # with the seqmap: from here a read can only fetch it
         if seq > self.acked_seq:
             self.acked_seq = seq
         self.writes += 1
