@@ -18,6 +18,9 @@ started by PID, kills what is still inside its namespaces (only ours: we created
 `ip netns pids` lists them) and deletes them. `cleanup_stale(run_id)` deletes leftovers of one
 run id only, never anybody else's.
 
+For a test that needs only a namespace or two (an agent's address, a daemon's sockets):
+`namespace(tag)` is one throwaway namespace, `veth` and `add_address` wire it.
+
 Faults: pull a host's cables (bridge ports down), cut some of its networks with nftables in the
 bridge namespace, kill -9 everything inside a host. Code runs inside a namespace either as a
 process (`Lab.popen`, `Lab.run`), as one call on a thread that `setns()`s into it (`in_netns`),
@@ -36,7 +39,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,6 +251,35 @@ class NsLoop:
         if self.thread.is_alive():
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)
+
+
+@contextlib.contextmanager
+def namespace(tag: str, prefix: str = PREFIX) -> Iterator[str]:
+    """One throwaway network namespace `<prefix><tag>-<random>` with `lo` up, for a test that
+    needs a host of its own but no lab; on exit whatever runs inside is killed and it is
+    deleted."""
+    ns = f"{prefix}{tag}-{os.getpid() % 100000:x}{secrets.token_hex(2)}"
+    sh("ip", "netns", "add", ns)
+    try:
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        yield ns
+    finally:
+        delete_netns(ns)
+
+
+def veth(ns: str, dev: str, peer: str, peer_ns: str | None = None) -> None:
+    """A veth pair `dev`-`peer`, both up: created inside `ns` (never in the root namespace),
+    `peer` then moved into `peer_ns` if given."""
+    sh("ip", "-n", ns, "link", "add", dev, "type", "veth", "peer", "name", peer)
+    if peer_ns is not None:
+        sh("ip", "-n", ns, "link", "set", peer, "netns", peer_ns)
+    sh("ip", "-n", ns, "link", "set", dev, "up")
+    sh("ip", "-n", peer_ns or ns, "link", "set", peer, "up")
+
+
+def add_address(ns: str, dev: str, cidr: str) -> None:
+    """Put `cidr` (e.g. 198.51.100.1/24) on `dev` inside `ns`."""
+    sh("ip", "-n", ns, "addr", "add", cidr, "dev", dev)
 
 
 # --------------------------------------------------------------------------- the lab
