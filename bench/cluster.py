@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.servers import HOST, ServerError, _stop_process, free_port, log_tail, ophiura_command
+from bench.servers import ServerError, ophiura_command
 from bench.servers import wait_for_port as _wait_for_port
+from ophiura.testkit.ports import HOST, free_port
+from ophiura.testkit.procs import kill9, log_tail, stop
 
 START_TIMEOUT = 30.0
 
@@ -63,15 +64,13 @@ class Proc:
 
     def kill9(self) -> None:
         """SIGKILL (a crash), by PID; reaped at once."""
-        if self.alive():
-            assert self.proc is not None
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        if self.proc is not None:
+            kill9(self.proc, 10)
 
     def stop(self, timeout: float = 10.0) -> int | None:
         if self.proc is None:
             return None
-        return _stop_process(self.proc, timeout)
+        return stop(self.proc, timeout)
 
 
 def write_secret(path: Path) -> Path:

@@ -56,17 +56,21 @@ if str(ROOT) not in sys.path:
 
 from tests.cluster.netns import (  # noqa: E402
     HTTP_PORT,
-    VIP,
     HttpClient,
-    Lab,
     NsCluster,
     crash_host,
+    web_hierarchy,
+)
+
+from ophiura.testkit.netns import (  # noqa: E402
+    VIP,
+    Lab,
     ensure_tools,
     in_netns,
     sh,
     unavailable,
-    web_hierarchy,
 )
+from ophiura.testkit.waiting import wait_for  # noqa: E402
 
 NODES = ("n1", "n2", "n3")
 KA_PRIORITY = {"n1": 150, "n2": 100, "n3": 50}
@@ -269,16 +273,14 @@ def bench_keepalived(runs: int, advert: float, work: Path, rng: random.Random) -
         def master() -> list[str]:
             return [n for n in NODES if VIP in lab.addresses(n)]
 
-        def wait(what: str, pred: Any, timeout: float) -> None:
-            end = time.monotonic() + timeout
-            while time.monotonic() < end:
-                if pred():
-                    return
-                time.sleep(0.02)
-            logs = "\n".join(
+        def logs() -> str:
+            return "\n".join(
                 (work / f"keepalived-{n}.log").read_text(errors="replace")[-1500:] for n in NODES
             )
-            raise RuntimeError(f"keepalived: timed out waiting for {what}\n{logs}")
+
+        def wait(what: str, pred: Any, timeout: float) -> None:
+            wait_for(pred, timeout, f"keepalived: {what}", ignore=(), details=logs,
+                     error=RuntimeError)  # fmt: skip
 
         for n in NODES:
             start(n)

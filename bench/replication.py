@@ -37,6 +37,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,9 +52,11 @@ from bench.cluster import (
     wait_all_up,
     write_secret,
 )
-from bench.servers import HOST, ServerError, free_port, ophiura_target_unavailable, start_ophiura
+from bench.servers import ServerError, ophiura_target_unavailable, start_ophiura
 from bench.servers import wait_for_port as _wait_for_port
 from bench.workloads import FioMeasurement, PostmarkResult, WorkloadError, fio_nbd, run_postmark
+from ophiura.testkit.ports import HOST, free_port
+from ophiura.testkit.waiting import wait_for
 
 KIB, MIB = 1 << 10, 1 << 20
 VOLUME = "vol"
@@ -377,12 +380,8 @@ def postmark_unavailable() -> str | None:
     return None
 
 
-def _wait(cond, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise WorkloadError(f"{what} after {timeout:.0f} s")
-        time.sleep(0.05)
+def _wait(cond: Callable[[], Any], timeout: float, what: str) -> None:
+    wait_for(cond, timeout, what, step=0.05, ignore=(), error=WorkloadError)
 
 
 def _umount(path: Path, tries: int = 50) -> None:

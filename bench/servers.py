@@ -1,9 +1,10 @@
 """Start and stop iSCSI targets for tests and benchmarks: `ophiura target` and tgtd.
 
 Both the integration tests (`tests/integration/conftest.py`) and `python -m bench` drive targets
-the same way, so this module is the one place that knows how: a free port on 127.0.0.1, a bounded
-wait for the port to accept connections, the server's output captured to a log file (shown when
-something fails), and a stop by PID only -- SIGTERM, then SIGKILL after a grace period.
+the same way, so this module is the one place that knows how to start them: a free port on
+127.0.0.1, a bounded wait for the port to accept connections, the server's output captured to a
+log file (shown when something fails), and a stop by PID only -- SIGTERM, then SIGKILL after a
+grace period (those helpers are `ophiura.testkit`'s).
 
 tgtd is the C peer we compare against. It runs in the foreground (`-f`) with its own control
 port (`-C`, which names its management socket), so it never touches a system tgtd or another
@@ -18,14 +19,14 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-HOST = "127.0.0.1"
+from ophiura.testkit.ports import HOST, free_port
+from ophiura.testkit.procs import NotListening, log_tail, stop, wait_port
+
 OPHIURA_DEFAULT_IQN = "iqn.2026-11.io.ophiura:disk"
 TGTD_IQN = "iqn.2026-11.io.ophiura.test:tgtd"
 START_TIMEOUT = 20.0
@@ -36,19 +37,14 @@ class ServerError(RuntimeError):
     """A target did not start or misbehaved; the message includes the tail of its log."""
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-def log_tail(path: Path, lines: int = 40) -> str:
+def wait_for_port(
+    port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None, host: str = HOST
+) -> None:
+    """`ophiura.testkit.procs.wait_port`, failing with the ServerError bench callers expect."""
     try:
-        text = path.read_text(errors="replace")
-    except OSError as exc:
-        return f"(no log: {exc})"
-    return "\n".join(text.splitlines()[-lines:])
+        wait_port(port, timeout, proc, host)
+    except NotListening as exc:
+        raise ServerError(str(exc)) from None
 
 
 def read_vm_hwm_kib(pid: int) -> int | None:
@@ -61,38 +57,6 @@ def read_vm_hwm_kib(pid: int) -> int | None:
     except (OSError, ValueError):
         return None
     return None
-
-
-def wait_for_port(
-    port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None, host: str = HOST
-) -> None:
-    """Poll until `host:port` accepts a TCP connection; fail early if `proc` exits."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc is not None and proc.poll() is not None:
-            raise ServerError(f"process {proc.pid} exited with {proc.returncode} before listening")
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise ServerError(f"nothing listens on {host}:{port} after {timeout:.0f} s")
-        time.sleep(0.05)
-
-
-def _stop_process(proc: subprocess.Popen[bytes], timeout: float) -> int:
-    """SIGTERM, wait, SIGKILL: the process we started and no other. Returns the exit code."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            proc.wait(timeout=timeout)
-    return proc.returncode
 
 
 @dataclass
@@ -160,7 +124,8 @@ class Server:
             _tgtadm_quiet(self.control_port, "--mode", "system", "--op", "delete")
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=timeout)
-        self.exit_code = _stop_process(self.proc, timeout)
+        code = stop(self.proc, timeout)
+        self.exit_code = -signal.SIGKILL if code is None else code
         return self.exit_code
 
 

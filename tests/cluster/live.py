@@ -1,5 +1,7 @@
 """A live cluster of `ophiura node` processes on 127.0.0.1 for tests (namespaces: netns.py).
 
+Ports, waits and stops come from `ophiura.testkit`.
+
 Every node gets two heartbeat ports (two links) and an admin port, all picked free at start;
 every wait is bounded; stop() kills only the processes this harness started, by PID.
 """
@@ -14,35 +16,23 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ophiura.cluster.admin import call
 from ophiura.cluster.config import ClusterConfig, load
+from ophiura.testkit.ports import free_ports
+from ophiura.testkit.procs import stop_all
+from ophiura.testkit.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 OPHIURA = [sys.executable, "-m", "ophiura.cli"]
 SECRET = "live-test-secret-0123456789abcdef"
 
 
-def free_ports(n: int, kind: int = socket.SOCK_DGRAM) -> list[int]:
-    socks, ports = [], []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, kind)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-            ports.append(s.getsockname()[1])
-    finally:
-        for s in socks:
-            s.close()
-    return ports
-
-
 def cluster_toml(tmp: Path, nodes: list[str], hierarchies: str, extra_cluster: str = "") -> str:
-    hb = free_ports(2 * len(nodes))
+    hb = free_ports(2 * len(nodes), socket.SOCK_DGRAM)
     admin = free_ports(len(nodes), socket.SOCK_STREAM)
     lines = [
         "[cluster]",
@@ -101,16 +91,7 @@ class LiveCluster:
                 proc.wait(10)
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for proc in self.procs.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(5)
+        stop_all(list(self.procs.values()), timeout=10)
 
     def admin(self, name: str, req: dict[str, Any], timeout: float = 3.0) -> Any:
         host, port = self.cfg.nodes[name].admin
@@ -127,13 +108,7 @@ class LiveCluster:
 
     def wait_for(self, what: str, pred: Callable[[], bool], timeout: float = 10.0) -> float:
         """Poll `pred` every 20 ms; the seconds it took, or AssertionError with the logs' tails."""
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            with contextlib.suppress(Exception):
-                if pred():
-                    return time.monotonic() - t0
-            time.sleep(0.02)
-        raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{self.tails()}")
+        return wait_for(pred, timeout, what, details=self.tails)
 
     def tails(self, lines: int = 25) -> str:
         out = []

@@ -1,103 +1,49 @@
-"""Hosts in network namespaces for the multi-host cluster tests and the failover benchmark.
+"""The multi-host cluster harness on the namespace lab (`ophiura.testkit.netns`), shared by the
+multi-host cluster tests and the failover benchmark.
 
-One lab = one bridge namespace holding a bridge per network, node namespaces (n1..n3 by default)
-with one veth pair per network into the bridge namespace, a client namespace on link A and,
-optionally, a storage namespace (an iSCSI target) on a third network. Everything is on
-198.51.100.0/24, nothing is added to the root namespace, and no packet can leave the machine:
-
-    network   bridge   node i                 client           storage / target
-    A (ring0) brA      198.51.100.1i/25 ethA  198.51.100.50    -            VIP 198.51.100.100
-    B (ring1) brB      198.51.100.14i/26 ethB -                -
-    S (data)  brS      198.51.100.21i/26 ethS -                198.51.100.200
-
-On the bridge side the ports are named `<host><net>` (`n1a`, `n1b`, `n1s`, `cla`, `tgs`).
-Names carry a per-run id (`oph-<id>-...`); `Lab.close()` kills every process still inside our
-namespaces (by PID, from `ip netns pids`: only what this run started) and deletes them all.
-`cleanup_stale(run_id)` deletes leftovers of one run id only, never anybody else's.
-
-Helpers: crash a node (bridge ports down, then kill -9 of everything in its namespace), cut one
-network for a node with nftables in the bridge namespace (or a port down), run processes inside a
-namespace (`ip netns exec`, tracked), call a Python function inside a namespace (a thread that
-`setns()`s into it: its sockets live there, so a node's admin API is reachable from inside the
-node without spawning a process). `NsCluster` runs `ophiura node` daemons on top; `HttpClient`
-polls the floating IP from the client namespace; `pr_holder`/`write_as` look at the shared LUN.
+The lab (bridge namespace, nodes n1..n3, client, storage host `target` on 198.51.100.0/24,
+nothing in the root namespace) and its faults live in `ophiura.testkit.netns`; this module adds
+what runs on it: `NsCluster` runs `ophiura node` daemons, `HttpClient` polls the floating IP
+from the client namespace, `pr_holder`/`write_as` look at the shared LUN, `crash_host` is a
+power loss.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
-import secrets
-import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from ophiura.demo.netns import (  # the primitives the demo's namespace topology shares
+from ophiura.testkit.netns import (  # re-exported: the tests import the lab from here
+    CLIENT_ADDR,
     CMD_TIMEOUT,
-    enter_netns,
+    NET,
+    NETWORKS,
+    TARGET_ADDR,
+    VIP,
+    Lab,
+    cleanup_stale,
+    ensure_tools,
+    in_netns,
     kill_netns_processes,
     list_netns,
+    missing_tools,
     sh,
+    unavailable,
 )
+from ophiura.testkit.procs import Proc
+from ophiura.testkit.waiting import wait_for
 
-T = TypeVar("T")
-
-PREFIX = "oph-"
-NET = "198.51.100"
-VIP = f"{NET}.100"
-CLIENT_ADDR = f"{NET}.50"
-TARGET_ADDR = f"{NET}.200"
-NETWORKS = {  # network -> (node address(i), prefix length, device inside a host)
-    "a": (lambda i: f"{NET}.{10 + i}", 25, "ethA"),
-    "b": (lambda i: f"{NET}.{140 + i}", 26, "ethB"),
-    "s": (lambda i: f"{NET}.{210 + i}", 26, "ethS"),
-}
-
-
-def unavailable() -> str | None:
-    """Why the namespace lab cannot run here (None when it can)."""
-    if os.geteuid() != 0:
-        return "network namespaces need root"
-    for tool in ("ip",):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (apt-get install -y iproute2)"
-    if not hasattr(ctypes.CDLL(None, use_errno=True), "setns"):
-        return "libc has no setns()"
-    return None
-
-
-def ensure_tools(*packages: str) -> None:
-    """apt-get install the Debian packages that are missing (root; best effort, bounded)."""
-    missing = [
-        p
-        for p in packages
-        if subprocess.run(["dpkg", "-s", p], capture_output=True, check=False).returncode != 0
-    ]
-    if missing and os.geteuid() == 0:
-        subprocess.run(
-            ["apt-get", "install", "-y", "-q", *missing],
-            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-            capture_output=True,
-            timeout=600,
-            check=False,
-        )
-
-
-def missing_tools(**tools: str) -> str | None:
-    """Install what is missing ({program: Debian package}, as root); why not, if still missing."""
-    absent = {prog: pkg for prog, pkg in tools.items() if shutil.which(prog) is None}
-    if absent:
-        ensure_tools(*absent.values())
-    still = [f"{prog} ({pkg})" for prog, pkg in absent.items() if shutil.which(prog) is None]
-    return f"not installed: {', '.join(still)}" if still else None
+__all__ = [
+    "CLIENT_ADDR", "CMD_TIMEOUT", "NET", "NETWORKS", "TARGET_ADDR", "VIP", "Lab", "Proc",
+    "cleanup_stale", "ensure_tools", "in_netns", "kill_netns_processes", "list_netns",
+    "missing_tools", "sh", "unavailable",
+]  # fmt: skip
 
 
 def open_lab(storage: bool = True, **tools: str) -> Iterator[Lab]:
@@ -110,257 +56,6 @@ def open_lab(storage: bool = True, **tools: str) -> Iterator[Lab]:
         pytest.skip(why)
     with Lab(storage=storage) as lab:
         yield lab
-
-
-def cleanup_stale(run_id: str) -> None:
-    """Delete the namespaces of one run id (an earlier, interrupted use of the same id)."""
-    for ns in list_netns():
-        if ns.startswith(f"{PREFIX}{run_id}-"):
-            kill_netns_processes(ns)
-            sh("ip", "netns", "del", ns, check=False)
-
-
-def in_netns(ns: str, fn: Callable[..., T], *args: Any, timeout: float = 30.0) -> T:
-    """Run `fn(*args)` on a fresh thread that entered network namespace `ns` (sockets it opens
-    live there); the thread ends with the call, so nothing else ever runs in `ns`."""
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            enter_netns(ns)
-            box["value"] = fn(*args)
-        except BaseException as exc:  # handed to the caller
-            box["error"] = exc
-
-    t = threading.Thread(target=run, name=f"netns {ns}", daemon=True)
-    t.start()
-    t.join(timeout)
-    if t.is_alive():
-        raise TimeoutError(f"call in {ns} did not return within {timeout} s")
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
-@dataclass
-class Host:
-    name: str  # n1, client, target
-    ns: str
-    index: int  # node address suffix; 0 for client/target
-    nets: tuple[str, ...]
-
-    def addr(self, net: str) -> str:
-        if self.name == "client":
-            return CLIENT_ADDR
-        if self.name == "target":
-            return TARGET_ADDR
-        return NETWORKS[net][0](self.index)
-
-
-@dataclass
-class Proc:
-    """A process we started inside a namespace; stopped by PID only."""
-
-    name: str
-    ns: str
-    popen: subprocess.Popen[bytes]
-    log: Path | None
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def signal(self, sig: int) -> None:
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.popen.pid, sig)
-
-    def kill9(self) -> None:
-        self.signal(signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(5)
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        if self.alive():
-            self.signal(signal.SIGCONT)
-            self.signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill9()
-        return self.popen.poll()
-
-    def tail(self, lines: int = 30) -> str:
-        if self.log is None or not self.log.exists():
-            return ""
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-
-@dataclass
-class Lab:
-    """The namespaces of one test (see the module docstring); use as a context manager."""
-
-    nodes: tuple[str, ...] = ("n1", "n2", "n3")
-    storage: bool = True
-    run_id: str = field(default_factory=lambda: f"{os.getpid() % 100000:x}{secrets.token_hex(2)}")
-    hosts: dict[str, Host] = field(default_factory=dict)
-    procs: list[Proc] = field(default_factory=list)
-    created: list[str] = field(default_factory=list)
-
-    @property
-    def bridge_ns(self) -> str:
-        return f"{PREFIX}{self.run_id}-br"
-
-    @property
-    def nets(self) -> tuple[str, ...]:
-        return ("a", "b", "s") if self.storage else ("a", "b")
-
-    def ns(self, host: str) -> str:
-        return self.hosts[host].ns
-
-    def __enter__(self) -> Lab:
-        try:
-            self.create()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # -- building -----------------------------------------------------------------------------
-
-    def _add_ns(self, name: str) -> str:
-        ns = f"{PREFIX}{self.run_id}-{name}"
-        sh("ip", "netns", "add", ns)
-        self.created.append(ns)
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
-        return ns
-
-    def create(self) -> None:
-        cleanup_stale(self.run_id)
-        br = self._add_ns("br")
-        for net in self.nets:
-            sh("ip", "-n", br, "link", "add", f"br{net.upper()}", "type", "bridge",
-               "forward_delay", "0", "stp_state", "0")  # fmt: skip
-            sh("ip", "-n", br, "link", "set", f"br{net.upper()}", "up")
-        for i, n in enumerate(self.nodes, start=1):
-            self.hosts[n] = Host(n, self._add_ns(n), i, self.nets)
-        self.hosts["client"] = Host("client", self._add_ns("client"), 0, ("a",))
-        if self.storage:
-            self.hosts["target"] = Host("target", self._add_ns("target"), 0, ("s",))
-        for host in self.hosts.values():
-            for net in host.nets:
-                self._plug(host, net)
-
-    def port(self, host: str, net: str) -> str:
-        """The bridge-side device of `host` on `net` (in the bridge namespace)."""
-        short = {"client": "cl", "target": "tg"}.get(host, host)
-        return f"{short}{net}"
-
-    def _plug(self, host: Host, net: str) -> None:
-        br, port = self.bridge_ns, self.port(host.name, net)
-        dev = NETWORKS[net][2]
-        # created inside the bridge namespace, the host end moved straight into the host's
-        sh("ip", "-n", br, "link", "add", port, "type", "veth", "peer", "name", dev,
-           "netns", host.ns)  # fmt: skip
-        sh("ip", "-n", br, "link", "set", port, "master", f"br{net.upper()}", "up")
-        sh("ip", "-n", host.ns, "addr", "add", f"{host.addr(net)}/{NETWORKS[net][1]}", "dev", dev)
-        sh("ip", "-n", host.ns, "link", "set", dev, "up")
-
-    # -- faults -------------------------------------------------------------------------------
-
-    def ports(self, host: str, up: bool, nets: Iterable[str] | None = None) -> None:
-        """Take `host`'s bridge ports down (a dead machine, a pulled cable) or up again."""
-        for net in nets or self.hosts[host].nets:
-            sh("ip", "-n", self.bridge_ns, "link", "set", self.port(host, net),
-               "up" if up else "down")  # fmt: skip
-
-    def cut(self, host: str, nets: Iterable[str]) -> None:
-        """Cut `host`'s cables on `nets`: nftables in the bridge namespace drops every frame
-        to and from its ports there. The host's links stay up and its sends succeed (as with a
-        cable cut behind a switch); only the other side never hears them."""
-        table = f"ophcut_{host}"
-        rules = [f"table bridge {table} {{",
-                 " chain cut { type filter hook forward priority -100; }", "}"]  # fmt: skip
-        for net in nets:
-            port = self.port(host, net)
-            rules += [f'add rule bridge {table} cut iifname "{port}" drop',
-                      f'add rule bridge {table} cut oifname "{port}" drop']  # fmt: skip
-        self.heal(host)
-        subprocess.run(["ip", "netns", "exec", self.bridge_ns, "nft", "-f", "-"],
-                       input="\n".join(rules) + "\n", text=True, check=True,
-                       capture_output=True, timeout=CMD_TIMEOUT)  # fmt: skip
-
-    def heal(self, host: str) -> None:
-        """Undo `cut` for `host`."""
-        sh("ip", "netns", "exec", self.bridge_ns, "nft", "delete", "table", "bridge",
-           f"ophcut_{host}", check=False)  # fmt: skip
-
-    # -- processes ----------------------------------------------------------------------------
-
-    def popen(
-        self,
-        host: str,
-        argv: list[str],
-        name: str = "",
-        log: Path | None = None,
-        env: dict[str, str] | None = None,
-        cwd: Path | str | None = None,
-    ) -> Proc:
-        """Start `argv` inside `host`'s namespace (`ip netns exec` execs it: same PID)."""
-        out: Any = subprocess.DEVNULL
-        if log is not None:
-            log.parent.mkdir(parents=True, exist_ok=True)
-            out = log.open("ab")
-        try:
-            popen = subprocess.Popen(
-                ["ip", "netns", "exec", self.ns(host), *argv],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env=env, cwd=cwd, start_new_session=True,
-            )  # fmt: skip
-        finally:
-            if log is not None:
-                out.close()
-        proc = Proc(name or f"{host}:{Path(argv[0]).name}", self.ns(host), popen, log)
-        self.procs.append(proc)
-        return proc
-
-    def kill_host(self, host: str) -> None:
-        """kill -9 every process inside `host`'s namespace, and reap the ones we started (a
-        zombie keeps its PID: keepalived would think its pidfile still names a live daemon)."""
-        ns = self.ns(host)
-        kill_netns_processes(ns)
-        for proc in self.procs:
-            if proc.ns == ns:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.popen.wait(2)
-
-    def run(self, host: str, *argv: str, timeout: float = CMD_TIMEOUT) -> str:
-        return sh("ip", "netns", "exec", self.ns(host), *argv, timeout=timeout)
-
-    def call(self, host: str, fn: Callable[..., T], *args: Any, timeout: float = 30.0) -> T:
-        return in_netns(self.ns(host), fn, *args, timeout=timeout)
-
-    def addresses(self, host: str, dev: str = "ethA") -> list[str]:
-        out = sh("ip", "-n", self.ns(host), "-o", "-4", "addr", "show", "dev", dev, check=False)
-        return [line.split()[3].split("/")[0] for line in out.splitlines() if " inet " in line]
-
-    # -- teardown -----------------------------------------------------------------------------
-
-    def close(self) -> None:
-        for proc in reversed(self.procs):
-            with contextlib.suppress(Exception):
-                proc.stop(timeout=5.0)
-        for ns in reversed(self.created):
-            with contextlib.suppress(Exception):
-                kill_netns_processes(ns)
-            sh("ip", "netns", "del", ns, check=False)
-        self.created.clear()
 
 
 # --------------------------------------------------------------------------- the HTTP client
@@ -460,11 +155,7 @@ class HttpClient:
 
     def finish(self) -> dict[str, Any]:
         self.proc.stop(timeout=self.duration + 5)
-        deadline = time.monotonic() + 5
-        while not self.out.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if not self.out.exists():
-            raise AssertionError(f"client wrote no results\n{self.proc.tail()}")
+        wait_for(self.out.exists, 5, "the client's results", details=self.proc.tail)
         import json
 
         return json.loads(self.out.read_text())
@@ -690,19 +381,7 @@ class NsCluster:
 
     def wait_for(self, what: str, pred: Callable[[], Any], timeout: float = 10.0) -> float:
         """Poll `pred` every 20 ms; the seconds it took, or AssertionError with the logs' tails."""
-        t0 = time.monotonic()
-        last: BaseException | None = None
-        while time.monotonic() - t0 < timeout:
-            try:
-                if pred():
-                    return time.monotonic() - t0
-            except Exception as exc:
-                last = exc
-            time.sleep(0.02)
-        raise AssertionError(
-            f"timed out after {timeout} s waiting for {what} (last error: {last!r})\n"
-            + self.tails()
-        )
+        return wait_for(pred, timeout, what, details=self.tails)
 
     def tails(self, lines: int = 25) -> str:
         out = []

@@ -33,7 +33,7 @@ async def test_authenticated_round_trip() -> None:
 
 
 async def test_unreachable() -> None:
-    from .live import free_ports
+    from ophiura.testkit.ports import free_port
 
     with pytest.raises(AdminError, match="cannot reach"):
-        await call("127.0.0.1", free_ports(1)[0], b"k", {"op": "status"}, timeout=1)
+        await call("127.0.0.1", free_port(), b"k", {"op": "status"}, timeout=1)

@@ -4,8 +4,6 @@ nothing added to the root namespace), announced by a gratuitous ARP that start d
 from __future__ import annotations
 
 import os
-import secrets
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -14,6 +12,7 @@ import pytest
 
 from ophiura.cluster.agents.base import OcfCode, Resource
 from ophiura.cluster.agents.ip import IpAgent, drain_background
+from ophiura.testkit.netns import add_address, missing_tools, namespace, veth
 
 
 @pytest.fixture
@@ -22,33 +21,15 @@ def pair() -> Iterator[tuple[str, str]]:
     if os.geteuid() != 0:
         print("SKIP: network namespaces need root")
         pytest.skip("network namespaces need root")
-    if shutil.which("arping") is None:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(
-            ["apt-get", "install", "-y", "-q", "arping"],
-            env=env,
-            capture_output=True,
-            timeout=600,
-            check=False,
-        )
-    tag = f"{os.getpid()}-{secrets.token_hex(2)}"
-    a, b = f"oph-ipa-{tag}", f"oph-ipb-{tag}"
-    for ns in (a, b):
-        subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        # created inside `a`, one end moved to `b`: nothing ever touches the root namespace
-        subprocess.run(
-            ["ip", "-n", a, "link", "add", "a0", "type", "veth", "peer", "name", "b0"], check=True
-        )
-        subprocess.run(["ip", "-n", a, "link", "set", "b0", "netns", b], check=True)
-        for ns, dev, addr in ((a, "a0", "198.51.100.1/24"), (b, "b0", "198.51.100.2/24")):
-            subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
-            subprocess.run(["ip", "-n", ns, "addr", "add", addr, "dev", dev], check=True)
-            subprocess.run(["ip", "-n", ns, "link", "set", dev, "up"], check=True)
+    why = missing_tools(arping="arping")
+    if why:
+        print(f"SKIP: {why}")
+        pytest.skip(why)
+    with namespace("ipa") as a, namespace("ipb") as b:
+        veth(a, "a0", "b0", b)  # created inside `a`: nothing ever touches the root namespace
+        add_address(a, "a0", "198.51.100.1/24")
+        add_address(b, "b0", "198.51.100.2/24")
         yield a, b
-    finally:
-        for ns in (a, b):
-            subprocess.run(["ip", "netns", "del", ns], check=False)
 
 
 def _has(ns: str, dev: str, addr: str) -> bool:

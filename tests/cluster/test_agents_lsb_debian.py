@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import secrets
 import signal
 import socket
 import time
@@ -24,8 +23,7 @@ import pytest
 
 from ophiura.cluster.agents.base import OcfCode, Resource
 from ophiura.cluster.agents.lsb import LsbAgent
-
-from .netns import in_netns, kill_netns_processes, missing_tools, sh, unavailable
+from ophiura.testkit.netns import in_netns, missing_tools, namespace, unavailable
 
 SCRIPT = Path("/etc/init.d/fio")
 PIDFILE = Path("/run/fio.pid")
@@ -44,14 +42,8 @@ def ns() -> Iterator[str]:
     if why:
         print(f"SKIP: {why}")
         pytest.skip(why)
-    name = f"oph-{secrets.token_hex(3)}-lsb"
-    sh("ip", "netns", "add", name)
-    try:
-        sh("ip", "-n", name, "link", "set", "lo", "up")
+    with namespace("lsb") as name:
         yield name
-    finally:
-        kill_netns_processes(name)
-        sh("ip", "netns", "del", name, check=False)
 
 
 def _fio_server_running() -> bool:

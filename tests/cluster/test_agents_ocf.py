@@ -18,6 +18,7 @@ import pytest
 from ophiura.cluster.agents.base import OcfCode, Resource
 from ophiura.cluster.agents.ocf import OcfAgent, installed_ocf_kinds
 from ophiura.cluster.agents.registry import agent_for
+from ophiura.testkit.netns import add_address, namespace, veth
 
 STOCK = Path("/usr/lib/ocf/resource.d/heartbeat")
 IS_ROOT = os.geteuid() == 0
@@ -199,21 +200,10 @@ def netns() -> Iterator[str]:
         pytest.skip("network namespaces need root")
     if shutil.which("ip") is None:
         pytest.skip("iproute2 missing")
-    name = f"oph-ocf-{os.getpid()}-{secrets.token_hex(2)}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        for cmd in (
-            ["link", "set", "lo", "up"],
-            # no dummy module here: a veth pair, both ends inside the namespace
-            ["link", "add", "d0", "type", "veth", "peer", "name", "d1"],
-            ["link", "set", "d0", "up"],
-            ["link", "set", "d1", "up"],
-            ["addr", "add", "198.51.100.1/24", "dev", "d0"],
-        ):
-            subprocess.run(["ip", "-n", name, *cmd], check=True)
+    with namespace("ocf") as name:
+        veth(name, "d0", "d1")  # no dummy module here: a veth pair, both ends inside
+        add_address(name, "d0", "198.51.100.1/24")
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def _addrs(ns: str) -> str:

@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,26 +15,10 @@ import pytest
 from ophiura.cluster.agents.base import OcfCode, Resource
 from ophiura.cluster.agents.process import ProcessAgent
 from ophiura.cluster.agents.replicated_volume import ReplicatedVolumeAgent, judge
+from ophiura.testkit.ports import free_port
+from ophiura.testkit.procs import stop_all, wait_port_async
 
 SECRET = b"0123456789abcdef-agent-test-secret"
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def _listening(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            _, w = await asyncio.open_connection("127.0.0.1", port)
-            w.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {port}")
 
 
 @pytest.fixture
@@ -49,7 +29,7 @@ async def ses(tmp_path: Path) -> AsyncIterator[tuple[Path, list[str]]]:
     procs, specs = [], []
     try:
         for name in "abc":
-            port = _port()
+            port = free_port()
             log = open(tmp_path / f"se-{name}.log", "wb")  # noqa: SIM115
             procs.append(
                 subprocess.Popen(
@@ -72,22 +52,15 @@ async def ses(tmp_path: Path) -> AsyncIterator[tuple[Path, list[str]]]:
                 )
             )
             specs.append(f"{name}=127.0.0.1:{port}")
-        for spec in specs:
-            await _listening(int(spec.rsplit(":", 1)[1]))
+        for proc, spec in zip(procs, specs, strict=True):
+            await wait_port_async(int(spec.rsplit(":", 1)[1]), 15, proc)
         yield secret, specs
     finally:
-        for p in procs:  # only the SEs this test started, by PID
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                os.kill(p.pid, signal.SIGKILL)
-                p.wait(5)
+        stop_all(procs, 5)  # only the SEs this test started, by PID
 
 
 def _node(tmp_path: Path, node: str, secret: Path, ses: list[str]) -> tuple[Resource, int]:
-    control, nbd = _port(), _port()
+    control, nbd = free_port(), free_port()
     cfg = tmp_path / f"he-{node}.toml"
     se_list = ", ".join(f'"{s}"' for s in ses)
     cfg.write_text(

@@ -7,23 +7,22 @@ import json
 import socketserver
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ophiura.cluster.config import Notifier
 from ophiura.cluster.events import EventLog, Notifications, RateLimiter, alert_env
+from ophiura.testkit.waiting import wait_for
 
 EVENT = {"time": 1_700_000_000.5, "node": "n2", "kind": "link", "peer": "n1", "link": "ring1",
          "task": "link-down", "desc": "one link lost"}  # fmt: skip
 
 
-def wait(pred, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    t0 = time.monotonic()
-    while not pred():
-        assert time.monotonic() - t0 < timeout, "timed out"
-        time.sleep(0.01)
+def wait(pred: Callable[[], Any], timeout: float = 5.0) -> None:
+    wait_for(pred, timeout, step=0.01, ignore=())
 
 
 def test_alert_env_has_pacemaker_names() -> None:

@@ -13,7 +13,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,9 +22,10 @@ from ophiura.cluster import clock, membership
 from ophiura.cluster import heartbeat as hb
 from ophiura.cluster.config import ClusterConfig, parse
 from ophiura.cluster.heartbeat_io import HeartbeatService
+from ophiura.testkit.ports import free_ports
+from ophiura.testkit.waiting import wait_for
 
 from .kit import config_dict
-from .live import free_ports
 
 
 class SteppedClock:
@@ -62,7 +63,7 @@ class SteppedClock:
 
 def three_node_config() -> ClusterConfig:
     d = config_dict(nodes=("a", "b", "c"))
-    p = free_ports(6)
+    p = free_ports(6, socket.SOCK_DGRAM)
     for i, link in enumerate(d["links"]):
         link["addresses"] = {n: f"127.0.0.1:{p[3 * i + j]}" for j, n in enumerate("abc")}
     return parse(d)
@@ -89,14 +90,6 @@ def running() -> Iterator[list[HeartbeatService]]:
     yield services
     for svc in services:
         svc.stop()
-
-
-def wait_for(what: str, pred: Callable[[], bool], timeout: float = 5.0) -> None:
-    end = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def hears(rx: HeartbeatService, tx: HeartbeatService) -> bool:
@@ -138,13 +131,13 @@ def test_restart_with_the_clock_set_back_is_accepted_at_once(
     clock = SteppedClock(monkeypatch)
     a = start(cfg, "a", running)
     b = start(cfg, "b", running)
-    wait_for("a hears b", lambda: hears(a, b))
+    wait_for(lambda: hears(a, b), 5.0, "a hears b")
     b.stop()
     b2 = clock.start(cfg, "b", -3600.0)  # b's node restarts with its clock an hour back
     running.append(b2)
     # At once: one heartbeat to learn a's challenge, the next proves b2 fresh.
-    wait_for("a accepts the restarted b", lambda: hears(a, b2) and alive(a, "b"))
-    wait_for("b2 accepts a", lambda: hears(b2, a))
+    wait_for(lambda: hears(a, b2) and alive(a, "b"), 5.0, "a accepts the restarted b")
+    wait_for(lambda: hears(b2, a), 5.0, "b2 accepts a")
     assert "old-incarnation" not in a.snapshot().rejected
 
 
@@ -158,7 +151,7 @@ def test_a_clock_step_does_not_kill_a_peer(
     clock = SteppedClock(monkeypatch)
     a = start(cfg, "a", running)
     b = start(cfg, "b", running)
-    wait_for("a and b hear each other", lambda: hears(a, b) and hears(b, a))
+    wait_for(lambda: hears(a, b) and hears(b, a), 5.0, "a and b hear each other")
     clock.step(a, step)
     base = a.seq
     t = cfg.timings
@@ -167,7 +160,9 @@ def test_a_clock_step_does_not_kill_a_peer(
         assert alive(b, "a") and alive(a, "b"), (b.snapshot().rejected, a.snapshot().rejected)
         time.sleep(t.interval / 2)
     after = base + 2 * t.deadline / t.interval
-    wait_for("b accepts a's packets after the step", lambda: b.snapshot().reports["a"].seq > after)
+    wait_for(
+        lambda: b.snapshot().reports["a"].seq > after, 5.0, "b accepts a's packets after the step"
+    )
     assert alive(b, "a") and alive(a, "b")
     assert not (set(b.snapshot().rejected) | set(a.snapshot().rejected)) - {"unechoed"}
 
@@ -177,17 +172,18 @@ def test_replayed_packets_of_the_current_incarnation_are_refused(
 ) -> None:
     a = start(cfg, "a", running)
     b = start(cfg, "b", running)
-    wait_for("a hears b", lambda: hears(a, b))
+    wait_for(lambda: hears(a, b), 5.0, "a hears b")
     captured = capture(tap, cfg, "b", 5)
     last = max(hb.decode(d, cfg.key("heartbeat")).seq for d in captured)
-    wait_for("a moved past the capture", lambda: a.snapshot().reports["b"].seq > last)
+    wait_for(lambda: a.snapshot().reports["b"].seq > last, 5.0, "a moved past the capture")
     before = a.snapshot().rejected.get("replay", 0)
     addr = cfg.links[0].addresses["a"]
     for data in captured:
         tap.sendto(data, addr)
     wait_for(
-        "every replay refused",
         lambda: a.snapshot().rejected.get("replay", 0) >= before + len(captured),
+        5.0,
+        "every replay refused",
     )
     assert a.snapshot().reports["b"].seq > last
 
@@ -197,20 +193,21 @@ def test_an_old_incarnation_never_comes_back(
 ) -> None:
     a = start(cfg, "a", running)
     b = start(cfg, "b", running)
-    wait_for("a hears b", lambda: hears(a, b))
+    wait_for(lambda: hears(a, b), 5.0, "a hears b")
     old = capture(tap, cfg, "b", 5)  # b's first incarnation, echoing a's challenge
     b.stop()
     b2 = start(cfg, "b", running)
-    wait_for("a accepts the restarted b", lambda: hears(a, b2))
+    wait_for(lambda: hears(a, b2), 5.0, "a accepts the restarted b")
     b2.stop()
-    wait_for("b is dead to a", lambda: not alive(a, "b"), timeout=10.0)
+    wait_for(lambda: not alive(a, "b"), 10.0, "b is dead to a")
     before = a.snapshot().rejected.get("stale-echo", 0)
     addr = cfg.links[0].addresses["a"]
     for data in old:
         tap.sendto(data, addr)
     wait_for(
-        "old incarnation refused",
         lambda: a.snapshot().rejected.get("stale-echo", 0) >= before + len(old),
+        5.0,
+        "old incarnation refused",
     )
     assert hears(a, b2) and not alive(a, "b")
 
@@ -222,7 +219,7 @@ def test_a_restarted_receiver_refuses_every_captured_packet(
     old wall-clock window accepted anything stamped within 30 s)."""
     a = start(cfg, "a", running)
     b = start(cfg, "b", running)
-    wait_for("a hears b", lambda: hears(a, b))
+    wait_for(lambda: hears(a, b), 5.0, "a hears b")
     captured = capture(tap, cfg, "b", 5)
     b.stop()
     a.stop()
@@ -231,8 +228,9 @@ def test_a_restarted_receiver_refuses_every_captured_packet(
     for data in captured:
         tap.sendto(data, addr)
     wait_for(
-        "every replay refused",
         lambda: sum(a2.snapshot().rejected.values()) >= len(captured),
+        5.0,
+        "every replay refused",
     )
     snap = a2.snapshot()
     assert "b" not in snap.reports and not alive(a2, "b"), snap.rejected

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import socket
 import time
 
 from ophiura.cluster import membership
 from ophiura.cluster.config import parse
 from ophiura.cluster.heartbeat_io import HeartbeatService
+from ophiura.testkit.ports import free_ports
 
 from .kit import config_dict
-from .live import free_ports
 
 
 def two_nodes() -> tuple[HeartbeatService, HeartbeatService]:
     d = config_dict(nodes=("a", "b"))
-    p = free_ports(4)
+    p = free_ports(4, socket.SOCK_DGRAM)
     d["links"][0]["addresses"] = {"a": f"127.0.0.1:{p[0]}", "b": f"127.0.0.1:{p[1]}"}
     d["links"][1]["addresses"] = {"a": f"127.0.0.1:{p[2]}", "b": f"127.0.0.1:{p[3]}"}
     cfg = parse(d)

@@ -23,7 +23,9 @@ from typing import Any
 
 import pytest
 
-from .live import LiveCluster, cluster_toml, free_ports
+from ophiura.testkit.ports import free_port
+
+from .live import LiveCluster, cluster_toml
 
 ANYTHING = Path("/usr/lib/ocf/resource.d/heartbeat/anything")
 pytestmark = pytest.mark.skipif(not ANYTHING.exists(), reason="resource-agents not installed")
@@ -124,7 +126,7 @@ def launch(tmp_path: Path) -> Iterator[Any]:
     made: list[LiveCluster] = []
 
     def make(nodes: list[str], *args: str) -> tuple[LiveCluster, int]:
-        (port,) = free_ports(1, socket.SOCK_STREAM)
+        port = free_port()
         c = LiveCluster(tmp_path, cluster_toml(tmp_path, nodes, hierarchy(tmp_path, nodes, port)))
         made.append(c)
         for n in nodes:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -11,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from ophiura.testkit.ports import free_port
 from ophiura.web.auth import cluster_token
 
-from .live import LiveCluster, cluster_toml, free_ports
+from .live import LiveCluster, cluster_toml
 from .test_live_local import hierarchy
 
 
@@ -21,7 +21,7 @@ from .test_live_local import hierarchy
 def one_node(tmp_path: Path) -> Iterator[LiveCluster]:
     markers = tmp_path / "markers"
     markers.mkdir()
-    (port,) = free_ports(1, socket.SOCK_STREAM)
+    port = free_port()
     c = LiveCluster(tmp_path, cluster_toml(tmp_path, ["n1", "n2"], hierarchy(markers).replace(
         'nodes = ["n1", "n2", "n3"]', 'nodes = ["n1", "n2"]'),
         extra_cluster=f'http = "127.0.0.1:{port}"'))  # fmt: skip

@@ -25,8 +25,12 @@ from typing import Any
 
 import pytest
 
-from ophiura.demo import netns
-from ophiura.demo.topology import MARKER, marked_pids
+from ophiura.demo.topology import (
+    MARKER,
+    leftover_namespaces,
+    marked_pids,
+    namespaces_unavailable,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 MODES = ["loopback", "netns"]
@@ -35,7 +39,7 @@ MODES = ["loopback", "netns"]
 def _skip_unless_mode(mode: str) -> list[str]:
     if mode == "loopback":
         return ["--no-netns"]
-    why = netns.unavailable()
+    why = namespaces_unavailable()
     if why:
         pytest.skip(f"namespaces: {why}")
     return ["--netns"]
@@ -138,7 +142,7 @@ def _assert_clean(run_id: str, text: str, watch: ProcessWatch) -> None:
     assert len(watch.seen) >= 5, f"the watch saw too little to mean anything: {watch.seen}"
     assert watch.leftovers() == [], "processes or process groups of the demo outlived it"
     assert marked_pids(run_id) == [], f"processes carrying {MARKER}={run_id} outlived it"
-    assert netns.leftover_namespaces(run_id) == []
+    assert leftover_namespaces(run_id) == []
     tmp = re.search(r"temp dir (\S+)", text)
     assert tmp is not None and not Path(tmp.group(1)).exists(), "temp dir left behind"
     left = list(Path(tempfile.gettempdir()).glob(f"ophiura-demo-{run_id}-*"))

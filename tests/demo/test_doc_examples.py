@@ -20,7 +20,6 @@ import re
 import shutil
 import subprocess
 import tomllib
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from ophiura.cluster.agentload import agent_for
 from ophiura.cluster.agents.base import OcfCode, Resource
 from ophiura.cluster.config import parse
 from ophiura.cluster.validation import validate
+from ophiura.testkit.netns import namespace
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "0123456789abcdef0123456789abcdef"
@@ -139,12 +139,8 @@ ADDRESS_KINDS = ("ip", "ocf:heartbeat:IPaddr2")
 def netns() -> Iterator[str]:
     if os.geteuid() != 0 or shutil.which("ip") is None:
         pytest.skip("needs root and iproute2 to create a network namespace")
-    ns = f"ophex-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
+    with namespace("ex") as ns:
         yield ns
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
 
 
 def run(coro: Any) -> Any:

@@ -13,15 +13,14 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from ophiura.sizes import parse_size
+from ophiura.testkit.ports import free_port
+from ophiura.testkit.procs import stop, wait_port
 
 JOBS = [
     ("4k randread QD1", ["--rw=randread", "--bs=4k", "--iodepth=1"], "read", "iops"),
@@ -32,39 +31,12 @@ JOBS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            with socket.create_connection(("127.0.0.1", port), 0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"server on port {port} did not start (exit {proc.poll()})")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
 def start_ophiura(path: Path, size: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     cmd = [sys.executable, "-m", "ophiura.cli", "target", "--backing", str(path), "--size", size,
            "--listen", f"127.0.0.1:{free_port()}", "--nbd", f"127.0.0.1:{port}"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port, proc)
+    wait_port(port, 20, proc)
     return proc, f"nbd://127.0.0.1:{port}/disk"
 
 
@@ -73,7 +45,7 @@ def start_nbdkit(path: Path, size: str) -> tuple[subprocess.Popen[bytes], str]:
     cmd = ["nbdkit", "--foreground", "--ipaddr", "127.0.0.1", "--port", str(port),
            "file", f"file={path}"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port, proc)
+    wait_port(port, 20, proc)
     return proc, f"nbd://127.0.0.1:{port}/disk"
 
 
@@ -109,7 +81,7 @@ def main() -> int:
                     results.setdefault(label, {})[name] = value
                     print(f"{name:12} {label:20} {value:10.0f} {unit}", flush=True)
             finally:
-                stop(proc)
+                stop(proc, 15)
     print("\n| workload | ophiura | nbdkit file | ratio |\n|---|---|---|---|")
     for label, _, _, unit in JOBS:
         ours, theirs = results[label]["ophiura"], results[label]["nbdkit file"]

@@ -4,37 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import pytest
-
 from ophiura.nbd.client import NbdClient
+from ophiura.testkit.ports import free_port
+from ophiura.testkit.procs import stop, wait_port
 
 MiB = 1 << 20
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"ophiura target exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), 0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    pytest.fail(f"nothing listens on {port} after {timeout} s")
 
 
 def test_target_serves_the_backing_file_over_nbd(tmp_path: Path) -> None:
@@ -48,8 +26,8 @@ def test_target_serves_the_backing_file_over_nbd(tmp_path: Path) -> None:
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
-        wait_for_port(nbd, proc)
-        wait_for_port(iscsi, proc)
+        wait_port(nbd, 20, proc)
+        wait_port(iscsi, 20, proc)
 
         async def io() -> None:
             client = await NbdClient.connect("127.0.0.1", nbd, "vol", timeout=10)
@@ -63,12 +41,7 @@ def test_target_serves_the_backing_file_over_nbd(tmp_path: Path) -> None:
             f.seek(MiB)
             assert f.read(65536) == b"\x42" * 65536
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = proc.wait(10)
+        code = stop(proc, 15)
         log.close()
     assert code == 0, (tmp_path / "target.log").read_text(errors="replace")
     assert os.path.getsize(backing) == 16 * MiB

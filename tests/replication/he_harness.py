@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +19,10 @@ from ophiura.replication.he.config import HeConfig
 from ophiura.replication.he.host_element import HostElement
 from ophiura.replication.he.se_session import SeSpec
 from ophiura.replication.se.storage_element import StorageElement
+from ophiura.testkit.ports import free_port
+from ophiura.testkit.procs import kill9, stop
+from ophiura.testkit.procs import wait_port_async as wait_port
+from ophiura.testkit.waiting import wait_for_async as wait_for
 
 SECRET = b"0123456789abcdef-test-secret"
 
@@ -74,42 +76,20 @@ class SeHandle:
         )
 
     async def wait_listening(self, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                _, w = await asyncio.open_connection("127.0.0.1", self.port)
-                w.close()
-                return
-            except OSError:
-                await asyncio.sleep(0.05)
-        raise TimeoutError(f"SE {self.name} not listening on {self.port}")
+        await wait_port(self.port, timeout, self.proc)
 
     def kill9(self) -> None:
         assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(5)
+        kill9(self.proc)
         self.proc = None
 
     def terminate(self) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+            stop(self.proc, 5)
             self.proc = None
 
     def spec(self, delay_ms: float = 0.0) -> SeSpec:
         return SeSpec(self.name, "127.0.0.1", self.port, delay_ms)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def he_config(ses: list[SeHandle], quorum: int = 2, **kw: Any) -> HeConfig:
@@ -198,15 +178,6 @@ async def se_digest(he: HostElement, se_name: str, volume: str, size: int) -> st
     return h.hexdigest()
 
 
-async def wait_for(pred: Any, timeout: float, what: str, step: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        await asyncio.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def replica_states(he: HostElement, volume: str = "vol") -> dict[str, str]:
     return {r.name: r.state.value for r in he.volumes[volume].data.replicas.values()}
 
@@ -266,18 +237,6 @@ def require_tools(*tools: str) -> None:
         pytest.skip(f"missing tool(s): {', '.join(missing)} (apt-get install fio qemu-utils)")
 
 
-async def wait_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            _, w = await asyncio.open_connection("127.0.0.1", port)
-            w.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {port}")
-
-
 @dataclass
 class HeProcess:
     """`ophiura he --nbd --iscsi --control` as a subprocess on free ports, stopped by PID."""
@@ -327,19 +286,13 @@ class HeProcess:
         """Spawn and wait until the frontends listen (they start after activation)."""
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=log)
-        await wait_port(self.control, timeout)
-        await wait_port(self.nbd, timeout)
-        await wait_port(self.iscsi, timeout)
+        await wait_port(self.control, timeout, self.proc)
+        await wait_port(self.nbd, timeout, self.proc)
+        await wait_port(self.iscsi, timeout, self.proc)
 
     def terminate(self) -> None:
         if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    os.kill(self.proc.pid, signal.SIGKILL)
-                    self.proc.wait(5)
+            stop(self.proc, 10)
             self.proc = None
 
     def log_tail(self, lines: int = 40) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from ophiura.replication.se.storage_element import StorageElement
 from ophiura.replication.wire.client import SeClient
+from ophiura.testkit.procs import kill9, stop
 
 SECRET = b"test-secret-0123456789abcdef"
 MiB = 1 << 20
@@ -114,13 +114,11 @@ class SeProcess:
 
     def kill9(self) -> None:
         assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
+        kill9(self.proc, 10)
         self.proc = None
 
-    def terminate(self) -> int:
+    def terminate(self) -> int | None:
         assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGTERM)
-        rc = self.proc.wait(timeout=20)
+        rc = stop(self.proc, 20)
         self.proc = None
         return rc

@@ -17,8 +17,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from cluster.live import LiveCluster, cluster_toml, free_ports
+from cluster.live import LiveCluster, cluster_toml
 from cluster.test_live_local import hierarchy
+from ophiura.testkit.ports import free_ports
 from ophiura.web.auth import cluster_token
 
 NODES = ["n1", "n2", "n3"]

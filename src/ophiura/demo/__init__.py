@@ -1,9 +1,9 @@
 """`ophiura demo`: the whole system on one machine, showing a failover that loses nothing.
 
-Modules: `topology` (SEs and nodes on 127.0.0.1, or in namespaces as root), `netns` (the
-namespaces), `app` (the record application the cluster keeps available), `client` (writes
-records, keeps the ledger of acknowledged ones), `scenario` (the story), `poller` + `view`
-(the live view), `report` (JSON and human report), `target` (the older SCSI target tour).
+Modules: `topology` (SEs and nodes on 127.0.0.1, or in namespaces as root: the lab of
+`ophiura.testkit.netns`), `app` (the record application the cluster keeps available), `client`
+(writes records, keeps the ledger of acknowledged ones), `scenario` (the story), `poller` +
+`view` (the live view), `report` (JSON and human report), `target` (the older SCSI target tour).
 
 Cleanup is the first concern of `run`: whatever happens (an exception, Ctrl-C, SIGTERM, the
 terminal closing: SIGHUP), every
@@ -57,18 +57,23 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 def run(opts: Options) -> int:
     from rich.console import Console
 
-    from ophiura.demo import netns
     from ophiura.demo.poller import Poller
     from ophiura.demo.report import availability, render
     from ophiura.demo.scenario import Pace, Story, StoryError
-    from ophiura.demo.topology import HIERARCHY, QUORUM, Topology, TopologyError
+    from ophiura.demo.topology import (
+        HIERARCHY,
+        QUORUM,
+        Topology,
+        TopologyError,
+        namespaces_unavailable,
+    )
     from ophiura.demo.view import LiveView, PlainNarrator
 
     # a pipe or a log file gets the report at a readable width, not 80 columns
     console = Console()
     if not console.is_terminal:
         console = Console(width=120)
-    why_not = netns.unavailable()
+    why_not = namespaces_unavailable()
     use_netns = why_not is None if opts.netns is None else opts.netns
     if use_netns and why_not:
         console.print(f"[red]cannot use namespaces: {why_not}[/]")

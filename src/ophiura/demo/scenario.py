@@ -21,6 +21,7 @@ from ophiura.demo.client import RecordClient, outage, typical_gap, verify
 from ophiura.demo.poller import Poller
 from ophiura.demo.topology import HIERARCHY, VOLUME, Topology
 from ophiura.demo.view import PlainNarrator
+from ophiura.testkit.waiting import poll
 
 
 class StoryError(RuntimeError):
@@ -58,20 +59,8 @@ class Story:
     # ------------------------------------------------------------------ helpers
 
     def wait(self, what: str, pred: Callable[[], Any], timeout: float) -> Any:
-        t0 = time.monotonic()
-        last: Exception | None = None
-        while time.monotonic() - t0 < timeout:
-            try:
-                value = pred()
-                if value:
-                    return value
-            except Exception as exc:  # a node mid-restart: keep asking until the deadline
-                last = exc
-            time.sleep(0.05)
-        raise StoryError(
-            f"timed out after {timeout:g} s waiting for {what}"
-            + (f" (last error: {last})" if last else "")
-        )
+        """`pred`'s first true value; errors count as "not yet" (a node mid-restart)."""
+        return poll(pred, timeout, what, step=0.05, error=StoryError)
 
     def hier(self, node: str) -> dict[str, Any]:
         return self.topo.admin(node, {"op": "status"}, timeout=1.5)["hierarchies"][HIERARCHY]

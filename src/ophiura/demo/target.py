@@ -10,18 +10,17 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from ophiura.iscsi import pr_client as pr
 from ophiura.iscsi.initiator import IscsiInitiator
 from ophiura.pr_tool import stable_isid, type_name
 from ophiura.scsi.api import Status
+from ophiura.testkit.ports import free_port
+from ophiura.testkit.procs import stop, wait_port
 
 IQN = "iqn.2026-11.io.ophiura:demo"
 NODE_A = "iqn.2026-11.io.ophiura:node-a"
@@ -30,25 +29,6 @@ NODE_B = "iqn.2026-11.io.ophiura:node-b"
 
 def say(text: str) -> None:
     print(text, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"ophiura target exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"ophiura target did not listen on port {port} within {timeout}s")
 
 
 def show_with_libiscsi(url: str, portal: str) -> bool:
@@ -152,7 +132,7 @@ def main() -> int:
         with log_path.open("wb") as log:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=log)
         try:
-            wait_for_port(port, proc)
+            wait_port(port, 15.0, proc)
             say(
                 f"target up: {url} (backing file uses {backing.stat().st_blocks * 512} bytes "
                 f"of {backing.stat().st_size})\n"
@@ -164,10 +144,9 @@ def main() -> int:
             say(f"--- target log ---\n{log_path.read_text(errors='replace')}")
             raise
         finally:
-            proc.send_signal(signal.SIGTERM)
-            code = proc.wait(timeout=20)
+            code = stop(proc, timeout=20)
         say(f"\ntarget stopped cleanly (exit {code})" if code == 0 else f"target exit {code}")
-        return code
+        return 1 if code is None else code
 
 
 if __name__ == "__main__":

@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import ophiura
-from ophiura.demo import netns
+from ophiura.testkit import netns, procs
+from ophiura.testkit.ports import free_ports
+from ophiura.testkit.procs import Proc
 
 NODES = ("n1", "n2", "n3")
 SES = ("a", "b", "c")
@@ -43,23 +45,22 @@ VOLUME = "demo"
 VOLUME_SIZE = "32M"
 HIERARCHY = "demo"
 MARKER = "OPHIURA_DEMO_RUN"
+NS_PREFIX = "ophd-"  # the demo's namespaces: ophd-<run id>-<host>
+NS_TOOLS = {"arping": "arping"}  # besides ip: the `ip` resource's gratuitous ARP
+
+
+def namespaces_unavailable() -> str | None:
+    """Why the demo cannot run in network namespaces here (None when it can)."""
+    return netns.unavailable(**NS_TOOLS)
+
+
+def leftover_namespaces(run_id: str) -> list[str]:
+    """The demo run's namespaces that still exist (none once it has ended)."""
+    return netns.leftover_namespaces(run_id, NS_PREFIX)
 
 
 class TopologyError(RuntimeError):
     """A part of the demo would not start (the message says which, with its log's tail)."""
-
-
-def free_ports(n: int, kind: int = socket.SOCK_STREAM) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, kind)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def marked_pids(run_id: str, node: str | None = None) -> list[int]:
@@ -96,23 +97,6 @@ async def _connects(host: str, port: int) -> bool:
 
 
 @dataclass
-class Spawned:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log.read_text(errors="replace").splitlines()[-lines:]
-        except OSError:
-            return ""
-        return "\n".join(text)
-
-
-@dataclass
 class Topology:
     tmp: Path
     run_id: str
@@ -120,9 +104,9 @@ class Topology:
     dashboard: bool = True
     nodes: tuple[str, ...] = NODES
     ses: tuple[str, ...] = SES
-    procs: list[Spawned] = field(default_factory=list)
-    daemons: dict[str, Spawned] = field(default_factory=dict)
-    se_procs: dict[str, Spawned] = field(default_factory=dict)
+    procs: list[Proc] = field(default_factory=list)
+    daemons: dict[str, Proc] = field(default_factory=dict)
+    se_procs: dict[str, Proc] = field(default_factory=dict)
     loops: dict[str, netns.NsLoop] = field(default_factory=dict)
     lab: netns.Lab | None = None
     left_out: list[str] = field(default_factory=list)
@@ -190,24 +174,11 @@ class Topology:
 
     def spawn(
         self, name: str, argv: list[str], host: str | None = None, env: dict[str, str] | None = None
-    ) -> Spawned:
+    ) -> Proc:
         """Start `argv` (inside `host`'s namespace when there are namespaces), in its own
         process group, output to logs/NAME.log; tracked by PID for close()."""
-        self.logs.mkdir(parents=True, exist_ok=True)
-        log = self.logs / f"{name}.log"
         ns = self.host_ns(host) if host else None
-        full = ["ip", "netns", "exec", ns, *argv] if ns else argv
-        with log.open("ab") as out:
-            popen = subprocess.Popen(
-                full,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env or self.env(),
-                cwd=self.tmp,
-                start_new_session=True,
-            )
-        sp = Spawned(name, popen, log)
+        sp = procs.spawn(argv, name, self.logs / f"{name}.log", env or self.env(), self.tmp, ns)
         self.procs.append(sp)
         return sp
 
@@ -221,7 +192,7 @@ class Topology:
             return self.loops[key]
 
     def wait_listening(
-        self, host: str, addr: tuple[str, int], proc: Spawned, timeout: float = 20.0
+        self, host: str, addr: tuple[str, int], proc: Proc, timeout: float = 20.0
     ) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -237,7 +208,9 @@ class Topology:
     def start(self) -> None:
         (self.tmp / "tmp").mkdir(parents=True, exist_ok=True)
         if self.use_netns:
-            self.lab = netns.Lab(self.run_id, self.nodes, self.ses)
+            self.lab = netns.Lab(
+                self.nodes, storage=False, ses=self.ses, run_id=self.run_id, prefix=NS_PREFIX
+            )
             self.lab.create()
         else:
             self.left_out.append(
@@ -255,7 +228,7 @@ class Topology:
         for n in self.nodes:
             self.start_node(n)
 
-    def start_se(self, name: str, wait: bool = True) -> Spawned:
+    def start_se(self, name: str, wait: bool = True) -> Proc:
         host, port = self.se_addrs[name]
         argv = [
             sys.executable,
@@ -371,7 +344,7 @@ class Topology:
         ]
         return "\n".join(lines)
 
-    def start_node(self, node: str) -> Spawned:
+    def start_node(self, node: str) -> Proc:
         argv = [
             sys.executable,
             "-m",
@@ -401,7 +374,7 @@ class Topology:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.daemons[node].popen.wait(5)
 
-    def boot_node(self, node: str) -> Spawned:
+    def boot_node(self, node: str) -> Proc:
         """The crashed node comes back: what a reboot clears is gone (/run, the floating IP)."""
         shutil.rmtree(self.tmp / "rsc" / node, ignore_errors=True)
         if self.lab is not None:
