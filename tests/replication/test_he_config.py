@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,65 @@ def test_scsi_state_slots() -> None:
     assert choose_slot([decode_slot(a), decode_slot(torn)]) == (1, {"lun0.pr.json": '{"k": 1}'})
     assert choose_slot([decode_slot(a), decode_slot(b)])[0] == 2
     assert choose_slot([None, None]) == (0, {})
+
+
+# ---- `ophiura he` errors: one line naming the problem, never a traceback (issue 12) ----------
+
+
+def _he(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ophiura.cli", "he", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _one_line_error(proc: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    err = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error")]
+    assert len(err) == 1 and all(w in err[0] for w in words), proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        (None, ("missing.toml",)),
+        ("quorum = [", ("he.toml",)),
+        ('quorum = "two"\nse = ["a=127.0.0.1:1"]', ("quorum", "'two'", "integer")),
+        ("quorum = 1\nse = 5", ("se", "5", "list")),
+        ('quorum = 1\nse = ["a=127.0.0.1:1"]\nstandby = "yes"', ("standby", "true or false")),
+        ('quorum = 1\nse = ["a=127.0.0.1:1"]\nevict_wait = "soon"', ("evict_wait", "number")),
+        ('quorum = 1\nse = ["a=127.0.0.1:1"]\nvolume = ["v:1x"]', ("--volume v",)),
+        ('quorum = 1\nse = ["a=127.0.0.1:1"]\nbogus = 1', ("unknown", "bogus")),
+    ],
+)
+def test_he_config_errors_are_one_line(
+    tmp_path: Path, text: str | None, words: tuple[str, ...]
+) -> None:
+    path = tmp_path / ("missing.toml" if text is None else "he.toml")
+    if text is not None:
+        path.write_text(text + "\n")
+    _one_line_error(_he("--config", str(path)), *words)
+
+
+def test_he_whose_ses_are_unreachable_says_so(tmp_path: Path) -> None:
+    from ophiura.testkit.ports import free_port
+
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"0123456789abcdef-secret")
+    secret.chmod(0o600)
+    proc = _he(
+        "--se",
+        f"a=127.0.0.1:{free_port()}",
+        "--quorum",
+        "1",
+        "--volume",
+        "v:8M",
+        "--control",
+        f"127.0.0.1:{free_port()}",
+        "--secret-file",
+        str(secret),
+    )
+    _one_line_error(proc, "SEs reachable", "need 1")

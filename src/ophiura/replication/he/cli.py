@@ -23,6 +23,7 @@ from ophiura.replication.he.config import (
     parse_host_port,
 )
 from ophiura.replication.he.control import ControlError, control_call
+from ophiura.replication.he.takeover import TakeoverError
 from ophiura.sizes import format_size, parse_size
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,10 @@ def he(config_file: Path | None, **flags: Any) -> None:
     from ophiura.serve import run_event_loop
 
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
-    values: dict[str, Any] = load_toml(config_file) if config_file else {}
+    try:
+        values: dict[str, Any] = load_toml(config_file) if config_file else {}
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
     for key, value in flags.items():
         if value is None or value == ():
             continue
@@ -107,8 +111,8 @@ def he(config_file: Path | None, **flags: Any) -> None:
         click.secho(f"WARNING: {host_element.warning}", fg="red", bold=True, err=True)
     try:
         run_event_loop(host_element.run_until_signalled)
-    except (OSError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    except (OSError, ValueError, TakeoverError, ControlError) as exc:
+        raise click.ClickException(str(exc) or type(exc).__name__) from exc
 
 
 def _call(control: str, secret_file: Path | None, op: str, **args: Any) -> Any:

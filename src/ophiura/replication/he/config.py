@@ -151,14 +151,15 @@ def build_config(values: dict[str, Any]) -> HeConfig:
     if unknown:
         raise ConfigError(f"unknown configuration keys: {sorted(unknown)}")
     v = {k.replace("-", "_"): val for k, val in values.items()}
-    ses = v.get("se") or []
-    if isinstance(ses, str):
-        ses = [ses]
-    volumes = v.get("volume") or []
-    if isinstance(volumes, str):
-        volumes = [volumes]
+    ses = _strings(v, "se", SeSpec)
+    volumes = _strings(v, "volume", tuple)
     if "quorum" not in v:
         raise ConfigError("--quorum is required")
+    for key in ("secret_file", "state_dir", "iqn_prefix"):
+        if v.get(key) is not None and not isinstance(v[key], (str, Path)):
+            raise ConfigError(f"{key}: {v[key]!r} is not a string")
+    if v.get("standby") is not None and not isinstance(v["standby"], bool):
+        raise ConfigError(f"standby: {v['standby']!r} is not true or false")
 
     def addr(key: str) -> tuple[str, int] | None:
         val = v.get(key)
@@ -177,7 +178,7 @@ def build_config(values: dict[str, Any]) -> HeConfig:
 
     return HeConfig(
         ses=tuple(s if isinstance(s, SeSpec) else parse_se(str(s)) for s in ses),
-        quorum=int(v["quorum"]),
+        quorum=_number(v, "quorum", int, 0),
         volumes=tuple(x if isinstance(x, tuple) else parse_volume(str(x)) for x in volumes),
         iscsi=addr("iscsi"),
         nbd=addr("nbd"),
@@ -188,9 +189,31 @@ def build_config(values: dict[str, Any]) -> HeConfig:
         standby=bool(v.get("standby", False)),
         iqn_prefix=str(v.get("iqn_prefix") or DEFAULT_IQN_PREFIX),
         state_dir=Path(v["state_dir"]) if v.get("state_dir") else None,
-        block_size=int(v.get("block_size", 512)),
-        evict_wait=float(v.get("evict_wait", 0.5)),
+        block_size=_number(v, "block_size", int, 512),
+        evict_wait=_number(v, "evict_wait", float, 0.5),
     )
+
+
+def _strings(v: dict[str, Any], key: str, parsed: type) -> list[Any]:
+    """A key that takes one string or a list of them (already parsed values pass)."""
+    val = v.get(key) or []
+    if isinstance(val, str):
+        return [val]
+    if not isinstance(val, (list, tuple)) or not all(isinstance(x, (str, parsed)) for x in val):
+        raise ConfigError(f"{key}: {val!r} is not a string or a list of strings")
+    return list(val)
+
+
+def _number(v: dict[str, Any], key: str, kind: type[Any], default: Any) -> Any:
+    """An int or float key, given as a number or a numeric string, else a ConfigError."""
+    val = v.get(key, default)
+    what = "an integer" if kind is int else "a number"
+    if isinstance(val, bool) or not isinstance(val, (int, float, str)):
+        raise ConfigError(f"{key}: {val!r} is not {what}")
+    try:
+        return kind(val)
+    except ValueError:
+        raise ConfigError(f"{key}: {val!r} is not {what}") from None
 
 
 def load_toml(path: Path) -> dict[str, Any]:

@@ -97,8 +97,8 @@ class HostElement:
 
     async def run_until_signalled(self) -> None:
         stop = stop_on_signals()
-        await self.start()
         try:
+            await self.start()  # a start that fails (no SEs reachable) stops what it began
             await stop.wait()
         finally:
             log.info("stopping")
