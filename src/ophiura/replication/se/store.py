@@ -358,7 +358,7 @@ class Volume:
         self.base = base
         self._meta_dirty = True
         top = self.next_seq - 1
-        if top <= base:
+        if top <= base or self.life is VolState.FAILED:
             return False
         why = (
             f"diverged: seqs {base + 1}..{top} came from an older ballot; "
@@ -375,8 +375,11 @@ class Volume:
                 op.fut.set_exception(stale)
         self._buffer.clear()
         self._buffer_bytes = 0
+        queued = [it.fut for it in self._queue if type(it) is Op and it.seq > base]
         for _, fut in self._dup_waiters + self._prefix_waiters:
-            if not fut.done():
+            queued.append(fut)
+        for fut in queued:  # never acknowledged: the truncation below drops them
+            if fut is not None and not fut.done():
                 fut.set_exception(VolumeError(why, ErrorCode.NOT_HELD))
         self._dup_waiters, self._prefix_waiters = [], []
         self.next_seq = base + 1
