@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ophiura.block.io_threads import IoThreads
+from ophiura.replication.se.lifecycle import VolState
 from ophiura.replication.se.recovery import RecoveryManager
 from ophiura.replication.se.store import (
     VOLUME_NAME,
@@ -303,6 +304,25 @@ class StorageElement:
         finally:
             del self._opening[name]
 
+    async def _reopen(self, name: str, vol: Volume) -> Volume:
+        """A volume that failed on disk (ENOSPC, EIO) is re-derived from its files, as a restart
+        of the SE would, when its owner attaches again: the space may be back. What it then
+        reports (the log recovered forward from the synced point) is what it durably holds."""
+        if name in self._opening:
+            return await asyncio.shield(self._opening[name])
+        log.warning("SE %s: reopening volume %s from disk after: %s", self.name, name, vol.detail)
+        self._opening[name] = asyncio.get_running_loop().create_future()
+        await self.recovery.forget(vol)
+        await vol.close()
+        try:
+            await self._open_existing(name)
+        except Exception as exc:  # still failing: keep the closed volume, failed, for later
+            vol.failed_again(f"volume {name} failed on disk and cannot be reopened yet: {exc}")
+            self.volumes[name] = vol
+            log.error("SE %s: %s", self.name, vol.detail)
+            return vol
+        return self.volumes[name]
+
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
@@ -432,6 +452,8 @@ class StorageElement:
         if not VOLUME_NAME.match(name):
             raise VolumeError(f"bad volume name {name!r}", messages.ErrorCode.BAD_REQUEST)
         vol = self.volumes.get(name)
+        if vol is not None and vol.life is VolState.FAILED and vol.may_reopen():
+            vol = await self._reopen(name, vol)
         if vol is not None:
             if vol.block_size != block_size:
                 raise VolumeError(

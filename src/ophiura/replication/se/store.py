@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,7 @@ VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_BUFFERED_OPS = 4096
 MAX_BUFFERED_BYTES = 64 << 20
 CLOSE_DRAIN_TIMEOUT = 10.0  # seconds a clean stop waits for queued writes to reach the disk
+REOPEN_INTERVAL = 2.0  # seconds between attempts to re-derive a volume that failed on disk
 
 
 class VolumeError(Exception):
@@ -133,6 +135,8 @@ class Volume:
         self._checkpoint: asyncio.TimerHandle | None = None
         self.recovery_meta: dict[str, Any] | None = None
         self.recovery_lock = asyncio.Lock()  # serialises RECOVER handling (recovery.start)
+        self._failed_at = 0.0  # monotonic time of the disk error (see may_reopen)
+        self._closed = False
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -268,6 +272,7 @@ class Volume:
             log.error("%s", why)
             self.transition(VolEvent.DISK_ERROR)
             self.detail = why
+            self._failed_at = time.monotonic()
         err = VolumeError(self.detail, ErrorCode.VOLUME_FAILED)
         queued, self._queue = self._queue, []
         items = batch + queued
@@ -285,6 +290,9 @@ class Volume:
     def call(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
         """Run `fn` on the volume thread after everything queued so far."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self._closed:  # a failed volume kept after a failed reopen
+            fut.set_exception(VolumeError(self.detail or "volume closed", ErrorCode.VOLUME_FAILED))
+            return fut
         self._queue.append(("call", fn, fut))
         self._wake.set()
         return fut
@@ -521,7 +529,16 @@ class Volume:
         if self._prefix_waiters:
             self._prefix_waiters = self._release(self._prefix_waiters, self.prefix_seq)
 
+    def may_reopen(self) -> bool:
+        """A failed volume is re-derived from its files at most every REOPEN_INTERVAL."""
+        return time.monotonic() - self._failed_at >= REOPEN_INTERVAL
+
+    def failed_again(self, why: str) -> None:
+        self.detail, self._failed_at = why, time.monotonic()
+
     async def set_epoch(self, epoch: int, he_id: int = 0, base: int = NO_BASE) -> None:
+        if self.life is VolState.FAILED:
+            raise VolumeError(self.detail, ErrorCode.VOLUME_FAILED)
         self.adopt(epoch, he_id, base)
         await self.call(lambda: None)  # the commit carrying the new ballot is durable
 
@@ -687,6 +704,10 @@ class Volume:
         return self.disk.log_records()
 
     async def close(self) -> None:
+        """Idempotent: a failed volume kept after a failed reopen is already closed."""
+        if self._closed:
+            return
+        self._closed = True
         if self.recovery is not None and self.recovery.task is not None:
             self.recovery.task.cancel()
         if self._checkpoint is not None:
