@@ -133,6 +133,7 @@ class Volume:
         self._checkpoint: asyncio.TimerHandle | None = None
         self.recovery_meta: dict[str, Any] | None = None
         self.recovery_lock = asyncio.Lock()  # serialises RECOVER handling (recovery.start)
+        self.commit_batches = 0  # disk commits (each one log write and sync), for /metrics
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -216,6 +217,7 @@ class Volume:
                 except Exception as exc:
                     self._fail(batch, exc)
                     continue
+                self.commit_batches += 1
                 top = 0
                 for it in batch:
                     if type(it) is Op:
