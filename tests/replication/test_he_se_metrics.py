@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -22,6 +24,7 @@ from ophiura.testkit.waiting import wait_for_async as wait_for
 
 from .he_harness import SeHandle, he_config, secret_file, start_he, wait_all_up
 
+DASHBOARD = Path(__file__).resolve().parents[2] / "examples" / "grafana" / "ophiura-storage.json"
 TOKEN = "metrics-token-0123456789abcdef"
 
 
@@ -142,6 +145,9 @@ async def test_he_and_se_metrics_move_with_io(ses: list[SeHandle], tmp_path: Pat
         assert val(s, "ophiura_se_volume_recovery_done_bytes", volume="vol") == 0
         assert (val(s, "ophiura_se_connections") or 0) >= 1
 
+        texts = [(await get(port))[2], (await get(sport))[2]]
+        check_dashboard(texts)
+
         # an SE that stops: its replica leaves `up`, and its lag grows with the next writes
         ses[2].terminate()
         await wait_for(lambda: vol.replicas["c"].state.value != "up", 10, "HE noticed SE c is gone")
@@ -153,6 +159,27 @@ async def test_he_and_se_metrics_move_with_io(ses: list[SeHandle], tmp_path: Pat
         assert val(m, "ophiura_he_volume_ops_total", volume="vol", op="write") == 15
     finally:
         await he.stop()
+
+
+def check_dashboard(texts: list[str]) -> None:
+    """examples/grafana/ophiura-storage.json queries only metrics the HE and SE export, and
+    shows every family they export (tests/web checks the node dashboard the same way)."""
+    dash = json.loads(DASHBOARD.read_text())
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    exprs += [v["definition"] for v in dash["templating"]["list"] if "definition" in v]
+    exported: set[str] = set()
+    families: set[str] = set()
+    for text in texts:
+        for fam in parse(text).values():
+            families.add(fam.name)
+            exported.add(fam.name)
+            exported.update(s[0] for s in fam.samples)
+    used = {n for e in exprs for n in re.findall(r"\b(ophiura_[a-z0-9_]+)", e)}
+    assert not sorted(used - exported), f"not exported: {sorted(used - exported)}"
+    unshown = sorted(f for f in families if not any(u == f or u.startswith(f + "_") for u in used))
+    assert not unshown, f"exported but not on the dashboard: {unshown}"
 
 
 async def test_metrics_token(ses: list[SeHandle], tmp_path: Path) -> None:
