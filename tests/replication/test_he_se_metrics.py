@@ -18,7 +18,7 @@ from tests.web.promtext import parse
 
 from ophiura.cli import main
 from ophiura.metrics import CONTENT_TYPE
-from ophiura.replication.he.config import ConfigError, build_config
+from ophiura.replication.he.config import ConfigError, build_config, load_toml
 from ophiura.testkit.ports import free_port
 from ophiura.testkit.waiting import wait_for_async as wait_for
 
@@ -208,6 +208,16 @@ def test_metrics_beyond_loopback_needs_a_token(tmp_path: Path) -> None:
         {**base, "metrics": "198.51.100.1:9100", "metrics_token_file": str(tmp_path / "t")}
     )
     assert cfg.metrics_token_file == tmp_path / "t"
+    toml = tmp_path / "he.toml"
+    toml.write_text(
+        'se = ["a=127.0.0.1:1"]\nquorum = 1\nmetrics = "198.51.100.1:9471"\n'
+        f'metrics_token_file = "{tmp_path / "t"}"\n'
+    )
+    cfg = build_config(load_toml(toml))
+    assert cfg.metrics == ("198.51.100.1", 9471) and cfg.metrics_token_file == tmp_path / "t"
+    toml.write_text('se = ["a=127.0.0.1:1"]\nquorum = 1\nmetrics = "198.51.100.1:9471"\n')
+    with pytest.raises(ConfigError, match="not a loopback address"):
+        build_config(load_toml(toml))
     runner = CliRunner()
     for cmd in (
         ["he", "--se", "a=127.0.0.1:1", "--quorum", "1", "--metrics", "0.0.0.0:9100"],
