@@ -157,6 +157,32 @@ async def test_he_and_se_metrics_move_with_io(ses: list[SeHandle], tmp_path: Pat
         assert val(m, "ophiura_he_replica_state", volume="vol", se="c", state="up") == 0
         assert (val(m, "ophiura_he_replica_lag_writes", volume="vol", se="c") or 0) >= 3
         assert val(m, "ophiura_he_volume_ops_total", volume="vol", op="write") == 15
+
+        # back: it recovers (counted, with its progress), and its lag returns to 0
+        def recoveries(m: dict) -> float:
+            return sum(
+                v
+                for (name, labels), v in m.items()
+                if name == "ophiura_he_replica_recoveries_total" and ("se", "c") in labels
+            )
+
+        before = recoveries(m)
+        ses[2].spawn()
+        await ses[2].wait_listening()
+
+        async def recovered() -> bool:
+            m = await scrape(port)
+            return (
+                val(m, "ophiura_he_replica_state", volume="vol", se="c", state="up") == 1
+                and val(m, "ophiura_he_replica_lag_writes", volume="vol", se="c") == 0
+            )
+
+        await until(recovered, 20, "SE c recovered and caught up")
+        m = await scrape(port)
+        assert recoveries(m) == before + 1, {k: v for k, v in m.items() if "recover" in k[0]}
+        done = val(m, "ophiura_he_replica_recovery_done", volume="vol", se="c")
+        total = val(m, "ophiura_he_replica_recovery_total", volume="vol", se="c")
+        assert done is not None and total is not None and done == total > 0, (done, total)
     finally:
         await he.stop()
 

@@ -40,8 +40,8 @@ class IoStats:
 
 def collect(he: HostElement) -> list[metrics.Family]:
     F = metrics.Family
-    info = F("ophiura_he_info", "This HE: version and role (always 1).", "gauge")
-    info.add(1, version=__version__, role=he.role)
+    info = F("ophiura_he_info", "This HE's version (always 1).", "gauge")
+    info.add(1, version=__version__)
     role = F("ophiura_he_role", "1 for this HE's current role.", "gauge")
     for r in ROLES:
         role.add(1 if he.role == r else 0, role=r)
