@@ -84,9 +84,8 @@ class MetricsServer:
             await runner.cleanup()
             raise
         self._runner = runner
-        server = getattr(site, "_server", None)
-        if server is not None and server.sockets:
-            self.port = server.sockets[0].getsockname()[1]
+        if runner.addresses:  # the port actually bound (port 0: chosen by the kernel)
+            self.port = runner.addresses[0][1]
         auth = "bearer token" if self.token else "no authentication (loopback only)"
         log.info("metrics on http://%s:%d%s (%s)", self.host, self.port, PATH, auth)
 
