@@ -38,6 +38,7 @@ class SeHandle:
     se: StorageElement | None = None
     proc: subprocess.Popen[bytes] | None = None
     secret_file: Path | None = None
+    extra_args: list[str] = field(default_factory=list)  # more `ophiura se` flags (spawn)
 
     async def start(self) -> None:
         self.se = StorageElement(
@@ -70,6 +71,7 @@ class SeHandle:
                 str(self.log_size),
                 "--secret-file",
                 str(self.secret_file),
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=open(self.data_dir.parent / f"se-{self.name}.log", "ab"),  # noqa: SIM115

@@ -77,6 +77,16 @@ def _secret(path: Path | None) -> bytes:
     type=click.Path(file_okay=False, path_type=Path),
     help="Where SCSI state files are restored to (default: a fresh temp dir).",
 )
+@click.option(
+    "--metrics",
+    metavar="HOST:PORT",
+    help="Serve Prometheus GET /metrics here (off by default; beyond loopback it needs a token).",
+)
+@click.option(
+    "--metrics-token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File holding the bearer token /metrics requires (required unless loopback).",
+)
 @click.option("--iqn-prefix", help="iSCSI name prefix (default iqn.2026-11.org.ophiura:).")
 @click.option(
     "--standby",
@@ -106,7 +116,10 @@ def he(config_file: Path | None, **flags: Any) -> None:
         config = build_config(values)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
-    host_element = HostElement(config, _secret(config.secret_file))
+    try:
+        host_element = HostElement(config, _secret(config.secret_file))
+    except ValueError as exc:  # a metrics token file that cannot be read
+        raise click.ClickException(str(exc)) from exc
     if host_element.warning:
         click.secho(f"WARNING: {host_element.warning}", fg="red", bold=True, err=True)
     try:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ophiura.metrics_http import MetricsListenError, check_listen
 from ophiura.replication.he.se_session import SeSpec
 from ophiura.sizes import parse_size
 
@@ -102,6 +103,8 @@ class HeConfig:
     state_dir: Path | None = None  # where the SCSI layer's state files live (restored here)
     block_size: int = 512
     evict_wait: float = 0.5
+    metrics: tuple[str, int] | None = None  # GET /metrics here (metrics_http.py); off if None
+    metrics_token_file: Path | None = None  # required unless `metrics` is a loopback address
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -119,6 +122,11 @@ class HeConfig:
             raise ConfigError(f"--queue {self.queue_bytes} is below 1M")
         if self.cache_bytes < 0:
             raise ConfigError("--cache must be >= 0")
+        if self.metrics is not None:
+            try:
+                check_listen(self.metrics[0], self.metrics_token_file)
+            except MetricsListenError as exc:
+                raise ConfigError(str(exc)) from None
 
     def iqn(self, volume: str) -> str:
         return f"{self.iqn_prefix}{volume}"
@@ -142,6 +150,8 @@ _KEYS = {
     "state_dir",
     "block_size",
     "evict_wait",
+    "metrics",
+    "metrics_token_file",
 }
 
 
@@ -155,7 +165,7 @@ def build_config(values: dict[str, Any]) -> HeConfig:
     volumes = _strings(v, "volume", tuple)
     if "quorum" not in v:
         raise ConfigError("--quorum is required")
-    for key in ("secret_file", "state_dir", "iqn_prefix"):
+    for key in ("secret_file", "state_dir", "iqn_prefix", "metrics_token_file"):
         if v.get(key) is not None and not isinstance(v[key], (str, Path)):
             raise ConfigError(f"{key}: {v[key]!r} is not a string")
     if v.get("standby") is not None and not isinstance(v["standby"], bool):
@@ -191,6 +201,8 @@ def build_config(values: dict[str, Any]) -> HeConfig:
         state_dir=Path(v["state_dir"]) if v.get("state_dir") else None,
         block_size=_number(v, "block_size", int, 512),
         evict_wait=_number(v, "evict_wait", float, 0.5),
+        metrics=addr("metrics"),
+        metrics_token_file=Path(v["metrics_token_file"]) if v.get("metrics_token_file") else None,
     )
 
 

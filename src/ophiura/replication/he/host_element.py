@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ophiura.frontends import Export, Frontends
+from ophiura.metrics_http import MetricsServer
+from ophiura.replication.he import he_metrics
 from ophiura.replication.he.config import HeConfig, check_volume_name
 from ophiura.replication.he.control import ControlError, ControlServer
 from ophiura.replication.he.plant import Plant
@@ -62,6 +64,12 @@ class HostElement:
         self.volumes: dict[str, ExportedVolume] = {}
         self.frontends = Frontends(config.iscsi, config.nbd)
         self.control = ControlServer(self.handle, secret, *config.control)
+        self.metrics: MetricsServer | None = None
+        if config.metrics is not None:
+            host, port = config.metrics
+            self.metrics = MetricsServer(
+                lambda: he_metrics.render(self), host, port, config.metrics_token_file
+            )
         self.warning = config_warning(len(config.ses), config.quorum)
         self.takeover_info: dict[str, Any] | None = None
         # This process's half of every ballot it claims: random, so two HEs (or one HE and
@@ -81,11 +89,15 @@ class HostElement:
         for s in self.sessions:
             s.start()
         await self.control.start()
+        if self.metrics is not None:
+            await self.metrics.start()
         if not self.config.standby:
             await self.activate()
 
     async def stop(self) -> None:
         await self.control.stop()
+        if self.metrics is not None:
+            await self.metrics.stop()
         await self.frontends.stop()
         for vol in list(self.volumes.values()):
             await self._close_volume(vol)

@@ -29,9 +29,11 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any
 
 from ophiura.block.device import BlockDeviceError, Extent, MediumError
+from ophiura.replication.he.he_metrics import IoStats
 from ophiura.replication.he.plant import Plant
 from ophiura.replication.he.quorum import Fenced, QuorumLost, QuorumWaiter
 from ophiura.replication.he.read_cache import ReadCache
@@ -161,6 +163,7 @@ class HostElementVolume(ReplicaLife):
         self.first_io_at: float | None = None
         self.writes = 0
         self.reads = 0
+        self.io = IoStats()  # host-visible latency and bytes (he_metrics.py)
         self.on_state_change: Callable[[HostElementVolume], None] | None = None
         self.plant: Plant | None = None  # test only (he/plant.py): set by the HostElement
         self._stale, self._se_error, self._transport = _se_errors()
@@ -257,12 +260,15 @@ class HostElementVolume(ReplicaLife):
     ) -> None:
         """Durable on Q SEs when this returns, so `fua` needs nothing more."""
         self._check(offset, len(data))
+        t0 = perf_counter()
         step = self.config.max_op_bytes
         if len(data) <= step:
             # bytes are immutable: queued and sent as they are; a mutable buffer is copied
             # (the caller may reuse it once this returns, while a laggard still needs it)
             op_data = data if type(data) is bytes else bytes(data)
             await self._submit(OpKind.WRITE, offset, len(op_data), op_data)
+            self.io.write_lat.observe(perf_counter() - t0)
+            self.io.write_bytes += len(op_data)
             return
         view = memoryview(data)
         await asyncio.gather(
@@ -273,6 +279,8 @@ class HostElementVolume(ReplicaLife):
                 for i in range(0, len(view), step)
             )
         )
+        self.io.write_lat.observe(perf_counter() - t0)
+        self.io.write_bytes += len(view)
 
     async def flush(self) -> None:
         """Nothing to do: a write completes only once Q SEs made it durable."""
@@ -297,10 +305,13 @@ class HostElementVolume(ReplicaLife):
             raise Fenced(f"{self.name}: fenced, reads refused: {self.fence_reason}")
         if length == 0:
             return b""
+        t0 = perf_counter()
         cache = self.cache
         hit = cache.lookup(offset, length)
         if hit is not None:
             self._served()
+            self.io.read_lat.observe(perf_counter() - t0)
+            self.io.read_bytes += length
             return hit
         if cache.enabled and length <= self.config.max_op_bytes:
             fetch_off, fetch_len = cache.page_range(offset, length, self._size)
@@ -320,6 +331,8 @@ class HostElementVolume(ReplicaLife):
             raise Fenced(f"{self.name}: fenced, reads refused: {self.fence_reason}")
         cache.fill(pending, fetch_off, data, applied)
         self._served()
+        self.io.read_lat.observe(perf_counter() - t0)
+        self.io.read_bytes += length
         start = offset - fetch_off
         return bytes(data[start : start + length])
 

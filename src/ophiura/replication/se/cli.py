@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ophiura.metrics_http import MetricsListenError, MetricsServer
 from ophiura.replication.wire.secret import SecretError, load_secret
 from ophiura.sizes import parse_size
 
@@ -27,7 +28,8 @@ def _size(value: str, what: str) -> int:
         raise click.BadParameter(str(exc), param_hint=what) from exc
 
 
-async def _serve(se_kwargs: dict[str, object]) -> None:
+async def _serve(se_kwargs: dict[str, object], metrics: MetricsServer | None) -> None:
+    from ophiura.replication.se import se_metrics
     from ophiura.replication.se.storage_element import StorageElement
     from ophiura.serve import stop_on_signals
 
@@ -37,9 +39,15 @@ async def _serve(se_kwargs: dict[str, object]) -> None:
     # A line for scripts and tests that start us with port 0.
     print(f"SE {se.name} listening on {se.host}:{se.port}", flush=True)
     try:
+        if metrics is not None:
+            metrics.render = lambda: se_metrics.render(se)
+            await metrics.start()
+            print(f"SE {se.name} metrics on {metrics.host}:{metrics.port}", flush=True)
         await stop.wait()
     finally:
         log.info("SE %s stopping", se.name)
+        if metrics is not None:
+            await metrics.stop()
         await se.stop()
 
 
@@ -76,6 +84,18 @@ async def _serve(se_kwargs: dict[str, object]) -> None:
     show_default=True,
     help="Bytes/s a recovery may pull from a peer, e.g. 50M/s (0: unlimited).",
 )
+@click.option(
+    "--metrics",
+    metavar="HOST:PORT",
+    default=None,
+    help="Serve Prometheus GET /metrics here (off by default; beyond loopback it needs a token).",
+)
+@click.option(
+    "--metrics-token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="File holding the bearer token /metrics requires (required unless loopback).",
+)
 def se(
     name: str,
     data_dir: Path,
@@ -84,6 +104,8 @@ def se(
     log_size: str,
     secret_file: Path | None,
     recovery_rate: str,
+    metrics: str | None,
+    metrics_token_file: Path | None,
 ) -> None:
     """Run a StarFish storage element."""
     host, port = _host_port(listen)
@@ -103,9 +125,16 @@ def se(
         "log_size": _size(log_size, "--log-size"),
         "recovery_rate": _size(recovery_rate, "--recovery-rate"),
     }
+    server = None
+    if metrics is not None:
+        mhost, mport = _host_port(metrics)
+        try:
+            server = MetricsServer(lambda: "", mhost, mport, metrics_token_file)
+        except MetricsListenError as exc:
+            raise click.ClickException(str(exc)) from exc
     from ophiura.serve import run_event_loop
 
     try:
-        run_event_loop(lambda: _serve(kwargs))
+        run_event_loop(lambda: _serve(kwargs, server))
     except OSError as exc:
         raise click.ClickException(f"SE {name}: {exc.strerror or exc}") from exc

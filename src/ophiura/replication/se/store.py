@@ -137,6 +137,7 @@ class Volume:
         self.recovery_lock = asyncio.Lock()  # serialises RECOVER handling (recovery.start)
         self._failed_at = 0.0  # monotonic time of the disk error (see may_reopen)
         self._closed = False
+        self.commit_batches = 0  # disk commits (each one log write and sync), for /metrics
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -220,6 +221,7 @@ class Volume:
                 except Exception as exc:
                     self._fail(batch, exc)
                     continue
+                self.commit_batches += 1
                 top = 0
                 for it in batch:
                     if type(it) is Op:
