@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from ophiura.ocf.runner import AgentInfo, run
+from ophiura.ocf.runner import Agent, AgentInfo, run
 
 
 def main(argv: list[str]) -> int:
     from ophiura.ocf import replicated_volume, target
 
-    agents: dict[str, tuple[AgentInfo, object]] = {
+    agents: dict[str, tuple[AgentInfo, Agent]] = {
         "target": (target.INFO, target.TargetAgent()),
         "replicated-volume": (replicated_volume.INFO, replicated_volume.OcfReplicatedVolume()),
     }
@@ -18,7 +18,7 @@ def main(argv: list[str]) -> int:
         print(f"usage: python -m ophiura.ocf {{{'|'.join(agents)}}} ACTION", file=sys.stderr)
         return 2  # OCF_ERR_ARGS
     info, agent = agents[argv[0]]
-    return run(info, agent, argv[1:])  # type: ignore[arg-type]
+    return run(info, agent, argv[1:])
 
 
 if __name__ == "__main__":

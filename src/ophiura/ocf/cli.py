@@ -1,4 +1,4 @@
-"""`ophiura ocf`: install the Pacemaker OCF agents (`ocf:ophiura:target`, `...:replicated-volume`)."""
+"""`ophiura ocf`: install the Pacemaker OCF agents (ocf:ophiura:target, ...:replicated-volume)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,9 @@ def install_cmd(prefix: Path | None, ocf_root: Path) -> None:
     try:
         paths = install(prefix, ocf_root)
     except OSError as exc:
-        raise click.ClickException(f"cannot install: {exc.strerror or exc}: {exc.filename}") from None
+        raise click.ClickException(
+            f"cannot install: {exc.strerror or exc}: {exc.filename}"
+        ) from None
     for path in paths:
         click.echo(path)
 

@@ -45,7 +45,9 @@ INFO = AgentInfo(
 
 def agent_for(resource: Resource) -> ReplicatedVolumeAgent:
     rsctmp = Path(os.environ.get("HA_RSCTMP") or state_dir())
-    pidfile = resource.params.get("pidfile") or rsctmp / f"ophiura-rv-{safe_name(resource.name)}.pid"
+    pidfile = (
+        resource.params.get("pidfile") or rsctmp / f"ophiura-rv-{safe_name(resource.name)}.pid"
+    )
     return ReplicatedVolumeAgent(processes=DaemonAgent(rsctmp, Path(pidfile)))
 
 

@@ -114,7 +114,9 @@ def action_timeout(env: Mapping[str, str]) -> float:
 USAGE = "usage: {name} {{start|stop|monitor|validate-all|meta-data}}"
 
 
-def run(info: AgentInfo, agent: Agent, argv: list[str], env: Mapping[str, str] | None = None) -> int:
+def run(
+    info: AgentInfo, agent: Agent, argv: list[str], env: Mapping[str, str] | None = None
+) -> int:
     """Run `argv[0]` (the action) and return the OCF exit code."""
     env = os.environ if env is None else env
     if not argv:

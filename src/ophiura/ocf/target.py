@@ -216,7 +216,9 @@ class TargetAgent:
                 return done(OcfCode.SUCCESS, t0)
             if left <= 0:
                 await daemon.stop(proc, max(1.0, spec.grace))
-                return Outcome(OcfCode.ERR_GENERIC, time.monotonic() - t0, reason=why, timed_out=True)
+                return Outcome(
+                    OcfCode.ERR_GENERIC, time.monotonic() - t0, reason=why, timed_out=True
+                )
             await asyncio.sleep(POLL)
 
     async def stop(self, resource: Resource, timeout: float) -> Outcome:
