@@ -9,6 +9,7 @@ the `ProcessAgent`'s own, reading the pidfile this agent names.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import time
 from pathlib import Path
@@ -81,7 +82,7 @@ class DaemonAgent(ProcessAgent):
             write_pidfile(pidfile, PidRecord(proc.pid, st))
         deadline = time.monotonic() + min(start_wait, max(0.0, timeout - (time.monotonic() - t0)))
         while proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(POLL)
+            await asyncio.sleep(POLL)
         if proc.poll() is not None or st is None:
             pidfile.unlink(missing_ok=True)
             return done(
