@@ -322,5 +322,9 @@ from ophiura.torture.cli import torture  # noqa: E402
 
 main.add_command(torture)
 
+from ophiura.ocf.cli import ocf  # noqa: E402
+
+main.add_command(ocf)
+
 if __name__ == "__main__":
     main()
