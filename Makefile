@@ -17,7 +17,7 @@ DEBIAN_TOOLS += chromium
 # libnbd-bin provides (dpkg -s would never see it installed), so list it only where it is real.
 DEBIAN_TOOLS += $(shell apt-cache show nbdfuse 2>/dev/null | grep -q '^Package: nbdfuse' && echo nbdfuse)
 
-.PHONY: demo test torture bench bench-quick bench-venv lint venv tools clean
+.PHONY: demo test torture bench bench-quick bench-venv lint venv tools man clean
 
 $(BIN)/ophiura: pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "need $(PY)"; exit 1; }
@@ -79,6 +79,12 @@ bench-quick: bench-venv tools
 	$(BIN)/python -m bench --quick
 	$(BIN)/python -m bench replication --quick
 	$(BIN)/python -m bench failover --quick
+
+# Man pages from the CLI's help, one per command (ophiura.1, ophiura-target.1, ...):
+# `man -l build/man/ophiura-target.1`, or MANPATH=build: man ophiura-target (docs/operations.md).
+MANDIR ?= build/man1
+man: venv
+	$(BIN)/python -m ophiura.manpages $(MANDIR)
 
 lint: venv
 	$(BIN)/ruff check src tests bench
