@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ophiura.block.device import BlockDeviceError, Extent, MediumError
+from ophiura.causes import describe
 from ophiura.replication.he.plant import Plant
 from ophiura.replication.he.quorum import Fenced, QuorumLost, QuorumWaiter
 from ophiura.replication.he.read_cache import ReadCache
@@ -363,7 +364,7 @@ class HostElementVolume(ReplicaLife):
                 self._fence(f"SE {r.name}: {exc}")
                 raise Fenced(f"{self.name}: fenced, reads refused: {self.fence_reason}") from exc
             except self._transport as exc:
-                why = f"read {offset}+{length}: {exc or type(exc).__name__}"
+                why = f"read {offset}+{length}: {describe(exc)}"
                 failures.append(f"{r.name}: {why}")
                 self._replica_lost(r, inc, why)
                 continue
@@ -636,7 +637,7 @@ class HostElementVolume(ReplicaLife):
                 self._fence(why)
                 return
             if isinstance(exc, self._transport):
-                why = f"write seq {op.seq}: {exc or type(exc).__name__}"
+                why = f"write seq {op.seq}: {describe(exc)}"
                 if waiter is not None:
                     waiter.nack(f"{r.name}: {why}")
                 self._replica_lost(r, inc, why)
