@@ -17,8 +17,10 @@ DEBIAN_TOOLS += chromium
 # libnbd-bin provides (dpkg -s would never see it installed), so list it only where it is real.
 DEBIAN_TOOLS += $(shell apt-cache show nbdfuse 2>/dev/null | grep -q '^Package: nbdfuse' && echo nbdfuse)
 
-.PHONY: demo test torture bench bench-quick bench-venv lint venv tools clean
+.PHONY: demo test torture bench bench-quick bench-venv lint venv run-venv tools man clean
 
+# The venv with ophiura and what it needs to run (its dependencies and the `fast` extra,
+# uvloop): all that `make demo` installs.
 $(BIN)/ophiura: pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "need $(PY)"; exit 1; }
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || { \
@@ -26,10 +28,18 @@ $(BIN)/ophiura: pyproject.toml
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv >/dev/null && \
 	  $(PY) -m venv $(VENV); }
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[fast]'
+	touch $@
+
+# The test and lint tools on top (the `dev` extra: pytest, hypothesis, ruff, matplotlib,
+# prometheus-client), for test, lint, torture and bench; redone when pyproject.toml changes.
+$(VENV)/.dev-installed: $(BIN)/ophiura
 	$(BIN)/pip install -q -e '.[dev,fast]'
 	touch $@
 
-venv: $(BIN)/ophiura
+run-venv: $(BIN)/ophiura
+
+venv: $(VENV)/.dev-installed
 
 # Debian test tools: installed when run as root, otherwise the tests that need them skip.
 tools:
@@ -45,7 +55,7 @@ tools:
 # arping (installed here if missing); as another user it runs on 127.0.0.1 and says what it left out.
 DEMO_TOOLS := iproute2 arping
 
-demo: venv
+demo: run-venv
 	@if [ "$$(id -u)" = 0 ] && ! { command -v ip && command -v arping; } >/dev/null; then \
 	  echo "installing: $(DEMO_TOOLS)"; apt-get update -q >/dev/null && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DEMO_TOOLS) >/dev/null || \
@@ -79,6 +89,12 @@ bench-quick: bench-venv tools
 	$(BIN)/python -m bench --quick
 	$(BIN)/python -m bench replication --quick
 	$(BIN)/python -m bench failover --quick
+
+# Man pages from the CLI's help, one per command (ophiura.1, ophiura-target.1, ...):
+# `man -l build/man/ophiura-target.1`, or MANPATH=build: man ophiura-target (docs/operations.md).
+MANDIR ?= build/man1
+man: run-venv
+	$(BIN)/python -m ophiura.manpages $(MANDIR)
 
 lint: venv
 	$(BIN)/ruff check src tests bench

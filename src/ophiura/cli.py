@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ophiura import __version__
+from ophiura.causes import describe
 from ophiura.sizes import parse_size
 
 
@@ -226,7 +227,7 @@ def pr_command(
     except pr_tool.PrToolError as exc:
         raise click.ClickException(str(exc)) from exc
     except (IscsiError, OSError, ValueError, TimeoutError) as exc:
-        raise click.ClickException(f"{url}: {exc or type(exc).__name__}") from exc
+        raise click.ClickException(f"{url}: {describe(exc)}") from exc
     click.echo(json.dumps(result, indent=2) if as_json else pr_tool.render_text(result))
 
 

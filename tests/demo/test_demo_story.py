@@ -241,10 +241,12 @@ def test_story_loses_nothing_and_reports_it(mode: str, tmp_path: Path) -> None:
 
 
 def _check_availability(a: dict[str, Any], nc: dict[str, Any], sw: dict[str, Any]) -> None:
-    # promised for the storage: StarFish Eq. 1 with rho = 1 - 0.99 (the paper's convention)
+    # promised for the storage: StarFish Eq. 1 with rho = (1 - 0.99)/0.99, the model's own load
+    # (what `ophiura avail` uses by default)
     ps = a["promised_storage"]
     assert (ps["n"], ps["q"], ps["se_availability"]) == (3, 2, "0.99"), ps
-    rho = Fraction(1, 100)
+    assert a["assumptions"]["load_convention"] == "exact"
+    rho = Fraction(1, 99)
     eq1 = (1 + 3 * rho) / (1 + rho) ** 3  # i = 0 and i = N - Q = 1
     assert ps["exact"] == str(eq1) and ps["nines"] == 3 and ps["can_lose_data"] is False, ps
     assert a["promised_storage_args"] == "ophiura avail --se-availability 0.99 -N 3 -Q 2"

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import shlex
+
+from click.testing import CliRunner
+
+from ophiura.cli import main
 from ophiura.demo.client import Ack, Ledger, outage, typical_gap, verify
-from ophiura.demo.report import OUTAGE_THRESHOLD, client_availability
+from ophiura.demo.report import OUTAGE_THRESHOLD, availability, client_availability
 
 
 def _ledger(times: list[float], fails: tuple[float, ...] = ()) -> Ledger:
@@ -72,3 +78,17 @@ def test_outage_counts_only_what_happened_during_the_event() -> None:
     assert verify(Ledger(), {"records": []})["lost"] == 0
     everything_lost = verify(led, {"records": []})
     assert everything_lost["lost"] == len(times) and everything_lost["verified"] == 0
+
+
+def test_promised_storage_is_what_the_printed_ophiura_avail_command_says() -> None:
+    """The report names the `ophiura avail` command behind its promised storage figure: running
+    that command gives the same number (both use the model's own load by default)."""
+    a = availability(Ledger(), 0.0, 1.0, (0.0, 1.0), [], 3, 2, "records", None, 1.0)
+    ps = a["promised_storage"]
+    args = shlex.split(a["promised_storage_args"])
+    assert args[:2] == ["ophiura", "avail"]
+    res = CliRunner().invoke(main, [*args[1:], "--json"])
+    assert res.exit_code == 0, res.output
+    cli = json.loads(res.output)
+    assert cli["eq1"]["exact"] == ps["exact"] and cli["eq1"]["nines"] == ps["nines"]
+    assert cli["load_convention"] == a["assumptions"]["load_convention"] == "exact"

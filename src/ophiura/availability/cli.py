@@ -102,8 +102,10 @@ def _emit(data: dict[str, Any], as_json: bool, render: Any, **kw: Any) -> None:
 @click.option("--read-only", is_flag=True, help="Eq. 2: read-only consistency (needs HE load).")
 @click.option("--he-availability", metavar="A", help="HE availability for --read-only.")
 @click.option("--rho-he", metavar="R", help="HE load instead of --he-availability.")
-@click.option("--exact-load", is_flag=True, help="rho = (1-A)/A (the model's own A(1,1)) instead "
-              "of the paper's rho = 1-A, which reproduces its tables.")  # fmt: skip
+@click.option("--paper-load", is_flag=True, help="rho = 1-A as the paper converts, which "
+              "reproduces its Tables 1 and 2; default rho = (1-A)/A, the model's own "
+              "A(1,1).")  # fmt: skip
+@click.option("--exact-load", is_flag=True, help="rho = (1-A)/A: the default (kept for scripts).")
 @click.option("--table", "as_table", is_flag=True, help="A grid of SE availability x (Q, N).")
 @click.option("--simulate", is_flag=True, help="Check the formula by Monte Carlo simulation.")
 @click.option("--years", type=float, default=1000.0, show_default=True, help="Simulated time.")
@@ -228,7 +230,11 @@ def _nines_mode(o: dict[str, Any]) -> Result:
 
 
 def _convention(o: dict[str, Any]) -> starfish.Convention:
-    return "exact" if o["exact_load"] else "paper"
+    """The model's own load by default, so that "one SE" and Eq. 1 agree; the paper's with
+    --paper-load (docs/availability.md, "From SE availability to rho")."""
+    if o["paper_load"] and o["exact_load"]:
+        raise click.UsageError("give --paper-load or --exact-load, not both")
+    return "paper" if o["paper_load"] else "exact"
 
 
 def _he(o: dict[str, Any]) -> tuple[Fraction | None, Fraction | None]:

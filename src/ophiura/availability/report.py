@@ -79,21 +79,26 @@ def _sim_lines(c: Console, sim: dict[str, Any]) -> None:
         c.print(f"  [yellow]warning: {w}[/]")
 
 
+# How SE (and HE) availability A became the load rho (starfish.rho_from_availability).
+_LOADS = {
+    "exact": "the model's load rho = (1-A)/A",
+    "paper": "the paper's load rho = 1-A, --paper-load",
+}
+
+
 def render_starfish(d: dict[str, Any]) -> None:
     c = console()
-    given = (
-        f"SE availability {d['se_availability']}"
-        if d["se_availability"] is not None
-        else f"rho = {d['rho']:g}"
-    )
+    ro = d["read_only"]
+    # The conversion matters only where an availability was turned into a load.
+    converted = d["se_availability"] is not None or (ro is not None and ro["he_availability"])
+    given = f"SE availability {d['se_availability']}: " if d["se_availability"] else ""
     c.print(
-        f"StarFish N={d['n']} Q={d['q']}, {given}: rho = {d['rho']:g} "
-        f"({d['load_convention']} load convention)"
+        f"StarFish N={d['n']} Q={d['q']}, {given}rho = {d['rho']:g}"
+        + (f" ({_LOADS[d['load_convention']]})" if converted else "")
     )
     t = _fig_table()
     t.add_row(*_fig_row("one SE", d["single_se"]))
     t.add_row(*_fig_row(f"Eq. 1: at least Q={d['q']} of N={d['n']} SEs up", d["eq1"]))
-    ro = d["read_only"]
     if ro is not None:
         he = ro["he_availability"] or f"rho_he {ro['rho_he']:g}"
         t.add_row(*_fig_row(f"Eq. 2: read-only consistency, HE {he}", ro["eq2"]))
@@ -107,7 +112,7 @@ def render_starfish(d: dict[str, Any]) -> None:
 def render_table(d: dict[str, Any]) -> None:
     c = console()
     eq = "Eq. 2, read-only consistency" if d["equation"] == "eq2" else "Eq. 1"
-    title = f"StarFish availability, number of nines ({eq}, {d['load_convention']} load convention"
+    title = f"StarFish availability, number of nines ({eq}, {_LOADS[d['load_convention']]}"
     if d["equation"] == "eq2":
         title += f", rho(HE) = {d['rho_he']:g}"
     t = Table(title=title + ")", padding=(0, 1))

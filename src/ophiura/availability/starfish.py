@@ -1,11 +1,13 @@
 """StarFish §4: availability of N storage elements with write quorum Q (Eq. 1), with read-only
 consistency (Eq. 2), and the reliability notes of §4.2.
 
-The load rho = lambda/mu is what the formulas take; operators know SE availability. The paper
-converts with rho = 1 - A_SE ("rho from 0.1 to 0.001 correspond to hardware availability of 90%
-to 99.9%"), and only that conversion reproduces its Tables 1 and 2 exactly (the model's own
-single-SE availability, A(1, 1) = 1/(1 + rho), gives rho = (1 - A)/A and differs in one cell of
-Table 1). So "paper" is the default and "exact" is one flag away; every result says which.
+The load rho = lambda/mu is what the formulas take; operators know SE availability. The model's
+own single SE is available A(1, 1) = 1/(1 + rho), so an SE of availability A has the load
+rho = (1 - A)/A ("exact", the default): then "one SE: 99%" and Eq. 1 with N = Q = 1 in the same
+result agree. The paper converts with rho = 1 - A ("rho from 0.1 to 0.001 correspond to hardware
+availability of 90% to 99.9%"), and only that conversion reproduces its Tables 1 and 2 exactly
+(the exact one differs in one cell of Table 1), so "paper" stays one argument away
+(`--paper-load`); every result says which it used.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def _dec(value: Fraction | None) -> str | None:
     return None if value is None else decimal_str(value)
 
 
-def rho_from_availability(a: Fraction, convention: Convention = "paper") -> Fraction:
+def rho_from_availability(a: Fraction, convention: Convention = "exact") -> Fraction:
     """The load rho of a component with availability `a`."""
     if not 0 < a < 1:
         raise ModelError(f"availability {a} is outside (0, 1)")
@@ -45,7 +47,7 @@ def rho_from_availability(a: Fraction, convention: Convention = "paper") -> Frac
     raise ModelError(f"unknown load convention {convention!r} (paper or exact)")
 
 
-def availability_from_rho(rho: Fraction, convention: Convention = "paper") -> Fraction:
+def availability_from_rho(rho: Fraction, convention: Convention = "exact") -> Fraction:
     """The inverse of `rho_from_availability`."""
     return 1 - rho if convention == "paper" else 1 / (1 + rho)
 
@@ -193,7 +195,7 @@ def starfish_availability(
     rho: Fraction | str | None = None,
     he_availability: Fraction | str | None = None,
     rho_he: Fraction | str | None = None,
-    convention: Convention = "paper",
+    convention: Convention = "exact",
 ) -> StarfishResult:
     """Eq. 1 for N SEs of availability `se_availability` (or load `rho`) with quorum Q; Eq. 2
     too when `he_availability` or `rho_he` is given. Strings are parsed exactly ("0.99")."""
@@ -279,7 +281,7 @@ def table(
     *,
     rho_he: Fraction | None = None,
     he_availability: Fraction | None = None,
-    convention: Convention = "paper",
+    convention: Convention = "exact",
 ) -> Table:
     """One row per SE availability, one column per valid (Q, N) (Q > N columns are dropped)."""
     cols = tuple((q, n) for q, n in columns if 1 <= q <= n)

@@ -21,6 +21,8 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ophiura.causes import describe
+
 log = logging.getLogger(__name__)
 
 MAX_LINE = 1 << 16
@@ -81,7 +83,7 @@ class AdminServer:
             except AdminError as exc:
                 await self._send(writer, {"ok": False, "error": str(exc)})
         except (TimeoutError, ValueError, ConnectionError, asyncio.LimitOverrunError) as exc:
-            log.info("admin connection from %s: %s", peer, exc or type(exc).__name__)
+            log.info("admin connection from %s: %s", peer, describe(exc, IO_TIMEOUT))
         finally:
             writer.close()
             with contextlib.suppress(ConnectionError, TimeoutError):
@@ -103,7 +105,7 @@ async def call(
         )
     except (OSError, TimeoutError) as exc:
         raise AdminError(
-            f"cannot reach node admin API at {host}:{port}: {exc or 'timeout'}"
+            f"cannot reach node admin API at {host}:{port}: {describe(exc, timeout)}"
         ) from exc
 
     async def line() -> bytes:
@@ -122,10 +124,10 @@ async def call(
     except (OSError, TimeoutError) as exc:
         # "cannot reach": callers that may ask another node (the CLI) do so
         raise AdminError(
-            f"cannot reach node admin API at {host}:{port}: {exc or type(exc).__name__}"
+            f"cannot reach node admin API at {host}:{port}: {describe(exc, timeout)}"
         ) from exc
     except (ValueError, KeyError, TypeError) as exc:
-        raise AdminError(f"admin API at {host}:{port}: {exc or type(exc).__name__}") from exc
+        raise AdminError(f"admin API at {host}:{port}: {describe(exc)}") from exc
     finally:
         writer.close()
         with contextlib.suppress(OSError, TimeoutError):

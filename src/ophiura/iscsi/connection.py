@@ -22,6 +22,7 @@ from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from ophiura.causes import describe
 from ophiura.iscsi import pdu as P
 from ophiura.iscsi.commands import CommandPath
 from ophiura.iscsi.login import LoginError, LoginMachine, LoginReply, Status, login_request_from_pdu
@@ -105,7 +106,7 @@ class IscsiConnection(asyncio.Protocol):
             self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._teardown("connection lost" if exc is None else f"connection lost: {exc}")
+        self._teardown("connection lost" if exc is None else f"connection lost: {describe(exc)}")
 
     def pause_writing(self) -> None:
         # The initiator is not reading: stop reading its commands until it catches up.

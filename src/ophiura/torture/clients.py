@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ophiura.causes import describe
 from ophiura.nbd.client import NbdClient, NbdClientError, NbdError
 from ophiura.torture import stamp
 from ophiura.torture.checker import Read, Write
@@ -217,7 +218,7 @@ async def full_read(
     try:
         client = await NbdClient.connect("127.0.0.1", target.port, volume, timeout=10)
     except (NbdClientError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
-        return f"connect: {exc}"
+        return f"connect: {describe(exc, 10)}"
     try:
         step = 2048
         for first in range(0, sectors, step):
@@ -227,7 +228,7 @@ async def full_read(
             runs = stamp.decode_runs(data, first)
             hist.reads.append(Read(f"{label}@{first}", start, hist.now(), tuple(runs), True))
     except (NbdClientError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
-        return f"read: {exc}"
+        return f"read: {describe(exc, 30)}"
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(client.disconnect(), 5)

@@ -15,6 +15,7 @@ from collections import deque
 from dataclasses import replace
 from typing import Any
 
+from ophiura.causes import describe
 from ophiura.replication.he.quorum import AckTracker
 from ophiura.replication.he.recovery import (
     PeerView,
@@ -197,7 +198,7 @@ class ReplicaLife:
                     self._transition(r, ReplicaEvent.FENCED)
                 return
             except self._transport as exc:
-                why = f"attach: {exc or type(exc).__name__}"
+                why = f"attach: {describe(exc)}"
                 if r.incarnation == inc:
                     self._fail(r, ReplicaEvent.LOST, why)
                     session.lost(why, gen)
@@ -205,7 +206,7 @@ class ReplicaLife:
             try:
                 matches = await self._holds_our_history(r, vs)
             except self._transport as exc:
-                why = f"attach: history check: {exc or type(exc).__name__}"
+                why = f"attach: history check: {describe(exc)}"
                 if r.incarnation == inc:
                     self._fail(r, ReplicaEvent.LOST, why)
                     session.lost(why, gen)
@@ -435,5 +436,5 @@ class ReplicaLife:
         except self._stale as exc:
             self._fence(f"SE {r.name} during recovery: {exc}")
         except self._transport as exc:
-            why = f"{plan.kind} recovery: {exc or type(exc).__name__}"
+            why = f"{plan.kind} recovery: {describe(exc)}"
             self._replica_lost(r, inc, why)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from ophiura.causes import describe
+
 log = logging.getLogger(__name__)
 
 
@@ -283,7 +285,7 @@ class SeSession:
             try:
                 client = await asyncio.wait_for(self._connect(), self.connect_timeout + 1)
             except (SeError, OSError, TimeoutError) as exc:
-                self.last_error = f"connect: {exc or type(exc).__name__}"
+                self.last_error = f"connect: {describe(exc, self.connect_timeout + 1)}"
                 log.debug("SE %s: %s", self.name, self.last_error)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.backoff[1])
@@ -314,11 +316,12 @@ class SeSession:
                 return
             client = self.client
             poll = bool(self._epoch_listeners)
+            limit = max(2.0, self.ping_interval * 4)
             try:
-                async with asyncio.timeout(max(2.0, self.ping_interval * 4)):
+                async with asyncio.timeout(limit):
                     states = await client.list_volumes() if poll else await client.ping()
             except (SeError, OSError, TimeoutError) as exc:
-                self.lost(f"{'poll' if poll else 'ping'}: {exc or type(exc).__name__}", gen)
+                self.lost(f"{'poll' if poll else 'ping'}: {describe(exc, limit)}", gen)
                 return
             if poll and gen == self.generation:
                 self._epochs_seen({vs.volume: vs.ballot for vs in states})

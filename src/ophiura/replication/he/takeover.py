@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ophiura.causes import describe
 from ophiura.replication.he.quorum import takeover_quorum
 from ophiura.replication.he.se_session import SeSession
 
@@ -106,7 +107,7 @@ async def claim_volume(
                 return await coro
         except (SeError, OSError, TimeoutError) as exc:
             if not isinstance(exc, StaleEpoch):
-                s.lost(f"claim {volume}: {exc or type(exc).__name__}", s.generation)
+                s.lost(f"claim {volume}: {describe(exc, timeout)}", s.generation)
             return exc
 
     opened = await asyncio.gather(

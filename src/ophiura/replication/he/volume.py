@@ -33,6 +33,7 @@ from time import perf_counter
 from typing import Any
 
 from ophiura.block.device import BlockDeviceError, Extent, MediumError
+from ophiura.causes import describe
 from ophiura.replication.he.he_metrics import IoStats
 from ophiura.replication.he.plant import Plant
 from ophiura.replication.he.quorum import Fenced, QuorumLost, QuorumWaiter
@@ -376,7 +377,7 @@ class HostElementVolume(ReplicaLife):
                 self._fence(f"SE {r.name}: {exc}")
                 raise Fenced(f"{self.name}: fenced, reads refused: {self.fence_reason}") from exc
             except self._transport as exc:
-                why = f"read {offset}+{length}: {exc or type(exc).__name__}"
+                why = f"read {offset}+{length}: {describe(exc)}"
                 failures.append(f"{r.name}: {why}")
                 self._replica_lost(r, inc, why)
                 continue
@@ -649,7 +650,7 @@ class HostElementVolume(ReplicaLife):
                 self._fence(why)
                 return
             if isinstance(exc, self._transport):
-                why = f"write seq {op.seq}: {exc or type(exc).__name__}"
+                why = f"write seq {op.seq}: {describe(exc)}"
                 if waiter is not None:
                     waiter.nack(f"{r.name}: {why}")
                 self._replica_lost(r, inc, why)
