@@ -44,6 +44,7 @@ from ophiura.torture.schedule import Fault, Schedule
 
 POLL_PERIOD = 0.5
 STATUS_INTERVAL_MAX = 1.2  # a status sample's interval longer than this proves nothing
+STABLE_S = 3.0  # healed: whole, with one owner, for this long
 CLUSTER_TOOLS = {**NS_TOOLS, "nft": "nftables"}
 
 
@@ -129,9 +130,16 @@ def verdict(
     by_node: dict[str, int] = {}
     for a in acked:
         by_node[a.node] = by_node.get(a.node, 0) + 1
+    runs: list[list[Any]] = []  # [node, first ack s, last ack s, count], in time order
+    for a in sorted(acked, key=lambda a: a.done):
+        if runs and runs[-1][0] == a.node:
+            runs[-1][2:] = [round(a.done - window[0], 3), runs[-1][3] + 1]
+        else:
+            runs.append([a.node, round(a.done - window[0], 3), round(a.done - window[0], 3), 1])
     return {
         "acked": len(acked),
         "acked_by_node": by_node,
+        "ack_runs": runs,
         "read_back": len(have),
         "lost": len(lost),
         "wrong": len(wrong),
@@ -471,11 +479,20 @@ def run_cluster(opts: ClusterOptions, schedule: Schedule) -> dict[str, Any]:
         t_heal = time.monotonic()
         owner = None
 
+        stable: list[tuple[float, str]] = []  # (since, owner) while the cluster stays whole
+
         def healed() -> bool:
+            """Whole with the same owner for STABLE_S, and that owner acknowledged a record
+            since (a handover right after the heal is part of healing, not of the check)."""
             nonlocal owner
             assert client is not None
             owner = _whole(topo)
-            return owner is not None and any(a.done > t_heal for a in client.ledger.acked[-5:])
+            if owner is None or not stable or stable[-1][1] != owner:
+                stable[:] = [(time.monotonic(), owner)] if owner else []
+                return False
+            since = stable[-1][0]
+            acked = any(a.done > since and a.node == owner for a in client.ledger.acked[-5:])
+            return time.monotonic() - since >= STABLE_S and acked
 
         result["healed"] = _wait(healed, opts.heal_timeout, 0.3)
         result["heal_s"] = round(time.monotonic() - t_heal, 3)
