@@ -122,7 +122,8 @@ def verdict(
     """Everything the run is judged on, from the ledger, the volume's records, the app's
     records and the poll's samples."""
     have = volume or {}
-    lost = [a.id for a in acked if a.id not in have]
+    # an unread volume proves nothing lost: lost and wrong are then None (the run fails on it)
+    lost = [a.id for a in acked if a.id not in have] if volume is not None else []
     wrong = [a.id for a in acked if a.id in have and have[a.id] != a.data]
     app_differs = [a.id for a in acked if app_view.get(a.id) != have.get(a.id)] if app_view else []
     pairs = ledger_overlaps(acked)
@@ -141,8 +142,8 @@ def verdict(
         "acked_by_node": by_node,
         "ack_runs": runs,
         "read_back": len(have),
-        "lost": len(lost),
-        "wrong": len(wrong),
+        "lost": len(lost) if volume is not None else None,
+        "wrong": len(wrong) if volume is not None else None,
         "lost_ids": lost[:10],
         "wrong_ids": wrong[:10],
         "app_view_differs": len(app_differs),
@@ -544,8 +545,10 @@ def run_cluster(opts: ClusterOptions, schedule: Schedule) -> dict[str, Any]:
             shutil.rmtree(tmp, ignore_errors=True)
     result.setdefault("faults_injected", nemesis.counts() if nemesis else {})
     result.setdefault("faults_total", sum(result["faults_injected"].values()))
-    for k in ("acked", "lost", "wrong", "split_brain", "availability"):
+    for k in ("acked", "split_brain", "availability"):
         result.setdefault(k, 0)
+    for k in ("lost", "wrong"):
+        result.setdefault(k, None)
     result["schedule"] = schedule.to_json()
     return result
 
@@ -561,11 +564,15 @@ def cluster_failed(result: dict[str, Any]) -> bool:
     )
 
 
+def _n(v: int | None) -> str:
+    return "?" if v is None else str(v)
+
+
 def cluster_one_line(result: dict[str, Any]) -> str:
     kinds = ", ".join(f"{k} {n}" for k, n in sorted(result["faults_injected"].items()))
     return (
         f"seed={result['seed']} mode=cluster faults={result['faults_total']} ({kinds}) "
-        f"acked={result['acked']} lost={result['lost']} wrong={result['wrong']} "
+        f"acked={result['acked']} lost={_n(result['lost'])} wrong={_n(result['wrong'])} "
         f"split_brain={result['split_brain']} availability={result['availability']:.2f} "
         f"healed={'yes' if result['healed'] else 'NO'}"
         + (f" error={result['error']!r}" if result["error"] else "")
