@@ -10,22 +10,38 @@ import click
 
 from ophiura.sizes import parse_size
 from ophiura.torture.runner import PLANTS, Options, failed, one_line, plant_wired, run
-from ophiura.torture.schedule import FAULT_KINDS, Schedule, default_kinds, make_schedule
+from ophiura.torture.schedule import (
+    Schedule,
+    default_cluster_kinds,
+    default_kinds,
+    kind_table,
+    make_cluster_schedule,
+    make_schedule,
+)
 
 
-def _kinds(value: str | None) -> list[str]:
+def _kinds(value: str | None, mode: str) -> list[str]:
     if not value:
-        return default_kinds()
+        return default_cluster_kinds() if mode == "cluster" else default_kinds()
+    table = kind_table(mode)
     kinds = [k.strip() for k in value.split(",") if k.strip()]
-    bad = [k for k in kinds if k not in FAULT_KINDS]
+    bad = [k for k in kinds if k not in table]
     if bad:
         raise click.BadParameter(
-            f"unknown fault kinds {bad}; known: {', '.join(FAULT_KINDS)}", param_hint="--kinds"
+            f"unknown {mode} fault kinds {bad}; known: {', '.join(table)}", param_hint="--kinds"
         )
     return kinds
 
 
 @click.command("torture")
+@click.option(
+    "--mode",
+    type=click.Choice(["storage", "cluster"]),
+    default="storage",
+    show_default=True,
+    help="storage: SE/HE faults on 127.0.0.1; cluster: node faults against the demo's "
+    "three-node cluster in network namespaces (root only).",
+)
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of the first run.")
 @click.option(
     "--runs",
@@ -45,9 +61,8 @@ def _kinds(value: str | None) -> list[str]:
 @click.option(
     "--mean-gap",
     type=click.FloatRange(0.1, 60),
-    default=1.5,
-    show_default=True,
-    help="Mean seconds between fault starts (faults overlap).",
+    default=None,
+    help="Mean seconds between fault starts (faults overlap) [default: 1.5; cluster: 5].",
 )
 @click.option(
     "--cache/--no-cache",
@@ -85,11 +100,12 @@ def _kinds(value: str | None) -> list[str]:
 )
 @click.option("--list-kinds", is_flag=True, help="Print the fault table and exit.")
 def torture(
+    mode: str,
     seed: int,
     runs: int,
     duration: float,
     kinds: str | None,
-    mean_gap: float,
+    mean_gap: float | None,
     cache: bool | None,
     replay: Path | None,
     json_dir: Path,
@@ -106,11 +122,20 @@ def torture(
     sector by sector. Exit 1 if anything acknowledged was lost, a read was stale, data was
     corrupt, SEs diverged, two HEs acked under one ballot, or the cluster did not heal."""
     if list_kinds:
-        for k in FAULT_KINDS.values():
+        for k in kind_table(mode).values():
             need = f" [needs {k.needs}]" if k.needs else ""
-            click.echo(f"{k.name:24} {k.target:3} {k.min_s:g}-{k.max_s:g}s{need}  {k.doc}")
+            click.echo(f"{k.name:24} {k.target:4} {k.min_s:g}-{k.max_s:g}s{need}  {k.doc}")
         return
-    kind_list = _kinds(kinds)
+    if replay is not None:
+        try:
+            mode = Schedule.load(replay).mode
+        except ValueError as exc:
+            raise click.ClickException(f"--replay: {exc}") from exc
+    kind_list = _kinds(kinds, mode)
+    if mode == "cluster":
+        _cluster(seed, runs, duration, kind_list, mean_gap or 5.0, replay, json_dir, keep)
+        return
+    mean_gap = mean_gap or 1.5
     try:
         size = parse_size(volume_size)
     except ValueError as exc:
@@ -170,6 +195,67 @@ def torture(
             click.echo(f"  heal: {result['heal_note']}")
         click.echo(f"  json: {opts.json_path}")
         any_failed |= failed(result)
+        if replay is not None:
+            break
+    raise SystemExit(1 if any_failed else 0)
+
+
+def _cluster(
+    seed: int,
+    runs: int,
+    duration: float,
+    kinds: list[str],
+    mean_gap: float,
+    replay: Path | None,
+    json_dir: Path,
+    keep: bool,
+) -> None:
+    """The cluster mode's loop over seeds (see torture/cluster.py)."""
+    from ophiura.torture.cluster import (
+        ClusterOptions,
+        cluster_failed,
+        cluster_one_line,
+        run_cluster,
+        unavailable,
+    )
+
+    why = unavailable()
+    if why:
+        raise click.ClickException(why)
+    json_dir.mkdir(parents=True, exist_ok=True)
+    any_failed = False
+    for i in range(runs):
+        if replay is not None:
+            schedule = Schedule.load(replay)
+        else:
+            schedule = make_cluster_schedule(seed + i, duration, kinds, mean_gap)
+        stem = f"torture-cluster-{schedule.seed}"
+        sched_path = json_dir / f"{stem}.schedule.json"
+        schedule.save(sched_path)
+        counts = ", ".join(f"{k} {n}" for k, n in sorted(schedule.counts().items()))
+        click.echo(
+            f"seed={schedule.seed} mode=cluster schedule={sched_path} "
+            f"({len(schedule.faults)} faults: {counts})"
+        )
+        for f in schedule.faults:
+            click.echo(
+                f"  {f.at:7.2f}s {f.kind:14} {f.target:5} {f.duration:5.2f}s {f.params or ''}"
+            )
+        opts = ClusterOptions(json_path=json_dir / f"{stem}.json", keep=keep)
+        result = run_cluster(opts, schedule)
+        opts.json_path.write_text(json.dumps(result, indent=1, default=str) + "\n")
+        click.echo(cluster_one_line(result), color=False)
+        for ex in result.get("split_brain_examples", [])[:5]:
+            click.echo(f"  {ex}")
+        for what in ("lost_ids", "wrong_ids"):
+            if result.get(what):
+                click.echo(f"  {what}: {' '.join(result[what])}")
+        if result["heal_note"]:
+            click.echo(f"  heal: {result['heal_note']}")
+        if keep:
+            click.echo(f"  workdir (logs): {result['workdir']}")
+        click.echo(f"  json: {opts.json_path}")
+        any_failed |= cluster_failed(result)
         if replay is not None:
             break
     raise SystemExit(1 if any_failed else 0)

@@ -119,11 +119,79 @@ FAULT_KINDS: dict[str, FaultKind] = {
     )
 }
 
+# The cluster mode's faults (`ophiura torture --mode cluster`, torture/cluster.py): each hits one
+# cluster node of the demo's topology ("owner" = whichever node runs the hierarchy then).
+NODE_NAMES = ("n1", "n2", "n3")
+CLUSTER_FAULT_KINDS: dict[str, FaultKind] = {
+    k.name: k
+    for k in (
+        FaultKind(
+            "node-crash",
+            "node",
+            2.0,
+            8.0,
+            3,
+            doc="power loss: the node's cables pulled, kill -9 of everything it runs; it boots "
+            "again (cables back, /run and the floating IP cleared, daemon started) after a while",
+        ),
+        FaultKind(
+            "node-pause",
+            "node",
+            1.5,
+            4.0,
+            2,
+            doc="SIGSTOP of the node's daemon, HE and app (longer than the 0.7 s heartbeat "
+            "deadline), then SIGCONT",
+        ),
+        FaultKind(
+            "link-cut-one",
+            "node",
+            1.0,
+            5.0,
+            2,
+            doc="one heartbeat link (ring0 on net A or ring1 on net B) of the node cut "
+            "(nftables drop on its bridge port), healed after a while",
+        ),
+        FaultKind(
+            "link-cut-both",
+            "node",
+            1.5,
+            5.0,
+            2,
+            doc="both heartbeat links of the node cut (its storage network S stays up: its HE "
+            "can still reach the SEs, only the ballot fences it)",
+        ),
+        FaultKind(
+            "partition",
+            "node",
+            1.5,
+            5.0,
+            2,
+            doc="the node cut off every network (A, B and S) while its processes keep running",
+        ),
+        FaultKind(
+            "node-restart",
+            "node",
+            0.5,
+            3.0,
+            2,
+            doc="clean stop (SIGTERM: the daemon stops its hierarchies and leaves), started "
+            "again after a while",
+        ),
+    )
+}
+# seconds a node needs after a fault heals before it counts as healthy again (a booted
+# daemon's start-up, a rejoin), in the schedule's quorum bookkeeping
+CLUSTER_SETTLE_S = {"node-crash": 5.0, "node-restart": 5.0}
+CLUSTER_OVERLAP_P = 0.15  # how often a fault may start while another node is still impaired
+
 # Kinds that exist in the table but are never scheduled by default (weight 0 or not yet built).
-LATER_KINDS = (
-    "clock-step",
-    "cluster node crash / pause / heartbeat link cut / partition / restart",
-)
+LATER_KINDS = ("clock-step",)
+
+
+def kind_table(mode: str) -> dict[str, FaultKind]:
+    """The fault table of a mode ("storage" or "cluster")."""
+    return CLUSTER_FAULT_KINDS if mode == "cluster" else FAULT_KINDS
 
 
 @dataclass(frozen=True)
@@ -143,9 +211,11 @@ class Schedule:
     se_delay_ms: dict[str, float]  # static link delay per SE in the HE config
     faults: list[Fault]
     kinds: list[str]
+    mode: str = "storage"  # "cluster": the faults are CLUSTER_FAULT_KINDS on nodes
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "mode": self.mode,
             "seed": self.seed,
             "duration": self.duration,
             "cache": self.cache,
@@ -158,7 +228,10 @@ class Schedule:
     def from_json(cls, data: dict[str, Any]) -> Schedule:
         try:
             faults = [Fault(**f) for f in data["faults"]]
-            unknown = sorted({f.kind for f in faults} - set(FAULT_KINDS))
+            mode = str(data.get("mode", "storage"))
+            if mode not in ("storage", "cluster"):
+                raise ValueError(f"unknown mode {mode!r}")
+            unknown = sorted({f.kind for f in faults} - set(kind_table(mode)))
             if unknown:
                 raise ValueError(f"unknown fault kinds {unknown}")
             return cls(
@@ -168,6 +241,7 @@ class Schedule:
                 se_delay_ms={str(k): float(v) for k, v in data.get("se_delay_ms", {}).items()},
                 faults=faults,
                 kinds=list(data.get("kinds", sorted({f.kind for f in faults}))),
+                mode=mode,
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a torture schedule: {exc}") from exc
@@ -230,3 +304,40 @@ def make_schedule(
 
 def default_kinds() -> list[str]:
     return [k.name for k in FAULT_KINDS.values() if k.weight > 0]
+
+
+def default_cluster_kinds() -> list[str]:
+    return [k.name for k in CLUSTER_FAULT_KINDS.values() if k.weight > 0]
+
+
+def make_cluster_schedule(
+    seed: int, duration: float, kinds: list[str], mean_gap: float = 5.0
+) -> Schedule:
+    """Cluster faults with exponential gaps, each on one node. A quorum (two of three nodes)
+    stays healthy most of the time: a fault starts while another node is still impaired (its
+    fault plus the settling time after it) only with probability CLUSTER_OVERLAP_P, and never
+    with two impaired already; otherwise it waits for the impaired node to settle. The target
+    is a named node or "owner" (resolved when the fault starts; never an impaired node)."""
+    bad = [k for k in kinds if k not in CLUSTER_FAULT_KINDS]
+    if bad:
+        raise ValueError(f"unknown fault kinds {bad} (known: {', '.join(CLUSTER_FAULT_KINDS)})")
+    rng = random.Random(seed)
+    weighted = [CLUSTER_FAULT_KINDS[k] for k in kinds if CLUSTER_FAULT_KINDS[k].weight > 0]
+    faults: list[Fault] = []
+    impaired: list[float] = []  # when each still-impaired node is healthy again
+    t = rng.uniform(1.0, 3.0)
+    while weighted and t < duration:
+        impaired = [end for end in impaired if end > t]
+        if len(impaired) >= 2 or (impaired and rng.random() >= CLUSTER_OVERLAP_P):
+            t = min(impaired) + rng.uniform(0.2, 1.0)
+            continue
+        kind = rng.choices(weighted, [k.weight for k in weighted])[0]
+        dur = round(rng.uniform(kind.min_s, kind.max_s), 3)
+        target = "owner" if rng.random() < 0.5 else rng.choice(NODE_NAMES)
+        params: dict[str, Any] = {}
+        if kind.name == "link-cut-one":
+            params = {"net": rng.choice(("a", "b"))}
+        faults.append(Fault(round(t, 3), kind.name, target, dur, params))
+        impaired.append(t + dur + CLUSTER_SETTLE_S.get(kind.name, 2.0))
+        t += rng.expovariate(1.0 / mean_gap)
+    return Schedule(seed, duration, False, {}, faults, list(kinds), mode="cluster")
