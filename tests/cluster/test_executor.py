@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -331,3 +333,18 @@ async def test_reload_gives_a_running_hierarchy_its_new_spec_without_touching_it
     assert rt.state == H.RUNNING and rt.spec.resources["app"].resource.monitor_interval == 0.02
     assert rt.spec.failback == "auto" and order(agent, "start") == order(agent, "stop") == []
     await ex.shutdown(stop_resources=False)
+
+
+async def test_generation_survives_a_restart(tmp_path: Path) -> None:
+    """ophiura torture --mode cluster found it: n2 took a hierarchy over at gen 2 and restarted;
+    back at gen 0, the loser's "taken at gen 1" report looked like a takeover by a node nobody
+    can see, and every node blocked the hierarchy. The generation is now kept in the state dir."""
+    gens = tmp_path / "generations.json"
+    agent = ScriptedAgent()
+    ex = Executor(make(TREE), "n2", lambda *a, **k: None, lambda k: agent, generations=gens)
+    await ex._start(ex.hier["web"], 2, "test")
+    assert json.loads(gens.read_text()) == {"web": 2}
+    again = Executor(make(TREE), "n2", lambda *a, **k: None, lambda k: agent, generations=gens)
+    assert again.local_view()["web"].gen == 2
+    gens.write_text("not json")
+    assert Executor(make(TREE), "n2", lambda *a, **k: None, generations=gens).hier["web"].gen == 0

@@ -84,7 +84,9 @@ class NodeDaemon:
         self.sd = Notifier.from_environ()  # systemd: READY=1, WATCHDOG=1 (sdnotify.py)
         self.hb = HeartbeatService(cfg, me, on_event=self._from_thread, on_tick=self._hb_tick)
         self.metrics = NodeMetrics(self)  # /metrics (node_metrics.py)
-        self.executor = Executor(cfg, me, self.emit)
+        self.executor = Executor(
+            cfg, me, self.emit, generations=cfg.state_path(me) / "generations.json"
+        )
         self.admin_server = AdminServer(cfg.key("admin"), me, self.handle)
         self.web: web_hook.Stoppable | None = None  # REST API + dashboard, if cluster/node http
         self._loop: asyncio.AbstractEventLoop | None = None

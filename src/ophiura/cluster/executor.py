@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from ophiura.cluster import agentload
@@ -117,6 +120,7 @@ class Executor:
         emit: Emit,
         agent_for: Callable[[str], Agent] = agentload.agent_for,
         clock: Callable[[], float] = time.monotonic,
+        generations: Path | None = None,
     ) -> None:
         self.cfg = cfg
         self.me = me
@@ -124,6 +128,45 @@ class Executor:
         self.agent_for = agent_for
         self.clock = clock
         self.hier = {name: HierRuntime(h) for name, h in cfg.hierarchies.items()}
+        # The generation each hierarchy last started at here, kept across restarts: a node that
+        # took a hierarchy over and then restarted must still report the generation it took it
+        # at, or a loser's older "taken" report looks like a takeover nobody can see
+        # (decide._taken_unseen) and blocks the hierarchy everywhere (found by ophiura torture
+        # --mode cluster). None: remembered in memory only.
+        self._generations = generations
+        for name, gen in self._load_generations().items():
+            if name in self.hier:
+                self.hier[name].gen = gen
+
+    def _load_generations(self) -> dict[str, int]:
+        if self._generations is None:
+            return {}
+        try:
+            data = json.loads(self._generations.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring %s: %s", self._generations, exc)
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {str(k): v for k, v in data.items() if isinstance(v, int) and v >= 0}
+
+    def _save_generations(self) -> None:
+        """Durable before the start goes on: a crash right after must not forget it."""
+        if self._generations is None:
+            return
+        gens = {name: rt.gen for name, rt in self.hier.items() if rt.gen}
+        tmp = self._generations.with_suffix(".tmp")
+        try:
+            self._generations.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "w") as f:
+                json.dump(gens, f)
+                f.flush()
+                os.fsync(f.fileno())
+            tmp.replace(self._generations)
+        except OSError as exc:
+            log.warning("cannot save generations to %s: %s", self._generations, exc)
 
     # -- the view the decision function reads -------------------------------------------------
 
@@ -303,6 +346,7 @@ class Executor:
     async def _start(self, rt: HierRuntime, gen: int, reason: str) -> None:
         spec = rt.spec
         rt.gen = gen
+        self._save_generations()  # small and synchronous: nothing may run in between
         rt.failed.clear()
         self._set(rt, "start")
         self.emit("hierarchy", hierarchy=spec.name, task="acquire-start", desc=reason, gen=gen)
@@ -504,8 +548,7 @@ class Executor:
             return
         for n in found:
             self._rset(rt, n, "probe_running")
-        if len(found) == len(names):
-            rt.gen = 0
+        if len(found) == len(names):  # it keeps the generation it was started at here
             self._set(rt, "probed")
             self.emit(
                 "hierarchy", hierarchy=rt.spec.name, task="probe", desc="found running: adopted"
