@@ -125,16 +125,6 @@ def test_live_run_lost_nothing_and_no_split_brain(live: tuple[int, str, dict[str
 
 
 @needs_root
-@pytest.mark.xfail(
-    strict=False,
-    reason="cluster bug: a hierarchy's generation is not durable. When node X took the "
-    "hierarchy over (at gen g+1) from Y while Y's heartbeat links were cut (Y is then FAILED "
-    "with `taken`, at gen g), and X later crashes or restarts, X comes back with gen 0; the "
-    "highest generation anyone reports is Y's g, so decide._taken_unseen() blocks every node "
-    "('Y lost vol to a node we cannot see, which runs it now') although nobody runs it: the "
-    "hierarchy stays down until failure expiry (600 s) or a cleanup. Seen in seed 2 "
-    "(docs/reliability.md); the 45 s run may or may not hit it.",
-)
 def test_live_run_heals_and_reads_the_volume(live: tuple[int, str, dict[str, Any]]) -> None:
     _, _, r = live
     assert r["healed"], r["heal_note"]
