@@ -2,9 +2,9 @@
 
 The cluster's `ProcessAgent` spawns through asyncio, whose subprocess transport kills a child it
 still owns when collected; that is right for a long-lived node daemon but wrong for an OCF `start`
-action, which exits right after starting the daemon. So start uses `subprocess.Popen` (new
-session, output to a log file) and writes the same "PID STARTTIME" pidfile; stop and monitor are
-the `ProcessAgent`'s own, reading the pidfile this agent names.
+action, which exits right after starting the daemon. So this agent launches with
+`subprocess.Popen` (`_launch`, `_exit_within`); the rest of start (parameters, the "PID
+STARTTIME" pidfile, the exit check), stop and monitor are the `ProcessAgent`'s own.
 """
 
 from __future__ import annotations
@@ -13,23 +13,12 @@ import asyncio
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
-from ophiura.cluster.agents.base import OcfCode, Outcome, Resource
-from ophiura.cluster.agents.params import (
-    ParamError,
-    Params,
-    config_error,
-    done,
-    safe_name,
-)
+from ophiura.cluster.agents.base import Resource
 from ophiura.cluster.agents.process import (
-    PidRecord,
     ProcessAgent,
-    proc_starttime,
-    read_pidfile,
-    write_pidfile,
 )
-from ophiura.cluster.agents.process_runner import netns_prefix
 
 POLL = 0.05
 
@@ -40,6 +29,7 @@ class DaemonAgent(ProcessAgent):
     def __init__(self, rsctmp: Path | str | None = None, pidfile: Path | None = None) -> None:
         super().__init__(rsctmp)
         self._pinned = pidfile
+        self._popen: dict[int, subprocess.Popen[bytes]] = {}
 
     def pidfile(self, resource: Resource) -> Path:
         if self._pinned is not None:
@@ -47,48 +37,25 @@ class DaemonAgent(ProcessAgent):
             return self._pinned
         return super().pidfile(resource)
 
-    async def start(self, resource: Resource, timeout: float) -> Outcome:
-        t0 = time.monotonic()
-        p = Params(resource)
-        try:
-            argv = p.argv("command")
-            cwd = p.text("cwd", "/")
-            start_wait = p.number("start_wait", 0.2)
-            logfile = Path(p.text("log", str(self.dir() / f"{safe_name(resource.name)}.log")))
-        except ParamError as exc:
-            return config_error(exc, t0)
-        pidfile = self.pidfile(resource)
-        rec = read_pidfile(pidfile)
-        if rec is not None and rec.alive():
-            return done(OcfCode.SUCCESS, t0, f"already running as pid {rec.pid}")
-        try:
-            with open(logfile, "ab") as out:
-                proc = subprocess.Popen(
-                    [*netns_prefix(p.netns), *argv],
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    cwd=cwd,
-                    start_new_session=True,
-                )
-        except FileNotFoundError as exc:
-            return done(OcfCode.ERR_INSTALLED, t0, f"{argv[0]}: not found ({exc.strerror})")
-        except PermissionError as exc:
-            return done(OcfCode.ERR_PERM, t0, f"{argv[0]}: {exc.strerror}")
-        except OSError as exc:
-            return done(OcfCode.ERR_GENERIC, t0, f"{argv[0]}: {exc}")
-        st = proc_starttime(proc.pid)
-        if st is not None:
-            write_pidfile(pidfile, PidRecord(proc.pid, st))
-        deadline = time.monotonic() + min(start_wait, max(0.0, timeout - (time.monotonic() - t0)))
+    async def _launch(self, cmd: list[str], cwd: str, out: Any) -> int:
+        """Popen, not asyncio: the OCF action exits right after start, and the daemon with it
+        would be killed when asyncio's transport for it is collected."""
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            start_new_session=True,
+        )
+        self._popen[proc.pid] = proc
+        return proc.pid
+
+    async def _exit_within(self, pid: int, wait: float) -> int | None:
+        proc = self._popen.get(pid)
+        if proc is None:
+            return None
+        deadline = time.monotonic() + wait
         while proc.poll() is None and time.monotonic() < deadline:
             await asyncio.sleep(POLL)
-        if proc.poll() is not None or st is None:
-            pidfile.unlink(missing_ok=True)
-            return done(
-                OcfCode.ERR_GENERIC,
-                t0,
-                f"{argv[0]} exited with status {proc.returncode} within {start_wait:g}s "
-                f"(log: {logfile})",
-            )
-        return done(OcfCode.SUCCESS, t0)
+        return proc.poll()

@@ -25,6 +25,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ophiura.cluster.agents.base import OcfCode, Outcome, Resource
 from ophiura.cluster.agents.params import (
@@ -154,40 +155,53 @@ class ProcessAgent:
             return done(OcfCode.SUCCESS, t0, f"already running as pid {rec.pid}")
         try:
             with open(logfile, "ab") as out:
-                proc = await asyncio.create_subprocess_exec(
-                    *netns_prefix(p.netns),
-                    *argv,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=asyncio.subprocess.STDOUT,
-                    cwd=cwd,
-                    start_new_session=True,
-                )
+                pid = await self._launch([*netns_prefix(p.netns), *argv], cwd, out)
         except FileNotFoundError as exc:
             return done(OcfCode.ERR_INSTALLED, t0, f"{argv[0]}: not found ({exc.strerror})")
         except PermissionError as exc:
             return done(OcfCode.ERR_PERM, t0, f"{argv[0]}: {exc.strerror}")
         except OSError as exc:
             return done(OcfCode.ERR_GENERIC, t0, f"{argv[0]}: {exc}")
-        self._children[proc.pid] = proc
-        self._reap(proc)
-        st = proc_starttime(proc.pid)
+        st = proc_starttime(pid)
         if st is not None:
-            write_pidfile(pidfile, PidRecord(proc.pid, st))
+            write_pidfile(pidfile, PidRecord(pid, st))
             wait = min(start_wait, max(0.0, timeout - (time.monotonic() - t0)))
         else:  # already gone: wait (briefly) for its exit status
             wait = min(1.0, max(0.0, timeout - (time.monotonic() - t0)))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), wait)
-        if proc.returncode is not None or st is None:
+        returncode = await self._exit_within(pid, wait)
+        if returncode is not None or st is None:
             pidfile.unlink(missing_ok=True)
             return done(
                 OcfCode.ERR_GENERIC,
                 t0,
-                f"{argv[0]} exited with status {proc.returncode} within {start_wait:g}s",
+                f"{argv[0]} exited with status {returncode} within {start_wait:g}s",
                 _tail(logfile),
             )
         return done(OcfCode.SUCCESS, t0)
+
+    async def _launch(self, cmd: list[str], cwd: str, out: Any) -> int:
+        """Start the daemon in a session of its own, output to `out`; its pid. The child stays
+        this agent's to reap (`_reap`): the node daemon outlives it."""
+        proc = await asyncio.create_subprocess_exec(
+            *cmd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+            cwd=cwd,
+            start_new_session=True,
+        )
+        self._children[proc.pid] = proc
+        self._reap(proc)
+        return proc.pid
+
+    async def _exit_within(self, pid: int, wait: float) -> int | None:
+        """The child's exit status if it exits within `wait` seconds, else None."""
+        proc = self._children.get(pid)
+        if proc is None:  # already reaped
+            return self._exits.get(pid)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), wait)
+        return proc.returncode
 
     async def stop(self, resource: Resource, timeout: float) -> Outcome:
         t0 = time.monotonic()
