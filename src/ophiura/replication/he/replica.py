@@ -249,8 +249,6 @@ class ReplicaLife:
             return True  # nothing held, written under our ballot, or a full copy anyway
         if vs.top_ballot == (0, 0):
             return False
-        if t == self.base and self.base_ballot != (0, 0):
-            return vs.top_ballot == self.base_ballot
         truth = await self._ballot_at(t, exclude=r)
         if truth is None:
             return None
