@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import random
 import subprocess
 import sys
@@ -39,6 +40,7 @@ class SeHandle:
     proc: subprocess.Popen[bytes] | None = None
     secret_file: Path | None = None
     extra_args: list[str] = field(default_factory=list)  # more `ophiura se` flags (spawn)
+    env: dict[str, str] = field(default_factory=dict)  # more environment (spawn)
 
     async def start(self) -> None:
         self.se = StorageElement(
@@ -75,6 +77,7 @@ class SeHandle:
             ],
             stdout=subprocess.DEVNULL,
             stderr=open(self.data_dir.parent / f"se-{self.name}.log", "ab"),  # noqa: SIM115
+            env={**os.environ, **self.env} if self.env else None,
         )
 
     async def wait_listening(self, timeout: float = 10.0) -> None:

@@ -63,7 +63,7 @@ def test_harness_runs_and_injects_many_kinds(run: tuple[int, str, dict[str, Any]
     assert result["acked_writes"] > 100 and result["reads"] > 100
     assert result["observations"] > 10_000
     assert result["final_read_error"] is None
-    assert "se-eio" in result["unavailable_kinds"]
+    assert "se-eio" in result["faults_injected"], result["unavailable_kinds"]
     assert 0 < result["write_availability"] <= 1
     assert result["schedule"]["seed"] == SEED
 

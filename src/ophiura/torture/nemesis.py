@@ -38,7 +38,7 @@ def capabilities(disk_full_dir: Path | None, links: bool) -> dict[str, bool]:
         "links": links,
         "powerloss": importlib.util.find_spec("ophiura.replication.se.powerloss") is not None,
         "root": os.geteuid() == 0 and disk_full_dir is not None,
-        "eio": False,
+        "eio": importlib.util.find_spec("ophiura.replication.se.disk_io") is not None,
     }
 
 
@@ -124,12 +124,13 @@ class Nemesis:
             "se-slow": self._se_slow,
             "se-powerloss": self._se_powerloss,
             "se-disk-full": self._se_disk_full,
+            "se-eio": self._se_eio,
             "he-se-partition": self._he_se_partition,
             "he-kill-takeover": self._he_kill_takeover,
             "concurrent-takeover": self._concurrent_takeover,
             "resize-se-down": self._resize_se_down,
         }
-        missing = set(FAULT_KINDS) - set(self.handlers) - {"se-eio"}
+        missing = set(FAULT_KINDS) - set(self.handlers)
         assert not missing, f"fault kinds without a handler: {missing}"
 
     def now(self) -> float:
@@ -271,6 +272,18 @@ class Nemesis:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 ballast.unlink()
+
+    async def _se_eio(self, fault: Fault, record: FaultRecord) -> None:
+        se = self._se(fault)
+        assert se.eio_flag is not None
+        se.eio_flag.touch()
+        try:
+            await asyncio.sleep(fault.duration)
+            st = await self.cluster.primary_status()
+            states = st and {r["name"]: r["state"] for r in st.get("ses", [])}
+            record.notes.append(f"replicas while failing: {states}")
+        finally:
+            se.eio_flag.unlink(missing_ok=True)
 
     async def _he_se_partition(self, fault: Fault, record: FaultRecord) -> None:
         link = self.cluster.links[fault.target]

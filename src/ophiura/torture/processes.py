@@ -22,6 +22,7 @@ from ophiura.replication.he.control import ControlError, control_call
 
 PLANT_ENV = "OPHIURA_TORTURE_PLANT"  # the HE's test-only bug switch (read by the HE once wired)
 POWERLOSS_ENV = "OPHIURA_POWERLOSS_JOURNAL"
+EIO_ENV = "OPHIURA_EIO_FLAG"
 
 
 def _die_with_parent() -> None:
@@ -76,6 +77,7 @@ class SeProc:
     log_size: str = "4M"
     port: int = field(default_factory=free_port)
     powerloss_dir: Path | None = None
+    eio_flag: Path | None = None  # while this file exists the SE's disk fails (disk_io.py)
     proc: subprocess.Popen[bytes] | None = None
     paused: bool = False
     starts: int = 0
@@ -85,6 +87,8 @@ class SeProc:
         if self.powerloss_dir is not None:
             self.powerloss_dir.mkdir(parents=True, exist_ok=True)
             env[POWERLOSS_ENV] = str(self.powerloss_dir)
+        if self.eio_flag is not None:
+            env[EIO_ENV] = str(self.eio_flag)
         cmd = [sys.executable, "-m", "ophiura.cli", "se", "--name", self.name]
         cmd += ["--data-dir", str(self.data_dir), "--listen", f"127.0.0.1:{self.port}"]
         cmd += ["--log-size", self.log_size, "--secret-file", str(self.secret_file)]

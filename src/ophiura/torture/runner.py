@@ -91,7 +91,9 @@ async def run(opts: Options, schedule: Schedule) -> dict[str, Any]:
         pl = powerloss_dirs(tmp, list(SE_NAMES), caps["powerloss"])
         for n in SE_NAMES:
             data = (disk_dir / "data") if (n == "c" and mounted) else tmp / f"se-{n}"
-            ses[n] = SeProc(n, data, secret_file, tmp, powerloss_dir=pl[n])
+            ses[n] = SeProc(
+                n, data, secret_file, tmp, powerloss_dir=pl[n], eio_flag=tmp / f"eio-{n}"
+            )
         config = tmp / "he.toml"
         cluster = Cluster(ses, hes, VOLUME, opts.volume_size, disk_dir if mounted else None)
         for se in ses.values():

@@ -77,9 +77,12 @@ FAULT_KINDS: dict[str, FaultKind] = {
             "se",
             0.5,
             3.0,
-            0,
+            1,
             needs="eio",
-            doc="the SE's disk returns EIO (needs a device-mapper error target: not yet available)",
+            doc="the SE's disk fails: every write, truncate and sync returns EIO while the fault "
+            "lasts (modelled at the SE's disk-I/O seam, replication/se/disk_io.py: this kernel "
+            "has no device-mapper error target); the SE fails the volume and re-derives it from "
+            "its files when the HE re-attaches after the fault",
         ),
         FaultKind(
             "he-se-partition",

@@ -9,13 +9,22 @@ discards that file's journal. After the SE is killed, `powerloss.apply_power_los
 subset of the journalled (unsynced) sectors: what a disk without FUA or flush ordering may
 leave after losing power.
 
-Without the variable the functions below are the `os` ones themselves (bound at import): no
+A disk that fails is the other thing kill -9 cannot show. This kernel has no device-mapper
+(no `dm-error` target), so the failing disk is modelled at the same seam: with
+`OPHIURA_EIO_FLAG=FILE` in the SE's environment, every write, hole punch, truncate and sync
+raises `OSError(EIO)` while FILE exists. A failed sync leaves the unsynced writes where they
+were (in the page cache, and in the power-loss journal when that is on): what a real EIO from
+fdatasync leaves is unknown, and the SE must treat it so (it fails the volume and re-derives it
+from its files, `store.Volume._fail`). Reads are not failed by this model.
+
+Without the variables the functions below are the `os` ones themselves (bound at import): no
 cost on the write path. Size changes (`ftruncate`) are not journalled: every one the SE makes
 is followed by a sync before anything depends on it, so the model treats them as durable.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import threading
@@ -26,6 +35,7 @@ from typing import Any
 from ophiura.block.file import _fallocate
 
 ENV = "OPHIURA_POWERLOSS_JOURNAL"
+EIO_ENV = "OPHIURA_EIO_FLAG"
 SECTOR = 512
 UNDO_SUFFIX = ".undo"  # entries: offset u64, length u64, old bytes (whole sectors)
 PATH_SUFFIX = ".path"  # the file the entries belong to
@@ -117,6 +127,36 @@ fdatasync: Callable[[int], None] = os.fdatasync
 fsync: Callable[[int], None] = os.fsync
 ftruncate: Callable[[int, int], None] = os.ftruncate
 
+
+def _failing(flag: Path, fns: dict[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]:
+    """`fns`, each raising EIO instead of running while `flag` exists."""
+
+    def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any) -> Any:
+            if flag.exists():
+                raise OSError(errno.EIO, f"{name}: injected I/O error ({EIO_ENV}={flag})")
+            return fn(*args)
+
+        return call
+
+    return {name: wrap(name, fn) for name, fn in fns.items()}
+
+
 _journal_dir = os.environ.get(ENV)
 if _journal_dir:
     globals().update(_journalled(UndoJournal(Path(_journal_dir))))
+_eio_flag = os.environ.get(EIO_ENV)
+if _eio_flag:
+    globals().update(
+        _failing(
+            Path(_eio_flag),
+            {
+                "pwrite": pwrite,
+                "pwritev": pwritev,
+                "punch": punch,
+                "fdatasync": fdatasync,
+                "fsync": fsync,
+                "ftruncate": ftruncate,
+            },
+        )
+    )
