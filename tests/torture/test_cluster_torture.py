@@ -21,7 +21,7 @@ from ophiura.torture.schedule import (
     make_cluster_schedule,
 )
 
-SEED = 2  # its 45 s schedule holds all six kinds
+SEED = 2  # its 45 s schedule holds five kinds, clock steps among them
 DURATION = "45"
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-SEED = 12  # its schedule holds every schedulable kind; ~240 of its faults land in 180 s
+SEED = 12  # its schedule holds every kind; ~230 of its faults land in 210 s (201 in 180 s)
 
 
 def _torture(tmp: Path, *args: str, timeout: float = 240) -> tuple[int, str, dict[str, Any]]:
@@ -39,7 +39,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, str, dict[str, A
         "--seed",
         str(SEED),
         "--duration",
-        "180",
+        "210",
         "--mean-gap",
         "0.5",
         "--cache",

@@ -111,6 +111,7 @@ class Topology:
     lab: netns.Lab | None = None
     left_out: list[str] = field(default_factory=list)
     deadline: float = 0.7  # heartbeat deadline (the cluster default): a node dead after this
+    test_hooks: bool = False  # the daemons' test-only admin requests (torture: step-clock)
 
     # ------------------------------------------------------------------ addresses and files
 
@@ -272,6 +273,7 @@ class Topology:
             f'name = "demo-{self.run_id}"',
             f'secret = "{self.cluster_secret}"',
             f'state_dir = "{t}/state/{{node}}"',
+            *(["test_hooks = true"] if self.test_hooks else []),
             "",
         ]
         for n in self.nodes:

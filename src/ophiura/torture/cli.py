@@ -85,6 +85,12 @@ def _kinds(value: str | None, mode: str) -> list[str]:
 @click.option("--volume-size", default="16M", show_default=True)
 @click.option("--writers", type=click.IntRange(1, 16), default=3, show_default=True)
 @click.option("--readers", type=click.IntRange(0, 16), default=2, show_default=True)
+@click.option(
+    "--iscsi/--no-iscsi",
+    default=True,
+    show_default=True,
+    help="Writer 1 and reader 1 use iSCSI (READ/WRITE(16), FUA, SYNCHRONIZE CACHE), the rest NBD.",
+)
 @click.option("--heal-timeout", type=click.FloatRange(5, 600), default=60.0, show_default=True)
 @click.option(
     "--plant",
@@ -112,6 +118,7 @@ def torture(
     volume_size: str,
     writers: int,
     readers: int,
+    iscsi: bool,
     heal_timeout: float,
     plant: str | None,
     keep: bool,
@@ -175,6 +182,7 @@ def torture(
             json_path=json_dir / f"torture-{schedule.seed}.json",
             writers=writers,
             readers=readers,
+            iscsi=iscsi,
             volume_size=size,
             heal_timeout=heal_timeout,
             plant=plant or "",

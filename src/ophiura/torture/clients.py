@@ -1,11 +1,13 @@
-"""The workload: concurrent writers and readers over NBD, and the history they record.
+"""The workload: concurrent writers and readers over NBD and iSCSI, and the history they record.
 
 Writers send stamped writes (`stamp`) of 512 B to 1 MiB at any 512-byte offset (sub-page and
 unaligned to pages), a third of them to a hot 64 KiB region, some with FUA, with FLUSHes in
 between. Readers read 512 B to 128 KiB, often at unaligned byte offsets, mostly where writers
 write (the hot region, or the range a writer is writing right now), so reads race writes to the
-same pages. Each client holds its own NBD connection to an HE that says it is active; on a lost
-connection it reconnects to whichever HE is active then (several, if several say so).
+same pages. Each client holds its own connection to an HE that says it is active (NBD for most,
+an iSCSI session for some: READ/WRITE(16) with FUA, SYNCHRONIZE CACHE, so the SCSI path with its
+task handling and sense errors is under the same faults); on a lost connection it reconnects to
+whichever HE is active then (several, if several say so).
 
 Every operation is timed with one monotonic clock (all clients live in this process), which is
 what the checker's real-time order needs.
@@ -19,9 +21,12 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ophiura.causes import describe
+from ophiura.iscsi.initiator import IscsiError, IscsiInitiator, ScsiCommandError
 from ophiura.nbd.client import NbdClient, NbdClientError, NbdError
+from ophiura.replication.he.config import DEFAULT_IQN_PREFIX
 from ophiura.torture import stamp
 from ophiura.torture.checker import Read, Write
 
@@ -48,42 +53,103 @@ class History:
 
 @dataclass
 class Target:
-    """An HE for clients to use: its name (for the history) and NBD port."""
+    """An HE for clients to use: its name (for the history), NBD and iSCSI ports."""
 
     name: str
     port: int
+    iscsi: int = 0
+
+
+class BlockClient(Protocol):
+    """What a workload client does, whatever the protocol (NbdClient has these calls)."""
+
+    async def write(self, offset: int, data: bytes, fua: bool = False) -> None: ...
+    async def read(self, offset: int, length: int) -> bytes: ...
+    async def flush(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+class IscsiClient:
+    """The same calls over an iSCSI session to the volume's target on one HE."""
+
+    def __init__(self, session: IscsiInitiator) -> None:
+        self.session = session
+
+    @classmethod
+    async def connect(cls, port: int, volume: str, initiator: str) -> IscsiClient:
+        target = f"{DEFAULT_IQN_PREFIX}{volume}"
+        return cls(await IscsiInitiator.connect("127.0.0.1", port, target, initiator, timeout=5))
+
+    async def write(self, offset: int, data: bytes, fua: bool = False) -> None:
+        await self.session.write(offset // SECTOR, data, fua=fua)
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """Whole sectors over the wire; the bytes asked for (at any offset) back."""
+        first, end = offset // SECTOR, -(-(offset + length) // SECTOR)
+        data = await self.session.read(first, end - first)
+        skip = offset - first * SECTOR
+        return data[skip : skip + length]
+
+    async def flush(self) -> None:
+        r = await self.session.scsi(0, bytes([0x35]) + bytes(9))  # SYNCHRONIZE CACHE(10)
+        if not r.ok:
+            raise ScsiCommandError("SYNCHRONIZE CACHE(10)", r)
+
+    async def close(self) -> None:
+        try:
+            await asyncio.wait_for(self.session.logout(), 2)
+        finally:
+            await self.session.close()
+
+
+# A refused request (fenced, read-only, quorum lost): the connection is fine, try again.
+REFUSED = (NbdError, ScsiCommandError)
+# The connection itself failed: make a new one (to whichever HE is active now).
+BROKEN = (NbdClientError, IscsiError, OSError, TimeoutError, asyncio.IncompleteReadError)
 
 
 class Connection:
-    """One client's NBD connection, re-established on failure to an active HE."""
+    """One client's connection (NBD, or iSCSI when `iscsi`), re-made on failure to an active
+    HE."""
 
     def __init__(
-        self, pick: Callable[[], list[Target]], volume: str, rng: random.Random, hist: History
+        self,
+        pick: Callable[[], list[Target]],
+        volume: str,
+        rng: random.Random,
+        hist: History,
+        iscsi: bool = False,
+        name: str = "",
     ) -> None:
         self.pick = pick
         self.hist = hist
         self.connects = 0
         self.volume = volume
         self.rng = rng
-        self.client: NbdClient | None = None
+        self.iscsi = iscsi
+        self.initiator = f"iqn.2026-11.org.ophiura.torture:{name or id(self)}"
+        self.client: BlockClient | None = None
         self.target: Target | None = None
 
-    async def get(self, stop: asyncio.Event) -> NbdClient | None:
+    async def _open(self, target: Target) -> BlockClient:
+        if self.iscsi:
+            return await IscsiClient.connect(target.iscsi, self.volume, self.initiator)
+        return await NbdClient.connect("127.0.0.1", target.port, self.volume, timeout=5)
+
+    async def get(self, stop: asyncio.Event) -> BlockClient | None:
         delay = 0.05
         while self.client is None and not stop.is_set():
-            targets = self.pick()
+            targets = [t for t in self.pick() if t.iscsi or not self.iscsi]
             if targets:
                 target = self.rng.choice(targets)
                 try:
-                    self.client = await NbdClient.connect(
-                        "127.0.0.1", target.port, self.volume, timeout=5
-                    )
+                    self.client = await self._open(target)
                     self.target = target
                     self.connects += 1
                     if self.connects > 1:
                         self.hist.reconnects += 1
                     break
-                except (NbdClientError, OSError, TimeoutError, asyncio.IncompleteReadError):
+                except BROKEN:
                     pass
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
@@ -117,9 +183,10 @@ async def writer(
     sectors: int,
     stop: asyncio.Event,
     seed: int,
+    iscsi: bool = False,
 ) -> None:
     rng = random.Random(seed * 1000 + wid)
-    conn = Connection(pick, volume, rng, hist)
+    conn = Connection(pick, volume, rng, hist, iscsi, f"w{wid}")
     op = 0
     while not stop.is_set():
         client = await conn.get(stop)
@@ -143,11 +210,11 @@ async def writer(
             await asyncio.wait_for(client.write(lba * SECTOR, data, fua=fua), OP_TIMEOUT)
             end = hist.now()
             hist.acks_by_he.setdefault(he, []).append(end)
-        except NbdError:
+        except REFUSED:
             await asyncio.sleep(0.05)  # read-only (quorum lost, fenced): try again, same HE
             if rng.random() < 0.3:
                 await conn.drop()  # now and then look for another active HE
-        except (NbdClientError, OSError, TimeoutError, asyncio.IncompleteReadError):
+        except BROKEN:
             await conn.drop()
         hist.in_flight.pop(wid, None)
         hist.writes.append(Write(stamp.write_id(wid, op), lba, count, start, end))
@@ -155,7 +222,7 @@ async def writer(
             try:
                 await asyncio.wait_for(conn.client.flush(), OP_TIMEOUT)
                 hist.flushes += 1
-            except (NbdClientError, OSError, TimeoutError, asyncio.IncompleteReadError):
+            except REFUSED + BROKEN:
                 hist.flush_errors += 1
         await asyncio.sleep(rng.uniform(0.0, 0.02))  # keep the CPU for the processes under test
     await conn.drop()
@@ -169,9 +236,10 @@ async def reader(
     sectors: int,
     stop: asyncio.Event,
     seed: int,
+    iscsi: bool = False,
 ) -> None:
     rng = random.Random(seed * 1000 + 500 + rid)
-    conn = Connection(pick, volume, rng, hist)
+    conn = Connection(pick, volume, rng, hist, iscsi, f"r{rid}")
     n = 0
     while not stop.is_set():
         client = await conn.get(stop)
@@ -194,11 +262,11 @@ async def reader(
         start = hist.now()
         try:
             data = await asyncio.wait_for(client.read(offset, length), OP_TIMEOUT)
-        except NbdError:
+        except REFUSED:
             hist.read_errors += 1
             await asyncio.sleep(0.05)
             continue
-        except (NbdClientError, OSError, TimeoutError, asyncio.IncompleteReadError):
+        except BROKEN:
             hist.read_errors += 1
             await conn.drop()
             continue

@@ -324,8 +324,17 @@ class Nemesis:
         elif f.kind == "node-restart":
             self.stopped.add(node)
             self.clean_stop(node)
+        elif f.kind == "clock-step":
+            self.step_clock(node, float(f.params["seconds"]))
         else:
             raise RuntimeError(f"no handler for fault kind {f.kind}")
+
+    def step_clock(self, node: str, seconds: float) -> None:
+        """Step the node daemon's wall clock (admin `step-clock`, `test_hooks = true`)."""
+        try:
+            self.topo.admin(node, {"op": "step-clock", "seconds": seconds}, timeout=3.0)
+        except Exception as exc:  # the admin client raises its own errors; report them
+            raise RuntimeError(f"step-clock {seconds:+} s on {node}: {exc}") from exc
 
     def clean_stop(self, node: str) -> None:
         """SIGTERM to the daemon, which stops its hierarchies and leaves; bounded wait."""
@@ -358,6 +367,8 @@ class Nemesis:
                     os.killpg(topo.daemons[node].popen.pid, signal.SIGKILL)
                 topo.daemons[node].popen.wait(10)
             topo.start_node(node)
+        elif f.kind == "clock-step" and topo.daemons[node].alive():
+            self.step_clock(node, -float(f.params["seconds"]))  # NTP steps it back
         self.impaired.pop(node, None)
 
     def heal_all(self) -> None:
@@ -438,7 +449,7 @@ def run_cluster(opts: ClusterOptions, schedule: Schedule) -> dict[str, Any]:
     """Set up the demo's topology, run the client and the schedule, heal, read back, check."""
     run_id = f"t{os.getpid() % 10000:x}{secrets.token_hex(2)}"
     tmp = Path(tempfile.mkdtemp(prefix=f"ophiura-torture-cluster-{schedule.seed}-"))
-    topo = Topology(tmp, run_id, use_netns=True, dashboard=False)
+    topo = Topology(tmp, run_id, use_netns=True, dashboard=False, test_hooks=True)
     result: dict[str, Any] = {
         "mode": "cluster",
         "seed": schedule.seed,

@@ -56,7 +56,7 @@ class Cluster:
     samples: list[dict[str, Any]] = field(default_factory=list)  # the poller's observations
 
     def targets(self) -> list[Target]:
-        return [Target(h.name, h.nbd) for h in self.active if h.running]
+        return [Target(h.name, h.nbd, h.iscsi) for h in self.active if h.running]
 
     async def poll(self) -> list[HeProc]:
         """Ask every running HE; keep the active, unfenced ones (clients spread over them)."""

@@ -150,6 +150,7 @@ class HeProc:
     log_dir: Path
     plant: str = ""
     nbd: int = field(default_factory=free_port)
+    iscsi: int = field(default_factory=free_port)
     control: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
@@ -160,7 +161,8 @@ class HeProc:
 
     def spawn(self, standby: bool) -> None:
         cmd = [sys.executable, "-m", "ophiura.cli", "he", "--config", str(self.config)]
-        cmd += ["--nbd", f"127.0.0.1:{self.nbd}", "--control", f"127.0.0.1:{self.control}"]
+        cmd += ["--nbd", f"127.0.0.1:{self.nbd}", "--iscsi", f"127.0.0.1:{self.iscsi}"]
+        cmd += ["--control", f"127.0.0.1:{self.control}"]
         cmd += ["--secret-file", str(self.secret_file)]
         cmd += ["--state-dir", str(self.log_dir / f"{self.name}-state-{self.starts}")]
         if standby:

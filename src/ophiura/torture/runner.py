@@ -53,6 +53,7 @@ class Options:
     json_path: Path = Path("torture.json")
     writers: int = 3
     readers: int = 2
+    iscsi: bool = True  # writer 1 and reader 1 use iSCSI, the others NBD
     volume_size: int = 16 << 20
     heal_timeout: float = 60.0
     plant: str = ""
@@ -153,7 +154,14 @@ async def _workload(
     tasks = [
         loop.create_task(
             clients.writer(
-                i + 1, hist, cluster.targets, VOLUME, sectors, stop_clients, schedule.seed
+                i + 1,
+                hist,
+                cluster.targets,
+                VOLUME,
+                sectors,
+                stop_clients,
+                schedule.seed,
+                iscsi=opts.iscsi and i == 0,
             )
         )
         for i in range(opts.writers)
@@ -161,7 +169,14 @@ async def _workload(
     tasks += [
         loop.create_task(
             clients.reader(
-                i + 1, hist, cluster.targets, VOLUME, sectors, stop_clients, schedule.seed
+                i + 1,
+                hist,
+                cluster.targets,
+                VOLUME,
+                sectors,
+                stop_clients,
+                schedule.seed,
+                iscsi=opts.iscsi and i == 0,
             )
         )
         for i in range(opts.readers)

@@ -181,15 +181,22 @@ CLUSTER_FAULT_KINDS: dict[str, FaultKind] = {
             doc="clean stop (SIGTERM: the daemon stops its hierarchies and leaves), started "
             "again after a while",
         ),
+        FaultKind(
+            "clock-step",
+            "node",
+            2.0,
+            8.0,
+            2,
+            doc="the node daemon's wall clock stepped by up to an hour either way (the "
+            "`step-clock` test hook, as `date -s` or an NTP step), stepped back after a while; "
+            "membership must not notice",
+        ),
     )
 }
 # seconds a node needs after a fault heals before it counts as healthy again (a booted
 # daemon's start-up, a rejoin), in the schedule's quorum bookkeeping
 CLUSTER_SETTLE_S = {"node-crash": 5.0, "node-restart": 5.0}
 CLUSTER_OVERLAP_P = 0.15  # how often a fault may start while another node is still impaired
-
-# Kinds that exist in the table but are never scheduled by default (weight 0 or not yet built).
-LATER_KINDS = ("clock-step",)
 
 
 def kind_table(mode: str) -> dict[str, FaultKind]:
@@ -340,6 +347,9 @@ def make_cluster_schedule(
         params: dict[str, Any] = {}
         if kind.name == "link-cut-one":
             params = {"net": rng.choice(("a", "b"))}
+        elif kind.name == "clock-step":
+            size = rng.choice((1.0, 31.0, 61.0, 3600.0)) * rng.uniform(1.0, 1.2)
+            params = {"seconds": round(rng.choice((-1, 1)) * size, 3)}
         faults.append(Fault(round(t, 3), kind.name, target, dur, params))
         impaired.append(t + dur + CLUSTER_SETTLE_S.get(kind.name, 2.0))
         t += rng.expovariate(1.0 / mean_gap)
