@@ -61,6 +61,8 @@ def test_harness_runs_and_injects_many_kinds(run: tuple[int, str, dict[str, Any]
     assert result["cache"] is True
     assert {"se-kill", "he-kill-takeover"} <= set(result["faults_injected"])
     assert result["acked_writes"] > 100 and result["reads"] > 100
+    by = result["by_protocol"]  # the iSCSI writer and reader worked under the same faults
+    assert by.get("iscsi acked writes", 0) > 20 and by.get("iscsi reads", 0) > 20, by
     assert result["observations"] > 10_000
     assert result["final_read_error"] is None
     assert "se-eio" in result["faults_injected"], result["unavailable_kinds"]

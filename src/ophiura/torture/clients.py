@@ -45,10 +45,14 @@ class History:
     flush_errors: int = 0
     read_errors: int = 0
     reconnects: int = 0
+    by_protocol: dict[str, int] = field(default_factory=dict)  # "nbd acks", "iscsi reads", ...
     in_flight: dict[int, tuple[int, int]] = field(default_factory=dict)  # writer -> (lba, count)
 
     def now(self) -> float:
         return time.monotonic() - self.t0
+
+    def count(self, what: str) -> None:
+        self.by_protocol[what] = self.by_protocol.get(what, 0) + 1
 
 
 @dataclass
@@ -131,6 +135,10 @@ class Connection:
         self.client: BlockClient | None = None
         self.target: Target | None = None
 
+    @property
+    def protocol(self) -> str:
+        return "iscsi" if self.iscsi else "nbd"
+
     async def _open(self, target: Target) -> BlockClient:
         if self.iscsi:
             return await IscsiClient.connect(target.iscsi, self.volume, self.initiator)
@@ -210,6 +218,7 @@ async def writer(
             await asyncio.wait_for(client.write(lba * SECTOR, data, fua=fua), OP_TIMEOUT)
             end = hist.now()
             hist.acks_by_he.setdefault(he, []).append(end)
+            hist.count(f"{conn.protocol} acked writes")
         except REFUSED:
             await asyncio.sleep(0.05)  # read-only (quorum lost, fenced): try again, same HE
             if rng.random() < 0.3:
@@ -222,6 +231,7 @@ async def writer(
             try:
                 await asyncio.wait_for(conn.client.flush(), OP_TIMEOUT)
                 hist.flushes += 1
+                hist.count(f"{conn.protocol} flushes")
             except REFUSED + BROKEN:
                 hist.flush_errors += 1
         await asyncio.sleep(rng.uniform(0.0, 0.02))  # keep the CPU for the processes under test
@@ -271,6 +281,7 @@ async def reader(
             await conn.drop()
             continue
         end = hist.now()
+        hist.count(f"{conn.protocol} reads")
         first = lba + (1 if skew else 0)  # only the sectors read whole
         whole = data[SECTOR - skew :] if skew else data
         runs = stamp.decode_runs(whole, first)

@@ -379,6 +379,7 @@ def _report(
         "reads": sum(1 for r in hist.reads if not r.final),
         "flushes": hist.flushes,
         "reconnects": hist.reconnects,
+        "by_protocol": dict(sorted(hist.by_protocol.items())),
         **verdict.to_json(),
         **extra,
         "plant": opts.plant,
