@@ -367,23 +367,28 @@ class VolumeDisk:
     # -- closing ---------------------------------------------------------------------------------
 
     def close(self, failed: bool) -> None:
-        """Sync everything: a clean stop leaves nothing for the log to re-apply."""
-        if self.fd >= 0:
-            disk_io.fdatasync(self.fd)
-            meta = self.meta_file.current if self.meta_file is not None else None
-            if (
-                meta is not None
-                and not failed
-                and (meta.data_synced_seq < self.written_seq or self.meta_pending)
-            ):
-                meta.data_synced_seq = self.written_seq
-                meta.synced_ballot = list(self.written_ballot)
-                self._write_meta_slot(meta)
-            os.close(self.fd)
-            self.fd = -1
-        self.log.close()
-        if self.meta_file is not None:
-            self.meta_file.close()
+        """Sync everything: a clean stop leaves nothing for the log to re-apply.
+
+        A failed volume's files are only closed: it vouches for nothing (its disk may still be
+        failing, a sync would only fail again), and the reopen re-derives it from what an
+        earlier sync made durable. Whatever happens, every file is closed."""
+        try:
+            if self.fd >= 0 and not failed:
+                disk_io.fdatasync(self.fd)
+                meta = self.meta_file.current if self.meta_file is not None else None
+                if meta is not None and (
+                    meta.data_synced_seq < self.written_seq or self.meta_pending
+                ):
+                    meta.data_synced_seq = self.written_seq
+                    meta.synced_ballot = list(self.written_ballot)
+                    self._write_meta_slot(meta)
+        finally:
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
+            self.log.close()
+            if self.meta_file is not None:
+                self.meta_file.close()
 
     def shutdown(self) -> None:
         self._meta_pool.shutdown()

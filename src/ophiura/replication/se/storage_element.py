@@ -311,16 +311,23 @@ class StorageElement:
         if name in self._opening:
             return await asyncio.shield(self._opening[name])
         log.warning("SE %s: reopening volume %s from disk after: %s", self.name, name, vol.detail)
-        self._opening[name] = asyncio.get_running_loop().create_future()
-        await self.recovery.forget(vol)
-        await vol.close()
+        fut = self._opening[name] = asyncio.get_running_loop().create_future()
         try:
-            await self._open_existing(name)
+            await self.recovery.forget(vol)
+            await vol.close()
+            await self._open_existing(name)  # resolves and removes `fut`
         except Exception as exc:  # still failing: keep the closed volume, failed, for later
             vol.failed_again(f"volume {name} failed on disk and cannot be reopened yet: {exc}")
             self.volumes[name] = vol
             log.error("SE %s: %s", self.name, vol.detail)
             return vol
+        finally:
+            # Requests that waited for this reopen get what it gave (the failed volume if it
+            # failed), never a future nobody resolves: that would wedge the volume for good.
+            if not fut.done():
+                fut.set_result(self.volumes[name])
+            if self._opening.get(name) is fut:
+                del self._opening[name]
         return self.volumes[name]
 
     async def stop(self) -> None:

@@ -724,6 +724,8 @@ class Volume:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._committer
             self._committer = None
-        await self._thread.run(self.disk.close, self.life is VolState.FAILED)
-        self._thread.shutdown()
-        self.disk.shutdown()
+        try:
+            await self._thread.run(self.disk.close, self.life is VolState.FAILED)
+        finally:
+            self._thread.shutdown()
+            self.disk.shutdown()
