@@ -50,7 +50,6 @@ class Replica:
         # waiter) (see `HostElementVolume._send`); finished ones are dropped from the left
         self.inflight: deque[tuple[int, asyncio.Future[Any], int, int, Any]] = deque()
         self.deferred = 0  # sends queued with call_soon, not on the wire yet
-        self.send_task_name = f"send-{session.name}"
 
     @property
     def name(self) -> str:

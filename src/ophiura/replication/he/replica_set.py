@@ -100,8 +100,9 @@ class ReplicaSet(Mapping[str, Replica]):
         self._stale, self._se_error, self._transport = se_errors()
 
     # ---- the mapping (hot: the write path iterates it per write) -------------------------
-    # One volume's replicas: equal only to itself (and hashable, as its bound listeners are
-    # hashed by their owner), not by content as Mapping would have it.
+    # One volume's replicas: equal only to itself, not by content as Mapping would have it,
+    # and hashable like the volume it replaces as the owner of the session listeners (a bound
+    # method hashes its owner).
     __eq__ = object.__eq__
     __hash__ = object.__hash__
 
@@ -114,7 +115,7 @@ class ReplicaSet(Mapping[str, Replica]):
     def __len__(self) -> int:
         return len(self._by_name)
 
-    def get(self, name: str, default: Any = None) -> Any:
+    def get(self, name: str, default: Replica | None = None) -> Replica | None:
         return self._by_name.get(name, default)
 
     def keys(self) -> KeysView[str]:

@@ -159,8 +159,6 @@ class HostElementVolume:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None  # set by the first send
         self._tick = 0  # advanced by `_send_watchdog`; stamps each send
-        for r in self.replicas.values():
-            r.send_task_name = f"{self.name}:send-{r.name}"
         self.fenced = False
         self.fence_reason: str | None = None
         self.closed = False
