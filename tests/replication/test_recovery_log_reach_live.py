@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ophiura.replication.he.replica import ReplicaLife
+from ophiura.replication.he.replica_set import ReplicaSet
 
 from .he_harness import SeHandle, spawn_ses
 from .test_recovery_live import _outage
@@ -44,10 +44,10 @@ async def test_log_gone_during_replay_falls_back_to_full(
     HE tries replay; the SE reports `gap` / `log-gone` through STATUS and the HE must switch to
     a full copy then, not wait for the stall timeout and retry the same replay."""
 
-    async def unknown(self: ReplicaLife, r: object) -> None:
+    async def unknown(self: ReplicaSet, r: object) -> None:
         return None
 
-    monkeypatch.setattr(ReplicaLife, "_learn_peer_logs", unknown)
+    monkeypatch.setattr(ReplicaSet, "_learn_peer_logs", unknown)
     recoveries, _ = await _outage(
         small_log_ses, tmp_path, writes_while_down=800, wipe=False, queue=1 << 20
     )

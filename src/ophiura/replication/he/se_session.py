@@ -104,6 +104,14 @@ def next_state(state: ReplicaState, event: ReplicaEvent) -> ReplicaState:
         raise SessionStateError(f"replica event {event} not allowed in state {state}") from None
 
 
+def se_errors() -> tuple[type[BaseException], type[BaseException], tuple[type[BaseException], ...]]:
+    """(StaleEpoch, SeError, transport errors) from the SE client, imported late: what an
+    operation on a session's client raises, as the volume and its replicas tell them apart."""
+    from ophiura.replication.wire.client import SeError, StaleEpoch
+
+    return StaleEpoch, SeError, (SeError, OSError, TimeoutError, ConnectionError)
+
+
 @dataclass(frozen=True)
 class SeSpec:
     """One `--se NAME=HOST:PORT[,delay=MS][,rate=MBIT]`."""

@@ -13,10 +13,12 @@ The write path, which is the point of the whole design:
 Reads: the cache, else the closest SE (smoothed RTT) that is up and has acknowledged the newest
 acknowledged write touching the range (`BlockSeqMap`). Recovering SEs never serve reads.
 
-Replica life (see `se_session.TRANSITIONS`): on every (re)connection the volume asks the SE
-for its applied sequence number and epoch, decides with `recovery.choose_recovery` over a
-snapshot, and then acts: resend from the queue (quick) or ask the SE to pull from a peer
-(replay/full) while new writes keep flowing to it.
+Replica life (see `se_session.TRANSITIONS`) is the `ReplicaSet` the volume holds as
+`replicas` (replica_set.py): on every (re)connection it asks the SE for its applied sequence
+number and epoch, decides with `recovery.choose_recovery` over a snapshot, and then acts:
+resend from the queue (quick) or ask the SE to pull from a peer (replay/full) while new writes
+keep flowing to it. The volume keeps what concerns the volume as a whole: fencing (`_fence`,
+and the epoch poll that triggers it) and the sends.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from ophiura.replication.he.he_metrics import IoStats
 from ophiura.replication.he.plant import Plant
 from ophiura.replication.he.quorum import Fenced, QuorumLost, QuorumWaiter
 from ophiura.replication.he.read_cache import ReadCache
-from ophiura.replication.he.replica import Replica, ReplicaLife
+from ophiura.replication.he.replica import Replica
+from ophiura.replication.he.replica_set import ReplicaSet
 from ophiura.replication.he.se_session import (
     COUNTING,
     READABLE,
@@ -46,6 +49,7 @@ from ophiura.replication.he.se_session import (
     ReplicaEvent,
     ReplicaState,
     SeSession,
+    se_errors,
 )
 from ophiura.replication.he.write_queue import (
     ENTRY_OVERHEAD,
@@ -104,16 +108,7 @@ class Signal:
             await asyncio.wait_for(asyncio.shield(self._fut), timeout)
 
 
-def _se_errors() -> tuple[
-    type[BaseException], type[BaseException], tuple[type[BaseException], ...]
-]:
-    """(StaleEpoch, SeError, transport errors) from the SE client, imported late."""
-    from ophiura.replication.wire.client import SeError, StaleEpoch
-
-    return StaleEpoch, SeError, (SeError, OSError, TimeoutError, ConnectionError)
-
-
-class HostElementVolume(ReplicaLife):
+class HostElementVolume:
     """A replicated volume as a BlockDevice (issue 3)."""
 
     def __init__(
@@ -139,13 +134,12 @@ class HostElementVolume(ReplicaLife):
         self._size = config.size
         self.quorum = config.quorum
         # The ballot this HE owns the volume by, and its base: every SE it attaches is told
-        # both (`ReplicaLife._attach`), every write and owner read carries them.
+        # both (`ReplicaSet.attach`), every write and owner read carries them.
         self.epoch = epoch
         self.he_id = he_id
         self.base = next_seq - 1
         self.base_ballot = base_ballot  # the ballot that wrote seq `base` in our history
         self.epoch_base = epoch_base
-        self.replicas = {s.name: Replica(s) for s in sessions}
         self.queue = WriteQueue(config.queue_bytes, next_seq)
         self.seqmap = BlockSeqMap()
         self.cache = ReadCache(config.cache_bytes, max(config.cache_page, bs))
@@ -153,11 +147,18 @@ class HostElementVolume(ReplicaLife):
         self.acked_seq = next_seq - 1  # highest seq acknowledged to the host
         self._pending: dict[int, QuorumWaiter] = {}
         self._signal = Signal()
+        self.replicas = ReplicaSet(
+            self,
+            sessions,
+            self._signal,
+            fence=self._fence,
+            resend=self._resend,
+            spawn=self._spawn,
+            changed=self._state_changed,
+        )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None  # set by the first send
         self._tick = 0  # advanced by `_send_watchdog`; stamps each send
-        for r in self.replicas.values():
-            r.send_task_name = f"{self.name}:send-{r.name}"
         self.fenced = False
         self.fence_reason: str | None = None
         self.closed = False
@@ -167,15 +168,15 @@ class HostElementVolume(ReplicaLife):
         self.io = IoStats()  # host-visible latency and bytes (he_metrics.py)
         self.on_state_change: Callable[[HostElementVolume], None] | None = None
         self.plant: Plant | None = None  # test only (he/plant.py): set by the HostElement
-        self._stale, self._se_error, self._transport = _se_errors()
+        self._stale, self._se_error, self._transport = se_errors()
 
     # ---- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
         """Subscribe to the sessions: each connected SE is attached (and recovered) now."""
         for r in self.replicas.values():
-            r.session.on_lost(self._session_lost)
+            r.session.on_lost(self.replicas.session_lost)
             r.session.on_epochs(self._epochs_polled)
-            r.session.on_connected(self._attach)
+            r.session.on_connected(self.replicas.attach)
 
     async def wait_ready(self, timeout: float) -> bool:
         """Until Q SEs can take writes (True), or no SE is still attaching, or timeout."""
@@ -199,9 +200,10 @@ class HostElementVolume(ReplicaLife):
     async def close(self) -> None:
         self.closed = True
         for r in self.replicas.values():
-            r.session.remove_listeners(self)
+            r.session.remove_listeners(self)  # the epoch poll
+            r.session.remove_listeners(self.replicas)  # attach and loss
             if r.state is not ReplicaState.CLOSED:
-                self._transition(r, ReplicaEvent.CLOSE)
+                self.replicas.transition(r, ReplicaEvent.CLOSE)
         tasks = list(self._tasks)
         for r in self.replicas.values():
             tasks.extend(entry[1] for entry in r.inflight)
@@ -220,6 +222,32 @@ class HostElementVolume(ReplicaLife):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    def _state_changed(self) -> None:
+        if self.on_state_change is not None:
+            self.on_state_change(self)
+
+    # ---- fencing: another HE owns the volume ---------------------------------------------
+    def _fence(self, why: str) -> None:
+        if self.fenced:
+            return
+        self.fenced = True
+        self.fence_reason = why
+        self.cache.clear()  # never served again: the new owner may already have written
+        log.error("%s: FENCED, no more writes or reads will be served: %s", self.name, why)
+        for waiter in list(self._pending.values()):
+            waiter.fence(why)
+        self._signal.notify()
+        self._state_changed()
+
+    def _epochs_polled(self, session: SeSession, ballots: dict[str, tuple[int, int]]) -> None:
+        """The session's periodic poll: a newer ballot on ANY SE proves another HE claimed
+        this volume (`takeover.claim_volume` raises it before anything else), so fence at once;
+        an idle HE would otherwise learn it only when its next write is refused."""
+        ballot = ballots.get(self.name)
+        if ballot is None or ballot <= (self.epoch, self.he_id) or self.fenced or self.closed:
+            return
+        self._fence(f"SE {session.name} holds ballot {ballot} > ours {(self.epoch, self.he_id)}")
 
     # ---- BlockDevice ---------------------------------------------------------------------
     @property
@@ -379,12 +407,12 @@ class HostElementVolume(ReplicaLife):
             except self._transport as exc:
                 why = f"read {offset}+{length}: {describe(exc)}"
                 failures.append(f"{r.name}: {why}")
-                self._replica_lost(r, inc, why)
+                self.replicas.replica_lost(r, inc, why)
                 continue
             if len(data) != length:
                 why = f"short read {len(data)} of {length} bytes"
                 failures.append(f"{r.name}: {why}")
-                self._replica_lost(r, inc, why)
+                self.replicas.replica_lost(r, inc, why)
                 continue
             if applied < required:
                 failures.append(f"{r.name}: applied seq {applied} < {required}")
@@ -506,8 +534,10 @@ class HostElementVolume(ReplicaLife):
                             f"{self.config.evict_wait:.2f}s with the write queue full"
                         )
                         log.warning("%s/%s: declared failed: %s", self.name, name, why)
-                        self._fail(r, ReplicaEvent.LAGGING, why)
-                        self._spawn(self._reattach_later(r, r.incarnation), f"reattach-{name}")
+                        self.replicas.fail(r, ReplicaEvent.LAGGING, why)
+                        self._spawn(
+                            self.replicas.reattach_later(r, r.incarnation), f"reattach-{name}"
+                        )
                     blocked_since = None
                     continue
             await self._signal.wait(0.02)
@@ -536,6 +566,11 @@ class HostElementVolume(ReplicaLife):
             )
             return
         self._send_now(r, r.incarnation, r.client, op, waiter)
+
+    def _resend(self, r: Replica, op: WriteOp) -> None:
+        """A recovery's resend of a queued op: counted by no waiter, queued behind the recover
+        command (`ReplicaSet`'s `resend`)."""
+        self._send(r, op, None, defer=True)
 
     def _send_deferred(
         self, r: Replica, inc: int, client: Any, op: WriteOp, waiter: QuorumWaiter | None
@@ -608,7 +643,7 @@ class HostElementVolume(ReplicaLife):
                         try:
                             if waiter is not None:
                                 waiter.nack(f"{r.name}: {why}")
-                            self._replica_lost(r, inc, why)
+                            self.replicas.replica_lost(r, inc, why)
                         except Exception:  # the watchdog must outlive a bug in one replica
                             log.exception("%s/%s: failing a timed-out send", self.name, r.name)
                         continue
@@ -653,7 +688,7 @@ class HostElementVolume(ReplicaLife):
                 why = f"write seq {op.seq}: {describe(exc)}"
                 if waiter is not None:
                     waiter.nack(f"{r.name}: {why}")
-                self._replica_lost(r, inc, why)
+                self.replicas.replica_lost(r, inc, why)
                 return
             log.error("%s/%s: send of seq %s failed", self.name, r.name, op.seq, exc_info=exc)
             if waiter is not None:
@@ -664,7 +699,7 @@ class HostElementVolume(ReplicaLife):
         if r.incarnation == inc:
             r.tracker.ack(op.seq)
             if r.state is ReplicaState.RECOVERING_QUICK and r.tracker.contiguous >= r.target:
-                self._recovered(r)
+                self.replicas.recovered(r)
         self._signal.notify()
 
     # ---- admin ---------------------------------------------------------------------------
