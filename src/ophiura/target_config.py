@@ -369,7 +369,7 @@ class _Checker:
             elif not backing.exists():
                 if read_only:
                     self.bad(bkey, f"{backing} does not exist (a read-only LUN is not created)")
-                elif size is None:
+                elif "size" not in t:
                     self.bad(bkey, f"{backing} does not exist: give size to create it")
         if size is not None and (size <= 0 or size % block_size):
             self.bad(_join(key, "size"), f"{size} is not a positive multiple of {block_size}")
