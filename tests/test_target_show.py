@@ -174,9 +174,7 @@ def test_the_example_serves_its_targets_with_acls_chap_and_show(running: Running
             await nbd.disconnect()
 
         # The human form names the session and the reservation too.
-        human = await asyncio.to_thread(
-            _ophiura, "target", "show", "--config", str(r.config)
-        )
+        human = await asyncio.to_thread(_ophiura, "target", "show", "--config", str(r.config))
         assert human.returncode == 0, human.stderr
         assert NODE1 in human.stdout and f"{local[0]}:{local[1]}" in human.stdout
         assert "0xabc" in human.stdout and "write-exclusive" in human.stdout
