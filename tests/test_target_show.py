@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -220,3 +221,37 @@ def test_show_without_a_running_target_is_one_line(tmp_path: Path) -> None:
     assert out.stderr.strip() == (
         f"Error: no target is running: {tmp_path / 'none.sock'} does not exist"
     )
+
+
+def test_the_command_line_form_notifies_systemd_once_serving(tmp_path: Path) -> None:
+    """`Type=notify`: READY=1 arrives only when the portal accepts logins and the status socket
+    answers; STOPPING=1 on SIGTERM. The single-target options work as before."""
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(30)
+    (port,) = free_ports(1)
+    status = tmp_path / "status.sock"
+    log = tmp_path / "target.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ophiura.cli", "target", "--backing", str(tmp_path / "d.img"),
+             "--size", "4M", "--listen", f"127.0.0.1:{port}", "--admin-socket", str(status)],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")},
+        )  # fmt: skip
+    try:
+        try:
+            ready = notify.recv(4096)
+        except TimeoutError:
+            pytest.fail(f"no READY=1: {log_tail(log)}")
+        assert ready.startswith(b"READY=1\n"), ready
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass  # already listening: no wait needed after READY
+        state = json.loads(_ophiura("target", "show", "--json", "--socket", str(status)).stdout)
+        assert state["targets"][0]["iqn"] == "iqn.2026-11.io.ophiura:disk"
+        assert state["targets"][0]["luns"][0]["size"] == 4 * MiB
+    finally:
+        code = stop(proc, 15)
+    assert code == 0, log_tail(log)
+    assert notify.recv(4096).startswith(b"STOPPING=1\n")
+    notify.close()
