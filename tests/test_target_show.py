@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -255,3 +256,46 @@ def test_the_command_line_form_notifies_systemd_once_serving(tmp_path: Path) -> 
     assert code == 0, log_tail(log)
     assert notify.recv(4096).startswith(b"STOPPING=1\n")
     notify.close()
+
+
+async def test_the_status_socket_is_private_and_never_shared(tmp_path: Path) -> None:
+    """Mode 0600 from the start; a live socket is not stolen; a dead target's one is replaced;
+    stopping removes only our own socket."""
+    from ophiura.target_admin import StatusSocket, TargetAdminError, query
+
+    path = tmp_path / "t.sock"
+    first = StatusSocket(path, lambda: {"who": "first"})
+    await first.start()
+    try:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert await asyncio.to_thread(query, path) == {"who": "first"}
+        second = StatusSocket(path, lambda: {"who": "second"})
+        with pytest.raises(OSError, match="another running target answers there"):
+            await second.start()
+        assert await asyncio.to_thread(query, path) == {"who": "first"}
+    finally:
+        await first.stop()
+    assert not path.exists()
+
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(path))  # bound, never listening: what a killed target leaves behind
+    dead.close()
+    with pytest.raises(TargetAdminError, match="nothing answers"):
+        await asyncio.to_thread(query, path)
+    third = StatusSocket(path, lambda: {"who": "third"})
+    await third.start()
+    try:
+        assert await asyncio.to_thread(query, path) == {"who": "third"}
+    finally:
+        await third.stop()
+
+    path.write_text("not a socket")
+    with pytest.raises(OSError, match="exists and is not a socket"):
+        await StatusSocket(path, dict).start()
+    assert path.read_text() == "not a socket"
+
+
+def test_target_without_backing_or_config_is_a_usage_error() -> None:
+    out = _ophiura("target")
+    assert out.returncode == 2
+    assert "give --backing FILE (one target) or --config FILE.toml" in out.stderr
