@@ -203,3 +203,22 @@ def test_a_missing_file_is_one_line(tmp_path: Path) -> None:
     (problem,) = _problems(tmp_path / "nope.toml")
     assert problem == "cannot read: No such file or directory"
     assert os.listdir(tmp_path) == []
+
+
+def test_an_unreadable_reservation_file_is_one_line_at_start(tmp_path: Path) -> None:
+    """The target refuses to start without the fence it owes, and says why in one line."""
+    state = tmp_path / "d.img.state"
+    state.mkdir()
+    (state / "lun0.pr.json").write_text("garbage")
+    proc = subprocess.run(
+        [sys.executable, "-m", "ophiura.cli", "target", "--backing", str(tmp_path / "d.img"),
+         "--size", "1M", "--listen", "127.0.0.1:0", "--admin-socket", str(tmp_path / "s")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"Error: cannot restore persistent reservations from {state / 'lun0.pr.json'}")
+    )
+    assert not (tmp_path / "s").exists()

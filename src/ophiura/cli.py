@@ -189,10 +189,12 @@ def target(
 
 
 def _serve(daemon, run_event_loop) -> None:  # type: ignore[no-untyped-def]
+    from ophiura.scsi.pr_state import PrStateError
+
     try:
         run_event_loop(daemon.run_until_signalled)
-    except (OSError, ValueError) as exc:
-        raise click.ClickException(describe(exc)) from exc
+    except (OSError, ValueError, PrStateError) as exc:
+        raise click.ClickException(describe(exc)) from None
 
 
 @target.command("show")
