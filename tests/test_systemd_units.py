@@ -44,6 +44,13 @@ def test_the_node_unit_is_type_notify_with_a_watchdog() -> None:
     assert d["Restart"] == ["on-failure"]
 
 
+def test_the_target_unit_is_type_notify_with_its_own_status_socket() -> None:
+    d = directives(UNITS / "ophiura-target@.service")
+    assert d["Type"] == ["notify"] and d["NotifyAccess"] == ["main"]
+    assert "--admin-socket /run/ophiura/target-%i.sock" in d["ExecStart"][0]
+    assert d["RuntimeDirectory"] == ["ophiura"] and d["RuntimeDirectoryPreserve"] == ["yes"]
+
+
 @pytest.mark.parametrize("unit", sorted(p.name for p in UNITS.glob("*.service")))
 def test_documentation_links_name_files_that_exist(unit: str) -> None:
     links = " ".join(directives(UNITS / unit)["Documentation"]).split()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -62,10 +63,21 @@ def main(ctx: click.Context, verbose: int) -> None:
     _setup_logging(verbose)
 
 
-@main.command()
+_SERVING_OPTIONS = (
+    "backing", "size", "listen", "iqn", "thin", "chap", "mutual_chap", "state_dir", "block_size",
+    "nbd", "nbd_export",
+)  # fmt: skip
+
+
+@main.group(invoke_without_command=True)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML file: several targets, LUNs, ACLs, CHAP, NBD (docs/target.md).",
+)
 @click.option(
     "--backing",
-    required=True,
     type=click.Path(dir_okay=False, path_type=Path),
     help="Backing file (created sparse if missing) or block device.",
 )
@@ -88,8 +100,17 @@ def main(ctx: click.Context, verbose: int) -> None:
     help="Also serve BACKING over NBD on HOST:PORT (e.g. 127.0.0.1:10809).",
 )
 @click.option("--nbd-export", default="disk", show_default=True, help="NBD export name.")
+@click.option(
+    "--admin-socket",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Status socket for `target show` (default /run/ophiura/target.sock, if free).",
+)
+@click.pass_context
 def target(
-    backing: Path,
+    ctx: click.Context,
+    config_path: Path | None,
+    backing: Path | None,
     size: int | None,
     listen: tuple[str, int],
     iqn: str | None,
@@ -100,12 +121,40 @@ def target(
     block_size: str,
     nbd: tuple[str, int] | None,
     nbd_export: str,
+    admin_socket: Path | None,
 ) -> None:
-    """Serve BACKING as LUN 0 of an iSCSI target until SIGTERM or SIGINT."""
+    """Serve BACKING as LUN 0 of an iSCSI target (or the targets of --config FILE) until
+    SIGTERM or SIGINT. `ophiura target show` lists a running target's state."""
     from ophiura.serve import run_event_loop
+    from ophiura.target_config import DEFAULT_ADMIN_SOCKET, TargetConfigError, load
     from ophiura.target_daemon import DEFAULT_IQN, TargetConfig, TargetDaemon
 
+    given = [
+        name
+        for name in _SERVING_OPTIONS
+        if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+    ]
+    if ctx.invoked_subcommand is not None:
+        if given or config_path or admin_socket:
+            raise click.UsageError(f"`target {ctx.invoked_subcommand}` takes its own options")
+        return
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
+    if config_path is not None:
+        if given:
+            flags = ", ".join("--" + n.replace("_", "-") for n in given)
+            raise click.UsageError(f"--config and {flags}: put these in the file instead")
+        try:
+            config = load(config_path)
+        except TargetConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+        if admin_socket is not None:
+            config = dataclasses.replace(
+                config, admin_socket=admin_socket, admin_socket_explicit=True
+            )
+        _serve(TargetDaemon(config), run_event_loop)
+        return
+    if backing is None:
+        raise click.UsageError("give --backing FILE (one target) or --config FILE.toml")
     credentials = _chap(chap)
     if mutual_chap:
         if credentials is None:
@@ -121,7 +170,7 @@ def target(
         )
     if size is None and not backing.exists():
         raise click.BadParameter(f"{backing} does not exist: give --size", param_hint="--size")
-    config = TargetConfig(
+    single = TargetConfig(
         backing=backing,
         size=size,
         host=listen[0],
@@ -133,12 +182,62 @@ def target(
         block_size=int(block_size),
         nbd=nbd,
         nbd_export=nbd_export,
+        admin_socket=admin_socket or DEFAULT_ADMIN_SOCKET,
+        admin_socket_explicit=admin_socket is not None,
     )
-    daemon = TargetDaemon(config)
+    _serve(TargetDaemon(single), run_event_loop)
+
+
+def _serve(daemon, run_event_loop) -> None:  # type: ignore[no-untyped-def]
+    from ophiura.scsi.pr_state import PrStateError
+
     try:
         run_event_loop(daemon.run_until_signalled)
-    except (OSError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    except (OSError, ValueError, PrStateError) as exc:
+        raise click.ClickException(describe(exc)) from None
+
+
+@target.command("show")
+@click.option(
+    "--socket",
+    "socket_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The target's status socket (default /run/ophiura/target.sock).",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Find the socket in this target TOML file (its admin_socket).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (stable keys).")
+def target_show(socket_path: Path | None, config_path: Path | None, as_json: bool) -> None:
+    """Targets, LUNs, sessions (initiator, address, since) and reservations of a running
+    target."""
+    import json
+
+    from ophiura.target_admin import TargetAdminError, query
+    from ophiura.target_config import DEFAULT_ADMIN_SOCKET, TargetConfigError, load
+    from ophiura.target_show import render
+
+    if socket_path is not None and config_path is not None:
+        raise click.UsageError("give --socket or --config, not both")
+    path = socket_path or DEFAULT_ADMIN_SOCKET
+    if config_path is not None:
+        try:
+            config = load(config_path)
+        except TargetConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+        if config.admin_socket is None:
+            raise click.ClickException(f'{config_path}: admin_socket is off ("")')
+        path = config.admin_socket
+    try:
+        state = query(path)
+    except TargetAdminError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(state, indent=2, sort_keys=True) if as_json else render(state))
 
 
 def _int(value: str) -> int:

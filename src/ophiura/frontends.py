@@ -31,6 +31,7 @@ class Export:
     scsi: DeviceServer
     device: BlockDevice
     chap: Credentials | None = None  # iSCSI CHAP for this target (none: open)
+    initiators: frozenset[str] | None = None  # iSCSI ACL: who may log in (None: anyone)
 
 
 class Frontends:
@@ -53,7 +54,9 @@ class Frontends:
         """Export a device (or replace the export of that name), also on running servers."""
         self.exports[export.name] = export
         if self.iscsi is not None:
-            self.iscsi.add_target(export.iqn, export.scsi, export.chap)
+            self.iscsi.add_target(
+                export.iqn, export.scsi, export.chap, initiators=export.initiators
+            )
         if self.nbd is not None:
             self.nbd.add_export(export.name, export.device)
 
@@ -75,9 +78,11 @@ class Frontends:
         started: list[IscsiServer | NbdServer] = []
         try:
             if self.iscsi_address is not None and self.iscsi is None:
-                chap = {e.iqn: e.chap for e in self.exports.values() if e.chap is not None}
+                exports = self.exports.values()
+                chap = {e.iqn: e.chap for e in exports if e.chap is not None}
+                acls = {e.iqn: e.initiators for e in exports if e.initiators is not None}
                 iscsi = IscsiServer(
-                    {e.iqn: e.scsi for e in self.exports.values()}, self.iscsi_address, chap
+                    {e.iqn: e.scsi for e in exports}, self.iscsi_address, chap, acls=acls
                 )
                 await iscsi.start()
                 started.append(iscsi)

@@ -54,3 +54,31 @@ async def test_discovery_session_refuses_scsi_and_keeps_working(start_server: An
     assert hdr[0] & 0x3F == 0x24 and struct.unpack(">I", hdr[16:20])[0] == 0x13, hdr.hex()
     assert dict(parse_text(data))["TargetName"] == IQN
     w.close()
+
+
+async def test_discovery_lists_only_the_targets_an_initiator_may_log_in_to() -> None:
+    from ophiura.block.memory import MemoryBlockDevice
+    from ophiura.iscsi.initiator import IscsiInitiator, LoginFailed
+    from ophiura.iscsi.server import IscsiServer
+    from ophiura.scsi.target import ScsiTarget
+
+    open_iqn, closed_iqn = "iqn.2025-01.org.ophiura:open", "iqn.2025-01.org.ophiura:closed"
+    friend, stranger = "iqn.2025-01.org.ophiura:friend", "iqn.2025-01.org.ophiura:stranger"
+    targets = {n: ScsiTarget(n, {0: MemoryBlockDevice(1 << 20)}) for n in (open_iqn, closed_iqn)}
+    srv = IscsiServer(targets, ("127.0.0.1", 0), acls={closed_iqn: frozenset({friend})})
+    await srv.start()
+    try:
+        seen = await IscsiInitiator.discover("127.0.0.1", srv.port, stranger)
+        assert [n for n, _ in seen] == [open_iqn]
+        seen = await IscsiInitiator.discover("127.0.0.1", srv.port, friend)
+        assert sorted(n for n, _ in seen) == [closed_iqn, open_iqn]
+        with pytest.raises(LoginFailed) as err:
+            await IscsiInitiator.connect("127.0.0.1", srv.port, closed_iqn, stranger)
+        assert err.value.status == 0x0202
+        ini = await IscsiInitiator.connect("127.0.0.1", srv.port, closed_iqn, friend)
+        await ini.logout()
+        # add_target carries an ACL too
+        srv.add_target(open_iqn, targets[open_iqn], initiators=frozenset({friend}))
+        assert await IscsiInitiator.discover("127.0.0.1", srv.port, stranger) == []
+    finally:
+        await srv.stop()

@@ -181,3 +181,14 @@ def test_fuzz_login_machine_never_raises(requests: list[LoginRequest], with_chap
         if reply.failed:
             assert m.state is LoginState.FAILED
             break
+
+
+def test_acl_refuses_an_initiator_not_in_it_before_any_authentication() -> None:
+    acl = frozenset({"iqn.2025-01.org.ophiura:allowed"})
+    m = LoginMachine({IQN: TargetInfo(IQN, 1, None, CREDS, acl)})
+    r = m.receive(req(0, 1, True, {**IDENT, "AuthMethod": "CHAP,None"}))
+    assert r.failed and r.status == Status.AUTHORIZATION_FAILURE == 0x0202
+    assert not any(k.startswith("CHAP_") for k, _ in r.pairs)  # no challenge was issued
+    ok = LoginMachine({IQN: TargetInfo(IQN, 1, None, None, acl)})
+    r = ok.receive(req(1, 3, True, {**IDENT, "InitiatorName": "iqn.2025-01.org.ophiura:allowed"}))
+    assert r.complete and r.status == 0

@@ -98,6 +98,10 @@ class TargetInfo:
     tpgt: int = 1
     alias: str | None = None
     chap: Credentials | None = None
+    initiators: frozenset[str] | None = None  # the ACL: who may log in (None: anyone)
+
+    def admits(self, initiator_name: str) -> bool:
+        return self.initiators is None or initiator_name in self.initiators
 
 
 @dataclass(frozen=True)
@@ -306,6 +310,12 @@ class LoginMachine:
             target = self.targets.get(target_name)
             if target is None:
                 raise LoginError(Status.NOT_FOUND, f"unknown TargetName {target_name}")
+            if not target.admits(name):
+                # Refused before any authentication: an ACL is not a secret (LIO does the same).
+                raise LoginError(
+                    Status.AUTHORIZATION_FAILURE,
+                    f"initiator {name} is not in the ACL of {target_name}",
+                )
             self.target = target
         self.negotiator = Negotiator(self.policy, discovery=self.discovery)
         if self.credentials is None:

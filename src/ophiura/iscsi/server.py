@@ -56,17 +56,21 @@ class IscsiServer:
         max_sessions: int = 1024,
         tmf_wait: float = 10.0,
         advertise: str | None = None,
+        acls: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
+        """`acls` maps a target name to the initiator names that may log in to it (a target
+        without an entry admits any initiator); discovery lists only admitted targets."""
         self.device_servers = dict(device_servers)
         self.portal = portal
         self.tpgt = tpgt
         chap = chap or {}
         aliases = aliases or {}
-        unknown = set(chap) - set(self.device_servers)
+        acls = acls or {}
+        unknown = (set(chap) | set(acls)) - set(self.device_servers)
         if unknown:
-            raise ValueError(f"CHAP configured for unknown targets: {sorted(unknown)}")
+            raise ValueError(f"CHAP or ACL configured for unknown targets: {sorted(unknown)}")
         self.target_infos = {
-            name: TargetInfo(name, tpgt, aliases.get(name), chap.get(name))
+            name: TargetInfo(name, tpgt, aliases.get(name), chap.get(name), acls.get(name))
             for name in self.device_servers
         }
         self.policy = policy or TargetPolicy()
@@ -106,10 +110,12 @@ class IscsiServer:
         device_server: DeviceServer,
         chap: Credentials | None = None,
         alias: str | None = None,
+        initiators: frozenset[str] | None = None,
     ) -> None:
-        """Serve one more target (or replace one): logins and discovery from now on see it."""
+        """Serve one more target (or replace one): logins and discovery from now on see it.
+        `initiators` is its ACL (None: any initiator)."""
         self.device_servers[name] = device_server
-        self.target_infos[name] = TargetInfo(name, self.tpgt, alias, chap)
+        self.target_infos[name] = TargetInfo(name, self.tpgt, alias, chap, initiators)
 
     def remove_target(self, name: str) -> None:
         """Offer a target no more to new logins and discovery; sessions already logged in keep
@@ -239,6 +245,12 @@ class IscsiServer:
                 names = list(self.device_servers)
             else:
                 names = [value] if value in self.device_servers else []
+            # An initiator outside a target's ACL does not learn that the target exists.
+            names = [
+                n
+                for n in names
+                if n in self.target_infos and self.target_infos[n].admits(session.initiator_name)
+            ]
         else:
             names = [session.target_name] if value in ("", session.target_name) else []
         host = self.advertise or self.portal[0]

@@ -10,6 +10,7 @@ and it never moves backwards.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +80,7 @@ class Session:
     connection: Any = None
     nexus: Nexus | None = None
     stats: dict[str, int] = field(default_factory=dict)
+    since: float = field(default_factory=time.time)  # wall clock of the login (`target show`)
 
     @property
     def key(self) -> tuple[str, int, str | None]:
