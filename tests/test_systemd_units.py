@@ -79,3 +79,10 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     )
     ours = [ln for ln in (r.stdout + r.stderr).splitlines() if "ophiura" in ln]
     assert r.returncode == 0 and not ours, r.stdout + r.stderr
+
+
+def test_the_se_and_he_units_are_type_notify() -> None:
+    """Both speak sd_notify (tests/replication/test_sd_notify.py): systemd knows when they serve."""
+    for unit in ("ophiura-se@.service", "ophiura-he.service"):
+        d = directives(UNITS / unit)
+        assert d["Type"] == ["notify"] and d["NotifyAccess"] == ["main"], unit

@@ -37,6 +37,7 @@ from ophiura.replication.he.se_session import SeSession
 from ophiura.replication.he.takeover import TakeoverError, claim_volume
 from ophiura.replication.he.volume import HostElementVolume, VolumeConfig
 from ophiura.scsi.target import ScsiTarget
+from ophiura.sdnotify import Notifier
 from ophiura.serve import stop_on_signals
 
 log = logging.getLogger(__name__)
@@ -108,11 +109,14 @@ class HostElement:
             shutil.rmtree(self._state_root, ignore_errors=True)
 
     async def run_until_signalled(self) -> None:
+        sd = Notifier.from_environ()  # systemd Type=notify: READY=1 once started
         stop = stop_on_signals()
         try:
             await self.start()  # a start that fails (no SEs reachable) stops what it began
+            sd.ready(f"{self.role}, {len(self.volumes)} volume(s)")
             await stop.wait()
         finally:
+            sd.stopping("stopping")
             log.info("stopping")
             await self.stop()
 

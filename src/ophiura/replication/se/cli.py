@@ -31,9 +31,11 @@ def _size(value: str, what: str) -> int:
 async def _serve(se_kwargs: dict[str, object], metrics: MetricsServer | None) -> None:
     from ophiura.replication.se import se_metrics
     from ophiura.replication.se.storage_element import StorageElement
+    from ophiura.sdnotify import Notifier
     from ophiura.serve import stop_on_signals
 
     se = StorageElement(**se_kwargs)  # type: ignore[arg-type]
+    sd = Notifier.from_environ()  # systemd Type=notify: READY=1 once serving
     stop = stop_on_signals()
     await se.start()
     # A line for scripts and tests that start us with port 0.
@@ -43,8 +45,10 @@ async def _serve(se_kwargs: dict[str, object], metrics: MetricsServer | None) ->
             metrics.render = lambda: se_metrics.render(se)
             await metrics.start()
             print(f"SE {se.name} metrics on {metrics.host}:{metrics.port}", flush=True)
+        sd.ready(f"serving {len(se.volumes)} volume(s) on {se.host}:{se.port}")
         await stop.wait()
     finally:
+        sd.stopping("stopping")
         log.info("SE %s stopping", se.name)
         if metrics is not None:
             await metrics.stop()
