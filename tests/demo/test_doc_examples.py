@@ -38,6 +38,7 @@ SECRET = "0123456789abcdef0123456789abcdef"
 NOT_CLUSTER = {
     "docs/replication.md#1": "an HE configuration (tests/demo/test_examples.py loads he.toml)",
     "docs/web.md#1": "a fragment with elided token hashes ('…64 hex…')",
+    "docs/web.md#2": "a fragment: the HTTPS keys (tests/web/test_https_live.py runs them)",
 }
 BASE = {
     "cluster": {"name": "ex", "secret": SECRET},

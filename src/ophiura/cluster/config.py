@@ -160,6 +160,9 @@ class ClusterConfig:
     fence_levels: Mapping[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
     notifiers: tuple[Notifier, ...] = ()
     http: tuple[str, int] | None = None  # REST API address of every node without its own; None: off
+    # HTTPS for the REST API: PEM certificate chain and key files ("{node}" = this node); "": HTTP
+    http_tls_cert: str = ""
+    http_tls_key: str = ""
     api_users: Mapping[str, ApiUser] = field(default_factory=dict)
     source: str = ""  # path, for messages
     # SHA-256 (16 hex digits) of the parsed file: comments and layout do not count. Rides in
@@ -182,6 +185,15 @@ class ClusterConfig:
 
     def fenceable(self, node: str) -> bool:
         return bool(self.fence_levels.get(node))
+
+    def http_tls(self, node: str) -> tuple[Path, Path] | None:
+        """The REST API's (certificate, key) files on `node`; None: plain HTTP."""
+        if not self.http_tls_cert:
+            return None
+        return (
+            Path(self.http_tls_cert.replace("{node}", node)),
+            Path(self.http_tls_key.replace("{node}", node)),
+        )
 
     def http_address(self, node: str) -> tuple[str, int] | None:
         """Where `node` serves the REST API and dashboard; None when it serves none."""
@@ -282,7 +294,8 @@ KNOWN_KEYS: Mapping[str, frozenset[str]] = {
     "": frozenset({"cluster", "timings", "nodes", "links", "hierarchies", "fencing", "notify"}),
     "cluster": frozenset({"name", "secret", "secret_file", "quorum", "tie_breaker",
                           "allow_unfenced", "stop_on_shutdown", "state_dir", "test_hooks",
-                          "http", "api_users", "watchdog", "watchdog_timeout"}),
+                          "http", "http_tls_cert", "http_tls_key", "api_users", "watchdog",
+                          "watchdog_timeout"}),
     "timings": frozenset(
         {"interval", "deadline", "startup_grace", "max_clock_skew", "restart_lock"}
     ),
@@ -447,11 +460,24 @@ def parse(data: Mapping[str, Any], source: str = "", base: Path | None = None) -
         fence_levels={n: tuple(d for _, d in sorted(lv)) for n, lv in levels.items()},
         notifiers=tuple(notifiers),
         http=_host_port(c["http"], 8440, "cluster.http") if "http" in c else None,
+        http_tls_cert=_tls_path(c, "http_tls_cert", base),
+        http_tls_key=_tls_path(c, "http_tls_key", base),
         api_users=_api_users(c.get("api_users", {})),
         source=source,
         digest=config_digest(data),
         unknown=tuple(unknown_keys(data)),
     )
+
+
+def _tls_path(c: Mapping[str, Any], key: str, base: Path | None) -> str:
+    """cluster.http_tls_cert / http_tls_key: both or neither; relative to the file."""
+    other = "http_tls_key" if key == "http_tls_cert" else "http_tls_cert"
+    value = _get(c, key, str, "cluster", "")
+    if bool(value) != bool(c.get(other)):
+        raise ConfigError(f"cluster.{key}: http_tls_cert and http_tls_key go together")
+    if value and base is not None and not Path(value).is_absolute():
+        value = str(base / value)
+    return str(value)
 
 
 def _api_users(table: Any) -> dict[str, ApiUser]:

@@ -30,12 +30,13 @@ async def start(daemon: Backend) -> Stoppable | None:
     if addr is None:
         return None
     host, port = addr
+    tls = daemon.cfg.http_tls(daemon.me)
     try:
-        from ophiura.web.server import WebServer
+        from ophiura.web.server import WebServer, server_tls
 
-        server = WebServer(daemon, host, port)
+        server = WebServer(daemon, host, port, server_tls(*tls) if tls else None)
         await server.start()
-    except (OSError, ImportError) as exc:
+    except (OSError, ImportError) as exc:  # ssl.SSLError is an OSError: never plain instead
         log.error("REST API not started on %s:%d: %s", host, port, exc)
         daemon.emit("admin", task="http-failed", desc=f"REST API on {host}:{port}: {exc}")
         return None
