@@ -88,6 +88,37 @@ def main(ctx: click.Context, verbose: int) -> None:
     help="Also serve BACKING over NBD on HOST:PORT (e.g. 127.0.0.1:10809).",
 )
 @click.option("--nbd-export", default="disk", show_default=True, help="NBD export name.")
+@click.option(
+    "--tls-certificates",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="NBD TLS: DIR with ca-cert.pem, server-cert.pem, server-key.pem (as nbdkit/qemu-nbd).",
+)
+@click.option(
+    "--tls",
+    "tls_mode",
+    type=click.Choice(["off", "on", "require"]),
+    default=None,
+    help="NBD TLS mode (default: require with --tls-certificates, else off).",
+)
+@click.option(
+    "--tls-verify-peer",
+    is_flag=True,
+    help="NBD TLS: refuse clients without a certificate signed by DIR/ca-cert.pem.",
+)
+@click.option(
+    "--nbd-allow",
+    multiple=True,
+    metavar="CIDR",
+    help="Accept NBD connections only from these addresses (repeat; default: any).",
+)
+@click.option(
+    "--nbd-max-connections",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Close NBD connections beyond N at once (default: no cap).",
+)
 def target(
     backing: Path,
     size: int | None,
@@ -100,10 +131,19 @@ def target(
     block_size: str,
     nbd: tuple[str, int] | None,
     nbd_export: str,
+    tls_certificates: Path | None,
+    tls_mode: str | None,
+    tls_verify_peer: bool,
+    nbd_allow: tuple[str, ...],
+    nbd_max_connections: int | None,
 ) -> None:
     """Serve BACKING as LUN 0 of an iSCSI target until SIGTERM or SIGINT."""
     from ophiura.serve import run_event_loop
     from ophiura.target_daemon import DEFAULT_IQN, TargetConfig, TargetDaemon
+
+    nbd_security = _nbd_security(
+        nbd, tls_certificates, tls_mode, tls_verify_peer, nbd_allow, nbd_max_connections
+    )
 
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
     credentials = _chap(chap)
@@ -133,12 +173,47 @@ def target(
         block_size=int(block_size),
         nbd=nbd,
         nbd_export=nbd_export,
+        nbd_security=nbd_security,
     )
     daemon = TargetDaemon(config)
     try:
         run_event_loop(daemon.run_until_signalled)
     except (OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def _nbd_security(  # type: ignore[no-untyped-def]
+    nbd: tuple[str, int] | None,
+    certificates: Path | None,
+    mode: str | None,
+    verify_peer: bool,
+    allow: tuple[str, ...],
+    max_connections: int | None,
+):
+    """`ophiura target`'s NBD access options as an NbdSecurity, checked before anything starts
+    (the certificates load here: a wrong directory is one line, not a failed daemon)."""
+    from ophiura.nbd.security import NbdSecurity, NbdSecurityError
+    from ophiura.nbd.tls import TlsConfigError
+
+    given = certificates is not None or mode is not None or verify_peer or allow
+    if nbd is None:
+        if given or max_connections is not None:
+            raise click.UsageError("the NBD TLS/allow/connection options need --nbd HOST:PORT")
+        return None
+    try:
+        security = NbdSecurity.from_options(
+            tls=mode,
+            certificates=certificates,
+            verify_peer=verify_peer,
+            allow=allow,
+            max_connections=max_connections,
+        )
+        security.server_context()
+    except NbdSecurityError as exc:
+        raise click.UsageError(str(exc)) from None
+    except TlsConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    return security
 
 
 def _int(value: str) -> int:

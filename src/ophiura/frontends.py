@@ -6,16 +6,20 @@ names a device both ways (NBD name, iSCSI target name) together with its SCSI de
 Exports can be added and removed while the servers run (the HE's volume admin): new logins
 and connections see the change, sessions already open keep what they had until they end, and
 the owner of a device closes it only after removing its export.
+
+The NBD address may carry its access policy (`NbdListen`: TLS, an allow-list, a connection cap);
+a plain (host, port) is an open listener, as before.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ophiura.block.device import BlockDevice
 from ophiura.iscsi.chap import Credentials
 from ophiura.iscsi.server import IscsiServer
+from ophiura.nbd.security import NbdSecurity
 from ophiura.nbd.server import NbdServer
 from ophiura.scsi.api import DeviceServer
 
@@ -33,14 +37,30 @@ class Export:
     chap: Credentials | None = None  # iSCSI CHAP for this target (none: open)
 
 
+@dataclass(frozen=True)
+class NbdListen:
+    """Where the NBD server listens and who may use it."""
+
+    host: str
+    port: int
+    security: NbdSecurity = field(default_factory=NbdSecurity)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
+
+
 class Frontends:
     """Starts, stops and feeds the iSCSI and NBD servers; either address may be None (off)."""
 
     def __init__(
-        self, iscsi: tuple[str, int] | None = None, nbd: tuple[str, int] | None = None
+        self,
+        iscsi: tuple[str, int] | None = None,
+        nbd: tuple[str, int] | NbdListen | None = None,
     ) -> None:
         self.iscsi_address = iscsi
-        self.nbd_address = nbd
+        self.nbd_listen = nbd if nbd is None or isinstance(nbd, NbdListen) else NbdListen(*nbd)
+        self.nbd_address = None if self.nbd_listen is None else self.nbd_listen.address
         self.exports: dict[str, Export] = {}
         self.iscsi: IscsiServer | None = None
         self.nbd: NbdServer | None = None
@@ -82,9 +102,14 @@ class Frontends:
                 await iscsi.start()
                 started.append(iscsi)
                 self.iscsi = iscsi
-            if self.nbd_address is not None and self.nbd is None:
-                host, port = self.nbd_address
-                nbd = NbdServer({e.name: e.device for e in self.exports.values()}, host, port)
+            if self.nbd_listen is not None and self.nbd is None:
+                listen = self.nbd_listen
+                nbd = NbdServer(
+                    {e.name: e.device for e in self.exports.values()},
+                    listen.host,
+                    listen.port,
+                    security=listen.security,
+                )
                 await nbd.start()
                 started.append(nbd)
                 self.nbd = nbd

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from ophiura.block.device import BlockDeviceError
 from ophiura.block.file import FileBlockDevice
-from ophiura.frontends import Export, Frontends
+from ophiura.frontends import Export, Frontends, NbdListen
 from ophiura.iscsi.chap import Credentials
+from ophiura.nbd.security import NbdSecurity
 from ophiura.scsi.target import ScsiTarget
 from ophiura.serve import stop_on_signals
 
@@ -37,6 +38,7 @@ class TargetConfig:
     block_size: int = 512
     nbd: tuple[str, int] | None = None  # also serve the backing file over NBD here
     nbd_export: str = "disk"
+    nbd_security: NbdSecurity | None = None  # TLS, allow-list, connection cap (None: open)
 
 
 class TargetDaemon:
@@ -45,7 +47,10 @@ class TargetDaemon:
     def __init__(self, config: TargetConfig) -> None:
         self.config = config
         self.device: FileBlockDevice | None = None
-        self.frontends = Frontends((config.host, config.port), config.nbd)
+        nbd = None
+        if config.nbd is not None:
+            nbd = NbdListen(*config.nbd, config.nbd_security or NbdSecurity())
+        self.frontends = Frontends((config.host, config.port), nbd)
 
     async def start(self) -> None:
         cfg = self.config
@@ -60,7 +65,7 @@ class TargetDaemon:
         self.frontends.add(Export(cfg.nbd_export, cfg.iqn, scsi, self.device, cfg.chap))
         try:
             await self.frontends.start()
-        except OSError:
+        except (OSError, ValueError):  # (ValueError: TLS certificates that do not load)
             await self.stop()  # the file must not outlive a failed start
             raise
         listening = self.frontends.listening()
