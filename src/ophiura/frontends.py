@@ -14,16 +14,18 @@ a plain (host, port) is an open listener, as before.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ophiura.block.device import BlockDevice
 from ophiura.iscsi.chap import Credentials
 from ophiura.iscsi.server import IscsiServer
-from ophiura.nbd.security import NbdSecurity
+from ophiura.nbd.security import NbdListen
 from ophiura.nbd.server import NbdServer
 from ophiura.scsi.api import DeviceServer
 
 log = logging.getLogger(__name__)
+
+__all__ = ["Export", "Frontends", "NbdListen"]
 
 
 @dataclass(frozen=True)
@@ -35,19 +37,6 @@ class Export:
     scsi: DeviceServer
     device: BlockDevice
     chap: Credentials | None = None  # iSCSI CHAP for this target (none: open)
-
-
-@dataclass(frozen=True)
-class NbdListen:
-    """Where the NBD server listens and who may use it."""
-
-    host: str
-    port: int
-    security: NbdSecurity = field(default_factory=NbdSecurity)
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return self.host, self.port
 
 
 class Frontends:

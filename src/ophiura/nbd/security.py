@@ -18,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 import ssl
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ophiura.nbd.protocol import TlsMode
@@ -26,7 +26,14 @@ from ophiura.nbd.tls import server_context
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-__all__ = ["IPNetwork", "NbdSecurity", "NbdSecurityError", "TlsMode", "parse_cidr"]
+__all__ = [
+    "IPNetwork",
+    "NbdListen",
+    "NbdSecurity",
+    "NbdSecurityError",
+    "TlsMode",
+    "parse_cidr",
+]
 
 
 class NbdSecurityError(ValueError):
@@ -165,3 +172,16 @@ class NbdSecurity:
         if self.max_connections is not None:
             parts.append(f"max-connections={self.max_connections}")
         return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class NbdListen:
+    """Where an NBD server listens and who may use it (frontends.py, the HE's config)."""
+
+    host: str
+    port: int
+    security: NbdSecurity = field(default_factory=NbdSecurity)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port

@@ -1,7 +1,7 @@
 """X.509 certificates for TLS tests, made with the `openssl` command (Debian's openssl package).
 
     pki = make_pki(tmp_path / "pki")   # a CA, a server cert for 127.0.0.1/localhost, a client
-    pki.server   # dir with ca-cert.pem, server-cert.pem, server-key.pem (ophiura's --tls-certificates)
+    pki.server   # ca-cert.pem, server-cert.pem, server-key.pem (ophiura's --tls-certificates)
     pki.client   # dir with ca-cert.pem, client-cert.pem, client-key.pem (libnbd/qemu's layout)
 
 Each directory is laid out as libnbd, qemu and nbdkit expect. `make_pki` called twice gives two
