@@ -243,6 +243,7 @@ class NbdConnection(asyncio.Protocol):
                 "NBD client %s refused: TLS handshake failed: %s", _addr(self.peer), _why(exc)
             )
             self.tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._refused = True  # said once above; connection_lost need not say it again
             self._abort()
             raw.abort()
             return
