@@ -122,7 +122,7 @@ class NbdConnection(asyncio.Protocol):
             self._timer.cancel()
         self.server.connections.discard(self)
         if exc is not None and not self._refused:
-            log.info("NBD connection from %s lost: %s", self.peer, exc)
+            log.info("NBD connection from %s lost: %s", _addr(self.peer), exc)
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -160,7 +160,7 @@ class NbdConnection(asyncio.Protocol):
             try:
                 event = core.next_event()
             except NbdProtocolError as exc:
-                log.warning("NBD protocol error from %s, closing: %s", self.peer, exc)
+                log.warning("NBD protocol error from %s, closing: %s", _addr(self.peer), exc)
                 self._send(core.data_to_send())
                 self._abort()
                 return
@@ -197,7 +197,7 @@ class NbdConnection(asyncio.Protocol):
                     _addr(self.peer),
                 )
             else:
-                log.info("NBD client %s asked for unknown export %r", self.peer, event.name)
+                log.info("NBD client %s asked for unknown export %r", _addr(self.peer), event.name)
             self._abort()
         elif isinstance(event, Disconnect | ConnectionClosed):
             self._close_when_idle()
@@ -208,7 +208,7 @@ class NbdConnection(asyncio.Protocol):
             self._timer = None
         self.device = self.server.exports[export.name]
         self.export_name = export.name
-        log.info("NBD client %s uses export %r", self.peer, export.name)
+        log.info("NBD client %s uses export %r", _addr(self.peer), export.name)
 
     # ---- TLS ---------------------------------------------------------------------------
     def _start_tls(self) -> None:
@@ -271,7 +271,7 @@ class NbdConnection(asyncio.Protocol):
 
     def _handshake_expired(self) -> None:
         if self.device is None and not self.closing:
-            log.warning("NBD client %s did not finish its handshake in time", self.peer)
+            log.warning("NBD client %s did not finish its handshake in time", _addr(self.peer))
             self._abort()
 
     # ---- requests ------------------------------------------------------------------------
