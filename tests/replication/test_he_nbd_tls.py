@@ -4,7 +4,9 @@ TLS client reads and writes while a plaintext client is refused."""
 
 from __future__ import annotations
 
+import re
 import shutil
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -43,6 +45,15 @@ def test_toml_keys(tmp_path: Path) -> None:
     assert sec.tls is TlsMode.REQUIRE and sec.certificates == tmp_path and sec.verify_peer
     assert [str(n) for n in sec.allow] == ["10.0.0.0/8", "198.51.100.7/32"]
     assert sec.max_connections == 8 and sec.exposure_warning("0.0.0.0") is None
+
+
+def test_the_documented_example_loads() -> None:
+    """docs/replication.md's NBD block, with the rest of a configuration around it."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "replication.md").read_text()
+    (block,) = [b for b in re.findall(r"```toml\n(.*?)```", doc, re.S) if "tls_certificates" in b]
+    cfg = build_config({**BASE, **tomllib.loads(block)})
+    assert isinstance(cfg.nbd, NbdListen) and cfg.nbd.security.authenticated
+    assert cfg.nbd.security.max_connections == 32
 
 
 @pytest.mark.parametrize(
