@@ -4,15 +4,19 @@ injected after STARTTLS (bytes that would be read as options once TLS is up)."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ophiura.nbd.constants import IHAVEOPT, MAX_OPTION_DATA, OPTION_HEADER, Option, Reply
 from ophiura.nbd.protocol import (
+    NEED_DATA,
     TRANSITIONS,
     ConnectionClosed,
     DataBeforeTls,
     ExportChosen,
     ExportRefused,
     LocalProtocolError,
+    NbdProtocolError,
     OptionAnswered,
     Phase,
     SessionAborted,
@@ -130,3 +134,52 @@ def test_require_closes_on_export_name_before_tls() -> None:
 def test_on_serves_plaintext_clients() -> None:
     conn = new_conn(tls=TlsMode.ON)
     assert drive(conn, option(Option.GO, go_data("disk"))) == [ExportChosen(DISK, Option.GO)]
+
+
+# ---- fuzzing: random option streams in each TLS mode ---------------------------------------
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+frames = st.lists(
+    st.one_of(
+        st.builds(
+            lambda opt, data: option(opt, data),
+            st.sampled_from([*Option, 0, 99]),
+            st.sampled_from([b"", b"disk", go_data("disk"), go_data("ro", (1, 2)), b"\xff"]),
+        ),
+        st.binary(max_size=40),
+    ),
+    max_size=12,
+)
+
+
+@FUZZ
+@given(st.sampled_from(list(TlsMode)), frames, st.booleans())
+def test_no_export_without_tls_when_required(
+    mode: TlsMode, stream: list[bytes], handshake_ok: bool
+) -> None:
+    """Whatever the client sends, REQUIRE never reaches an export (nor answers anything but
+    STARTTLS/ABORT/TLS_REQD) before TLS is up, and STARTTLS is the only way to get there."""
+    conn = new_conn(tls=mode)
+    for frame in stream:
+        conn.receive_data(frame)
+        while True:
+            try:
+                event = conn.next_event()
+            except NbdProtocolError:
+                assert conn.phase is Phase.CLOSED
+                return
+            if event is NEED_DATA:
+                break
+            if isinstance(event, ExportChosen):
+                assert mode is not TlsMode.REQUIRE or conn.tls_active
+            if isinstance(event, StartTls):
+                assert mode is not TlsMode.OFF and not conn.tls_active
+        out = option_replies(conn.data_to_send()) if conn.phase is Phase.OPTIONS else []
+        if mode is TlsMode.REQUIRE and not conn.tls_active:
+            allowed = {Option.STARTTLS, Option.ABORT}
+            assert all(r == Reply.ERR_TLS_REQD or o in allowed for o, r, _ in out)
+        if conn.phase is Phase.STARTING_TLS:
+            if not handshake_ok:
+                return  # the I/O layer closes the connection
+            conn.tls_established()  # (the server only calls it with nothing buffered)
+        if conn.phase is Phase.CLOSED:
+            return
