@@ -236,6 +236,23 @@ class NbdClient:
             raise
         return cls(reader, writer, _details(export, replies), max_in_flight)
 
+    @classmethod
+    async def connect_uri(
+        cls, uri: str, *, timeout: float = 10.0, max_in_flight: int = 64
+    ) -> NbdClient:
+        """Connect to `nbd://HOST[:PORT]/EXPORT` or `nbds://...[?tls-certificates=DIR]`
+        (libnbd's spelling, see `uri.py`); nbds:// verifies the server against DIR's
+        ca-cert.pem (else the system's CAs) and presents DIR's client certificate if any."""
+        from ophiura.nbd.tls import client_context
+        from ophiura.nbd.uri import parse_nbd_uri
+
+        where = parse_nbd_uri(uri)
+        tls = client_context(where.certificates) if where.tls else None
+        return await cls.connect(
+            where.host, where.port, where.export,
+            timeout=timeout, max_in_flight=max_in_flight, tls=tls,
+        )  # fmt: skip
+
     @staticmethod
     async def list_exports(
         host: str,
