@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from ophiura.nbd.constants import IHAVEOPT, MAX_OPTION_DATA, OPTION_HEADER, Option, Reply
 from ophiura.nbd.protocol import (
     NEED_DATA,
+    TLS_REQUIRED,
     TRANSITIONS,
     ConnectionClosed,
     DataBeforeTls,
@@ -124,9 +125,7 @@ def test_require_lets_abort_through() -> None:
 
 def test_require_closes_on_export_name_before_tls() -> None:
     conn = new_conn(tls=TlsMode.REQUIRE)
-    assert drive(conn, option(Option.EXPORT_NAME, b"disk")) == [
-        ExportRefused("disk", "TLS required")
-    ]
+    assert drive(conn, option(Option.EXPORT_NAME, b"disk")) == [ExportRefused("disk", TLS_REQUIRED)]
     assert conn.phase is Phase.CLOSED and conn.export is None
     assert conn.data_to_send() == b""  # not a byte of the export's size or flags
 

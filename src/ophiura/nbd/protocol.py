@@ -61,6 +61,7 @@ _KNOWN_CLIENT_FLAGS = int(ClientFlag.C_FIXED_NEWSTYLE | ClientFlag.C_NO_ZEROES)
 _U16 = 2
 _U32 = 4
 _TLS_REQD = "TLS required: send NBD_OPT_STARTTLS first"
+TLS_REQUIRED = "TLS required"  # ExportRefused.reason for NBD_OPT_EXPORT_NAME before TLS
 
 
 class NbdProtocolError(Exception):
@@ -411,7 +412,7 @@ class ServerConnection:
             self._skip -= n
             if self._skip:
                 return NEED_DATA
-            if self._tls_required():
+            if self._tls_required() and self._skip_option != Option.STARTTLS:
                 return self._refuse(self._skip_option, Reply.ERR_TLS_REQD, _TLS_REQD)
             return self._refuse(self._skip_option, Reply.ERR_TOO_BIG, "option too large")
         if len(self._buf) - self._pos < OPTION_HEADER.size:
@@ -458,7 +459,7 @@ class ServerConnection:
             return self._starttls(data)
         if self._tls_required():
             if option == Option.EXPORT_NAME:
-                return ExportRefused(data.decode(errors="replace"), "TLS required")
+                return ExportRefused(data.decode(errors="replace"), TLS_REQUIRED)
             return self._refuse(option, Reply.ERR_TLS_REQD, _TLS_REQD)
         if option == Option.EXPORT_NAME:
             return self._export_name(data)

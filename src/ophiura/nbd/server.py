@@ -30,6 +30,7 @@ from ophiura.nbd.commands import execute, export_info
 from ophiura.nbd.constants import DEFAULT_PORT, MAX_REQUEST, Command, Errno, Reply
 from ophiura.nbd.protocol import (
     NEED_DATA,
+    TLS_REQUIRED,
     ConnectionClosed,
     Disconnect,
     ExportChosen,
@@ -190,7 +191,7 @@ class NbdConnection(asyncio.Protocol):
             self._send(self.core.data_to_send())
             self._close_when_idle()
         elif isinstance(event, ExportRefused):
-            if event.reason == "TLS required":
+            if event.reason == TLS_REQUIRED:
                 log.warning(
                     "NBD client %s refused: TLS required, it sent NBD_OPT_EXPORT_NAME without "
                     "STARTTLS",
