@@ -163,9 +163,10 @@ async def test_no_client_certificate_is_refused_only_with_verify_peer(
 ) -> None:
     server = await tls_server(start_server, pki, verify_peer=True)
     working = await connect(server, pki.client)
-    with pytest.raises(REFUSED):
+    with pytest.raises(REFUSED) as refused:
         client = await connect(server, pki.ca_only)
         await client.read(0, 512)
+    assert isinstance(refused.value, NbdClientError)  # the client says it in its own terms
     await logged(caplog, "refused: TLS handshake failed", "CERTIFICATE")
     await round_trip(working, 0, 0x33)
     await working.disconnect()

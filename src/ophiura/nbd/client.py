@@ -231,6 +231,19 @@ class NbdClient:
         try:
             async with asyncio.timeout(timeout):
                 replies = await _option(reader, writer, Option.GO, _go_data(export))
+        except ssl.SSLError as exc:  # TLS 1.3: a refused client certificate shows up here
+            writer.close()
+            raise NbdClientError(f"TLS: the server refused us: {exc.reason or exc}") from exc
+        except asyncio.IncompleteReadError as exc:
+            writer.close()
+            if tls is None:
+                raise
+            # TLS 1.3 lets the client finish its handshake before the server checks the client
+            # certificate; a server that refuses it just closes (asyncio sends no alert)
+            raise NbdClientError(
+                "TLS: the server closed the connection after the handshake "
+                "(no client certificate, or one it does not trust?)"
+            ) from exc
         except BaseException:
             writer.close()
             raise

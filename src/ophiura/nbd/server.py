@@ -245,8 +245,8 @@ class NbdConnection(asyncio.Protocol):
             )
             self.tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
             self._refused = True  # said once above; connection_lost need not say it again
-            self._abort()
-            raw.abort()
+            self.closing = True
+            raw.close()  # close, not abort: the TLS alert (why) still reaches the client
             return
         finally:
             self._upgrading = False
