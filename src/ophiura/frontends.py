@@ -120,6 +120,11 @@ class Frontends:
             await self.iscsi.stop()
             self.iscsi = None
 
+    def warnings(self) -> list[str]:
+        """What the running servers warned about at start (an NBD listener beyond loopback
+        without authentication), for a status display."""
+        return [self.nbd.warning] if self.nbd is not None and self.nbd.warning else []
+
     def listening(self) -> dict[str, str | None]:
         """`host:port` each server listens on (the bound port when 0 was asked), None if off."""
         return {

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from ophiura.nbd.security import NbdSecurity, NbdSecurityError, TlsMode, is_loopback
+from ophiura.testkit.netns import NsLoop, add_address, namespace, unavailable, veth
 
 
 def test_defaults_are_open_and_plain() -> None:
@@ -88,3 +89,29 @@ def test_describe_names_the_directory_not_the_key(tmp_path: Path) -> None:
         f"tls=require certificates={tmp_path} client cert required allow=10.0.0.0/8 "
         "max-connections=4"
     )
+
+
+@pytest.mark.skipif(bool(unavailable()), reason=str(unavailable()))
+@pytest.mark.parametrize("guarded", [False, True])
+def test_frontends_report_the_warning_of_a_listener_beyond_loopback(guarded: bool) -> None:
+    """In a namespace of our own, on 198.51.100.1 (the same through `ophiura target`:
+    test_tls_real_clients.py)."""
+    from ophiura.frontends import Frontends, NbdListen
+
+    security = NbdSecurity.from_options(allow=["198.51.100.0/24"] if guarded else [])
+    with namespace("nbdfe") as ns:
+        veth(ns, "v0", "v1")
+        add_address(ns, "v0", "198.51.100.1/24")
+        loop = NsLoop(ns, "nbd frontends")
+        fe = Frontends(None, NbdListen("198.51.100.1", 0, security))
+        try:
+            loop.run(fe.start())
+            warnings = fe.warnings()
+        finally:
+            loop.run(fe.stop())
+            loop.close()
+    if guarded:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and "NBD listener on 198.51.100.1" in warnings[0]
+    assert fe.warnings() == []  # stopped
