@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 DEBIAN_TOOLS := libiscsi-bin qemu-utils qemu-block-extra tgt fio libnbd-bin nbdkit iproute2 resource-agents arping
 # PostMark through nbdfuse + fuse2fs (`python -m bench replication`; mkfs.ext4 is e2fsprogs)
 DEBIAN_TOOLS += postmark fuse2fs e2fsprogs
+# NBD over TLS (tests/nbd/test_tls*.py): the tests make their CA and certificates with openssl
+DEBIAN_TOOLS += openssl
 # HA cluster: links cut with nftables in a namespace (tests/cluster/test_multihost_*.py);
 # keepalived (VRRPv3) as the failover baseline (`python -m bench failover`)
 DEBIAN_TOOLS += nftables keepalived

@@ -106,6 +106,37 @@ _SERVING_OPTIONS = (
     default=None,
     help="Status socket for `target show` (default /run/ophiura/target.sock, if free).",
 )
+@click.option(
+    "--tls-certificates",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="NBD TLS: DIR with ca-cert.pem, server-cert.pem, server-key.pem (as nbdkit/qemu-nbd).",
+)
+@click.option(
+    "--tls",
+    "tls_mode",
+    type=click.Choice(["off", "on", "require"]),
+    default=None,
+    help="NBD TLS mode (default: require with --tls-certificates, else off).",
+)
+@click.option(
+    "--tls-verify-peer",
+    is_flag=True,
+    help="NBD TLS: refuse clients without a certificate signed by DIR/ca-cert.pem.",
+)
+@click.option(
+    "--nbd-allow",
+    multiple=True,
+    metavar="CIDR",
+    help="Accept NBD connections only from these addresses (repeat; default: any).",
+)
+@click.option(
+    "--nbd-max-connections",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Close NBD connections beyond N at once (default: no cap).",
+)
 @click.pass_context
 def target(
     ctx: click.Context,
@@ -122,6 +153,11 @@ def target(
     nbd: tuple[str, int] | None,
     nbd_export: str,
     admin_socket: Path | None,
+    tls_certificates: Path | None,
+    tls_mode: str | None,
+    tls_verify_peer: bool,
+    nbd_allow: tuple[str, ...],
+    nbd_max_connections: int | None,
 ) -> None:
     """Serve BACKING as LUN 0 of an iSCSI target (or the targets of --config FILE) until
     SIGTERM or SIGINT. `ophiura target show` lists a running target's state."""
@@ -138,6 +174,8 @@ def target(
         if given or config_path or admin_socket:
             raise click.UsageError(f"`target {ctx.invoked_subcommand}` takes its own options")
         return
+    # NBD access (TLS, allow-list, cap): for --nbd, or for the --config file's [nbd] listener
+    security_options = (tls_certificates, tls_mode, tls_verify_peer, nbd_allow, nbd_max_connections)
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
     if config_path is not None:
         if given:
@@ -151,10 +189,14 @@ def target(
             config = dataclasses.replace(
                 config, admin_socket=admin_socket, admin_socket_explicit=True
             )
+        security = _nbd_security(config.nbd, *security_options)  # for the file's [nbd]
+        if security is not None:
+            config = dataclasses.replace(config, nbd_security=security)
         _serve(TargetDaemon(config), run_event_loop)
         return
     if backing is None:
         raise click.UsageError("give --backing FILE (one target) or --config FILE.toml")
+    nbd_security = _nbd_security(nbd, *security_options)
     credentials = _chap(chap)
     if mutual_chap:
         if credentials is None:
@@ -184,6 +226,7 @@ def target(
         nbd_export=nbd_export,
         admin_socket=admin_socket or DEFAULT_ADMIN_SOCKET,
         admin_socket_explicit=admin_socket is not None,
+        nbd_security=nbd_security,
     )
     _serve(TargetDaemon(single), run_event_loop)
 
@@ -238,6 +281,40 @@ def target_show(socket_path: Path | None, config_path: Path | None, as_json: boo
     except TargetAdminError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(state, indent=2, sort_keys=True) if as_json else render(state))
+
+
+def _nbd_security(  # type: ignore[no-untyped-def]
+    nbd: tuple[str, int] | None,
+    certificates: Path | None,
+    mode: str | None,
+    verify_peer: bool,
+    allow: tuple[str, ...],
+    max_connections: int | None,
+):
+    """`ophiura target`'s NBD access options as an NbdSecurity, checked before anything starts
+    (the certificates load here: a wrong directory is one line, not a failed daemon)."""
+    from ophiura.nbd.security import NbdSecurity, NbdSecurityError
+    from ophiura.nbd.tls import TlsConfigError
+
+    given = certificates is not None or mode is not None or verify_peer or allow
+    if nbd is None:
+        if given or max_connections is not None:
+            raise click.UsageError("the NBD TLS/allow/connection options need --nbd HOST:PORT")
+        return None
+    try:
+        security = NbdSecurity.from_options(
+            tls=mode,
+            certificates=certificates,
+            verify_peer=verify_peer,
+            allow=allow,
+            max_connections=max_connections,
+        )
+        security.server_context()
+    except NbdSecurityError as exc:
+        raise click.UsageError(str(exc)) from None
+    except TlsConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    return security
 
 
 def _int(value: str) -> int:

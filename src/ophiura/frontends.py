@@ -6,6 +6,9 @@ names a device both ways (NBD name, iSCSI target name) together with its SCSI de
 Exports can be added and removed while the servers run (the HE's volume admin): new logins
 and connections see the change, sessions already open keep what they had until they end, and
 the owner of a device closes it only after removing its export.
+
+The NBD address may carry its access policy (`NbdListen`: TLS, an allow-list, a connection cap);
+a plain (host, port) is an open listener, as before.
 """
 
 from __future__ import annotations
@@ -16,10 +19,13 @@ from dataclasses import dataclass
 from ophiura.block.device import BlockDevice
 from ophiura.iscsi.chap import Credentials
 from ophiura.iscsi.server import IscsiServer
+from ophiura.nbd.security import NbdListen
 from ophiura.nbd.server import NbdServer
 from ophiura.scsi.api import DeviceServer
 
 log = logging.getLogger(__name__)
+
+__all__ = ["Export", "Frontends", "NbdListen"]
 
 
 @dataclass(frozen=True)
@@ -38,10 +44,13 @@ class Frontends:
     """Starts, stops and feeds the iSCSI and NBD servers; either address may be None (off)."""
 
     def __init__(
-        self, iscsi: tuple[str, int] | None = None, nbd: tuple[str, int] | None = None
+        self,
+        iscsi: tuple[str, int] | None = None,
+        nbd: tuple[str, int] | NbdListen | None = None,
     ) -> None:
         self.iscsi_address = iscsi
-        self.nbd_address = nbd
+        self.nbd_listen = nbd if nbd is None or isinstance(nbd, NbdListen) else NbdListen(*nbd)
+        self.nbd_address = None if self.nbd_listen is None else self.nbd_listen.address
         self.exports: dict[str, Export] = {}
         self.iscsi: IscsiServer | None = None
         self.nbd: NbdServer | None = None
@@ -87,9 +96,14 @@ class Frontends:
                 await iscsi.start()
                 started.append(iscsi)
                 self.iscsi = iscsi
-            if self.nbd_address is not None and self.nbd is None:
-                host, port = self.nbd_address
-                nbd = NbdServer({e.name: e.device for e in self.exports.values()}, host, port)
+            if self.nbd_listen is not None and self.nbd is None:
+                listen = self.nbd_listen
+                nbd = NbdServer(
+                    {e.name: e.device for e in self.exports.values()},
+                    listen.host,
+                    listen.port,
+                    security=listen.security,
+                )
                 await nbd.start()
                 started.append(nbd)
                 self.nbd = nbd
@@ -110,6 +124,11 @@ class Frontends:
         if self.iscsi is not None:
             await self.iscsi.stop()
             self.iscsi = None
+
+    def warnings(self) -> list[str]:
+        """What the running servers warned about at start (an NBD listener beyond loopback
+        without authentication), for a status display."""
+        return [self.nbd.warning] if self.nbd is not None and self.nbd.warning else []
 
     def listening(self) -> dict[str, str | None]:
         """`host:port` each server listens on (the bound port when 0 was asked), None if off."""

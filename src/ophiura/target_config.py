@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ophiura.iscsi.chap import Credentials
+from ophiura.nbd.security import NbdSecurity
 from ophiura.sizes import parse_size
 
 DEFAULT_ADMIN_SOCKET = Path("/run/ophiura/target.sock")
@@ -92,6 +93,7 @@ class TargetsConfig:
     admin_socket: Path | None = DEFAULT_ADMIN_SOCKET  # None: no status socket
     source: Path | None = None
     admin_socket_explicit: bool = False  # asked for: failing to bind it is fatal
+    nbd_security: NbdSecurity | None = None  # TLS, allow-list, connection cap (None: open)
 
 
 def is_iscsi_name(name: str) -> bool:

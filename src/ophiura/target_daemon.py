@@ -22,8 +22,9 @@ from typing import Any
 
 from ophiura.block.device import BlockDeviceError
 from ophiura.block.file import FileBlockDevice
-from ophiura.frontends import Export, Frontends
+from ophiura.frontends import Export, Frontends, NbdListen
 from ophiura.iscsi.chap import Credentials
+from ophiura.nbd.security import NbdSecurity
 from ophiura.pr_tool import type_name
 from ophiura.scsi.target import ScsiTarget
 from ophiura.sdnotify import Notifier
@@ -52,6 +53,7 @@ class TargetConfig:
     block_size: int = 512
     nbd: tuple[str, int] | None = None  # also serve the backing file over NBD here
     nbd_export: str = "disk"
+    nbd_security: NbdSecurity | None = None  # TLS, allow-list, connection cap (None: open)
     admin_socket: Path | None = None  # the status socket (`target show`); None: none
     admin_socket_explicit: bool = True  # False: best effort (the CLI's default path)
 
@@ -71,6 +73,7 @@ class TargetConfig:
             self.nbd,
             self.admin_socket,
             admin_socket_explicit=self.admin_socket_explicit,
+            nbd_security=self.nbd_security,
         )
 
 
@@ -83,7 +86,10 @@ class TargetDaemon:
         self.portals: dict[tuple[str, int], Frontends] = {}
         for t in self.spec.targets:
             self.portals.setdefault(t.portal, Frontends(t.portal, None))
-        self.nbd = Frontends(None, self.spec.nbd) if self.spec.nbd is not None else None
+        self.nbd: Frontends | None = None
+        if self.spec.nbd is not None:
+            security = self.spec.nbd_security or NbdSecurity()
+            self.nbd = Frontends(None, NbdListen(*self.spec.nbd, security))
         self.devices: dict[tuple[str, int], FileBlockDevice] = {}
         self.scsi: dict[str, ScsiTarget] = {}
         self.status: StatusSocket | None = None

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from ophiura.nbd.security import NbdListen
 from ophiura.replication.he.config import ConfigError, build_config, load_toml, parse_se
 from ophiura.replication.he.scsi_state import SLOT_SIZE, choose_slot, decode_slot, encode_slot
 from ophiura.replication.he.se_session import SeSpec
@@ -43,7 +44,8 @@ def test_build_config_from_toml(tmp_path: Path) -> None:
     cfg = build_config(load_toml(path))
     assert cfg.quorum == 2 and len(cfg.ses) == 3 and cfg.ses[2].delay_ms == 4
     assert cfg.volumes == (("db", 1 << 30), ("logs", 64 << 20))
-    assert cfg.nbd == ("127.0.0.1", 10809) and cfg.iscsi is None
+    assert isinstance(cfg.nbd, NbdListen) and cfg.nbd.address == ("127.0.0.1", 10809)
+    assert cfg.iscsi is None
     assert cfg.cache_bytes == 0 and cfg.queue_bytes == 8 << 20 and cfg.standby
     assert cfg.iqn("db") == "iqn.2026-11.org.ophiura:db"
 

@@ -1,6 +1,7 @@
-"""A small asyncio NBD client (fixed newstyle, NBD_OPT_GO, simple replies).
+"""A small asyncio NBD client (fixed newstyle, NBD_OPT_STARTTLS, NBD_OPT_GO, simple replies).
 
     client = await NbdClient.connect("127.0.0.1", port, "disk")
+    client = await NbdClient.connect(host, port, "disk", tls=client_context(Path(certs)))
     await client.write(0, data, fua=True); assert await client.read(0, len(data)) == data
     await client.disconnect()
 
@@ -8,6 +9,9 @@ For tests and for the cluster (disk watchdog, health checks). Requests may be is
 concurrently; one reader task matches replies to requests by handle, so replies may arrive in
 any order. In-flight requests are bounded by a semaphore. Unlike libnbd, the client does not
 refuse a write to a read-only export itself: the server's answer (EPERM) is what tests check.
+
+With `tls=` (an `ssl.SSLContext`, see `tls.client_context`) NBD_OPT_STARTTLS is the first option
+and a refusal ends the connection: a client that asked for TLS never falls back to plaintext.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import ssl
 from dataclasses import dataclass
 
 from ophiura.nbd.constants import (
@@ -150,6 +155,32 @@ def _details(export: str, replies: list[tuple[int, bytes]]) -> ExportDetails:
     return details
 
 
+async def _open(
+    host: str,
+    port: int,
+    timeout: float,
+    tls: ssl.SSLContext | None,
+    server_hostname: str | None,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect, do the handshake and, with `tls`, NBD_OPT_STARTTLS and the TLS handshake."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    try:
+        async with asyncio.timeout(timeout):
+            await _handshake(reader, writer)
+            if tls is not None:
+                await _option(reader, writer, Option.STARTTLS)
+                try:
+                    await writer.start_tls(tls, server_hostname=server_hostname or host)
+                except ssl.SSLError as exc:
+                    raise NbdClientError(f"TLS handshake failed: {exc.reason or exc}") from exc
+                except (ConnectionError, asyncio.IncompleteReadError) as exc:
+                    raise NbdClientError(f"TLS handshake failed: {exc}") from exc
+    except BaseException:
+        writer.close()
+        raise
+    return reader, writer
+
+
 class NbdClient:
     """One connection in the transmission phase."""
 
@@ -191,24 +222,63 @@ class NbdClient:
         *,
         timeout: float = 10.0,
         max_in_flight: int = 64,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> NbdClient:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        """`tls`: upgrade with NBD_OPT_STARTTLS first; the server's certificate must match
+        `server_hostname` (default: `host`)."""
+        reader, writer = await _open(host, port, timeout, tls, server_hostname)
         try:
             async with asyncio.timeout(timeout):
-                await _handshake(reader, writer)
                 replies = await _option(reader, writer, Option.GO, _go_data(export))
+        except ssl.SSLError as exc:  # TLS 1.3: a refused client certificate shows up here
+            writer.close()
+            raise NbdClientError(f"TLS: the server refused us: {exc.reason or exc}") from exc
+        except asyncio.IncompleteReadError as exc:
+            writer.close()
+            if tls is None:
+                raise
+            # TLS 1.3 lets the client finish its handshake before the server checks the client
+            # certificate; a server that refuses it just closes (asyncio sends no alert)
+            raise NbdClientError(
+                "TLS: the server closed the connection after the handshake "
+                "(no client certificate, or one it does not trust?)"
+            ) from exc
         except BaseException:
             writer.close()
             raise
         return cls(reader, writer, _details(export, replies), max_in_flight)
 
+    @classmethod
+    async def connect_uri(
+        cls, uri: str, *, timeout: float = 10.0, max_in_flight: int = 64
+    ) -> NbdClient:
+        """Connect to `nbd://HOST[:PORT]/EXPORT` or `nbds://...[?tls-certificates=DIR]`
+        (libnbd's spelling, see `uri.py`); nbds:// verifies the server against DIR's
+        ca-cert.pem (else the system's CAs) and presents DIR's client certificate if any."""
+        from ophiura.nbd.tls import client_context
+        from ophiura.nbd.uri import parse_nbd_uri
+
+        where = parse_nbd_uri(uri)
+        tls = client_context(where.certificates) if where.tls else None
+        return await cls.connect(
+            where.host, where.port, where.export,
+            timeout=timeout, max_in_flight=max_in_flight, tls=tls,
+        )  # fmt: skip
+
     @staticmethod
-    async def list_exports(host: str, port: int, *, timeout: float = 10.0) -> list[str]:
+    async def list_exports(
+        host: str,
+        port: int,
+        *,
+        timeout: float = 10.0,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+    ) -> list[str]:
         """NBD_OPT_LIST then NBD_OPT_ABORT: the export names the server offers."""
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        reader, writer = await _open(host, port, timeout, tls, server_hostname)
         try:
             async with asyncio.timeout(timeout):
-                await _handshake(reader, writer)
                 replies = await _option(reader, writer, Option.LIST)
                 with contextlib.suppress(NbdClientError, asyncio.IncompleteReadError):
                     await _option(reader, writer, Option.ABORT)

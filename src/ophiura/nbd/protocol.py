@@ -9,17 +9,23 @@
 
 Option haggling needs nothing but the catalog, so the core answers every option on its own (the
 replies collect in `data_to_send()`) and tells the caller only what changes its life:
-`ExportChosen` (transmission starts), `SessionAborted` / `ExportRefused` (close), and, in
-transmission, `Request` and `Disconnect`. Every phase change goes through `TRANSITIONS`; an event
-with no entry there is a bug, and malformed input raises an `NbdProtocolError` subclass after
-which the connection is CLOSED. Lengths are checked before any byte is buffered for them.
+`ExportChosen` (transmission starts), `SessionAborted` / `ExportRefused` (close), `StartTls`
+(send the ACK, then upgrade the socket and call `tls_established()`), and, in transmission,
+`Request` and `Disconnect`. Every phase change goes through `TRANSITIONS`; an event with no
+entry there is a bug, and malformed input raises an `NbdProtocolError` subclass after which the
+connection is CLOSED. Lengths are checked before any byte is buffered for them.
+
+TLS (`tls=`): OFF refuses NBD_OPT_STARTTLS (ERR_UNSUP); ON offers it; REQUIRE answers every
+option but STARTTLS and ABORT with ERR_TLS_REQD until TLS is up, and closes on
+NBD_OPT_EXPORT_NAME (it cannot carry an error). Bytes that arrive after NBD_OPT_STARTTLS but
+before the handshake are plaintext injected ahead of TLS: a protocol error, never an option.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, StrEnum
 
 from ophiura.nbd.constants import (
     CLIENT_FLAGS,
@@ -54,6 +60,8 @@ SERVER_HANDSHAKE_FLAGS = HandshakeFlag.FIXED_NEWSTYLE | HandshakeFlag.NO_ZEROES
 _KNOWN_CLIENT_FLAGS = int(ClientFlag.C_FIXED_NEWSTYLE | ClientFlag.C_NO_ZEROES)
 _U16 = 2
 _U32 = 4
+_TLS_REQD = "TLS required: send NBD_OPT_STARTTLS first"
+TLS_REQUIRED = "TLS required"  # ExportRefused.reason for NBD_OPT_EXPORT_NAME before TLS
 
 
 class NbdProtocolError(Exception):
@@ -76,6 +84,10 @@ class TooManyOptions(NbdProtocolError):
     """The client keeps haggling; bounded so that a connection cannot idle in options forever."""
 
 
+class DataBeforeTls(NbdProtocolError):
+    """Bytes followed NBD_OPT_STARTTLS before the handshake: plaintext injected ahead of TLS."""
+
+
 class LocalProtocolError(Exception):
     """We (the caller of the core) asked for something the current phase does not allow."""
 
@@ -93,9 +105,19 @@ class ExportInfo:
     description: str = ""
 
 
+class TlsMode(StrEnum):
+    """The server's TLS policy (the spec's NOTLS, SELECTIVETLS without TLS-only exports,
+    FORCEDTLS)."""
+
+    OFF = "off"
+    ON = "on"
+    REQUIRE = "require"
+
+
 class Phase(Enum):
     GREETING = "greeting"  # greeting sent, waiting for the client flags
     OPTIONS = "options"
+    STARTING_TLS = "starting-tls"  # STARTTLS acknowledged; the I/O layer runs the handshake
     TRANSMISSION = "transmission"
     CLOSED = "closed"
 
@@ -131,9 +153,22 @@ class ExportChosen:
 
 @dataclass(frozen=True)
 class ExportRefused:
-    """NBD_OPT_EXPORT_NAME named an unknown export; that option cannot error, so we close."""
+    """NBD_OPT_EXPORT_NAME named an unknown export, or came before TLS when TLS is required;
+    that option cannot error, so we close."""
 
     name: str
+    reason: str = "no such export"
+
+
+@dataclass(frozen=True)
+class StartTls:
+    """NBD_OPT_STARTTLS was acknowledged: send data_to_send() in plaintext, then run the TLS
+    handshake (server side) and call `tls_established()`; on failure, close."""
+
+
+@dataclass(frozen=True)
+class TlsEstablished:
+    """The I/O layer finished the TLS handshake: option haggling resumes, encrypted."""
 
 
 @dataclass(frozen=True)
@@ -171,6 +206,8 @@ Event = (
     | ExportChosen
     | ExportRefused
     | SessionAborted
+    | StartTls
+    | TlsEstablished
     | Request
     | Disconnect
     | ConnectionClosed
@@ -181,11 +218,13 @@ TRANSITIONS: dict[Phase, dict[type, Phase]] = {
     Phase.GREETING: {ClientFlagsReceived: Phase.OPTIONS, ConnectionClosed: Phase.CLOSED},
     Phase.OPTIONS: {
         OptionAnswered: Phase.OPTIONS,
+        StartTls: Phase.STARTING_TLS,
         ExportChosen: Phase.TRANSMISSION,
         ExportRefused: Phase.CLOSED,
         SessionAborted: Phase.CLOSED,
         ConnectionClosed: Phase.CLOSED,
     },
+    Phase.STARTING_TLS: {TlsEstablished: Phase.OPTIONS, ConnectionClosed: Phase.CLOSED},
     Phase.TRANSMISSION: {
         Request: Phase.TRANSMISSION,
         Disconnect: Phase.CLOSED,
@@ -263,8 +302,11 @@ class ServerConnection:
         default_export: str | None = None,
         max_request: int = MAX_REQUEST,
         max_options: int = 128,
+        tls: TlsMode = TlsMode.OFF,
     ) -> None:
         self.catalog = catalog
+        self.tls = tls
+        self.tls_active = False
         self.default_export = default_export
         self.max_request = max_request
         self.max_options = max_options
@@ -308,6 +350,10 @@ class ServerConnection:
                 event = self._next_request()
             elif self.phase is Phase.OPTIONS:
                 event = self._next_option()
+            elif self.phase is Phase.STARTING_TLS:
+                if self.buffered:
+                    raise DataBeforeTls(f"{self.buffered} bytes after NBD_OPT_STARTTLS")
+                event = NEED_DATA
             else:
                 event = self._next_client_flags()
         except NbdProtocolError:
@@ -324,6 +370,15 @@ class ServerConnection:
             else:
                 return NEED_DATA
         self._transition(event)
+        return event
+
+    def tls_established(self) -> TlsEstablished:
+        """The I/O layer's TLS handshake succeeded: haggling resumes over TLS."""
+        if self.buffered:  # (the I/O layer pauses reading, so only a bug gets here)
+            raise LocalProtocolError("plaintext buffered across the TLS upgrade")
+        event = TlsEstablished()
+        self._transition(event)
+        self.tls_active = True
         return event
 
     def _transition(self, event: Event) -> None:
@@ -357,6 +412,8 @@ class ServerConnection:
             self._skip -= n
             if self._skip:
                 return NEED_DATA
+            if self._tls_required() and self._skip_option != Option.STARTTLS:
+                return self._refuse(self._skip_option, Reply.ERR_TLS_REQD, _TLS_REQD)
             return self._refuse(self._skip_option, Reply.ERR_TOO_BIG, "option too large")
         if len(self._buf) - self._pos < OPTION_HEADER.size:
             return NEED_DATA
@@ -391,12 +448,21 @@ class ServerConnection:
             name = self.default_export
         return self.catalog.get(name)
 
+    def _tls_required(self) -> bool:
+        return self.tls is TlsMode.REQUIRE and not self.tls_active
+
     def _answer(self, option: int, data: bytes) -> Event:
-        if option == Option.EXPORT_NAME:
-            return self._export_name(data)
         if option == Option.ABORT:
             self._out.append(encode_option_reply(option, Reply.ACK))
             return SessionAborted()
+        if option == Option.STARTTLS:
+            return self._starttls(data)
+        if self._tls_required():
+            if option == Option.EXPORT_NAME:
+                return ExportRefused(data.decode(errors="replace"), TLS_REQUIRED)
+            return self._refuse(option, Reply.ERR_TLS_REQD, _TLS_REQD)
+        if option == Option.EXPORT_NAME:
+            return self._export_name(data)
         if option == Option.LIST:
             if data:
                 return self._refuse(option, Reply.ERR_INVALID, "NBD_OPT_LIST takes no data")
@@ -411,6 +477,17 @@ class ServerConnection:
         if option == Option.STRUCTURED_REPLY:
             return self._refuse(option, Reply.ERR_UNSUP, "structured replies not supported")
         return self._refuse(option, Reply.ERR_UNSUP, f"option {option} not supported")
+
+    def _starttls(self, data: bytes) -> Event:
+        option = Option.STARTTLS
+        if self.tls is TlsMode.OFF:
+            return self._refuse(option, Reply.ERR_UNSUP, "TLS is not configured on this server")
+        if self.tls_active:
+            return self._refuse(option, Reply.ERR_INVALID, "TLS is already up")
+        if data:
+            return self._refuse(option, Reply.ERR_INVALID, "NBD_OPT_STARTTLS takes no data")
+        self._out.append(encode_option_reply(option, Reply.ACK))
+        return StartTls()
 
     def _export_name(self, data: bytes) -> Event:
         try:

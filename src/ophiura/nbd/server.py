@@ -9,31 +9,42 @@ so a slow read never holds up a fast one; replies go out as they complete, match
 Each connection bounds its requests in flight (count and bytes): at the bound it stops reading
 the socket, and the client's own TCP window pushes back (StarFish: stop accepting host I/O).
 A protocol violation closes that connection only; the others never notice.
+
+Access (`security=`, an `NbdSecurity`): a connection from outside the allow-list, or beyond the
+connection cap, is closed before the greeting with a log line naming the address and why. TLS:
+when the core says `StartTls`, reading stops, the ACK goes out in plaintext, and
+`loop.start_tls` swaps the transport for an encrypted one under this same protocol object; a
+failed handshake (no certificate when one is required, another CA's) closes that connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Mapping
 from typing import cast
 
 from ophiura.block.device import BlockDevice
 from ophiura.nbd.commands import execute, export_info
-from ophiura.nbd.constants import DEFAULT_PORT, MAX_REQUEST, Command, Errno
+from ophiura.nbd.constants import DEFAULT_PORT, MAX_REQUEST, Command, Errno, Reply
 from ophiura.nbd.protocol import (
     NEED_DATA,
+    TLS_REQUIRED,
     ConnectionClosed,
     Disconnect,
     ExportChosen,
     ExportInfo,
     ExportRefused,
     NbdProtocolError,
+    OptionAnswered,
     Request,
     ServerConnection,
     SessionAborted,
+    StartTls,
     encode_simple_reply,
 )
+from ophiura.nbd.security import NbdSecurity
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +60,7 @@ class NbdConnection(asyncio.Protocol):
             server.catalog(),
             default_export=server.default_export,
             max_request=server.max_request,
+            tls=server.security.tls,
         )
         self.transport: asyncio.Transport | None = None
         self.peer: object = None
@@ -61,33 +73,57 @@ class NbdConnection(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._timer: asyncio.TimerHandle | None = None
+        self._refused = False  # closed at connection_made by the access policy
+        self._upgrading = False  # TLS handshake under way: the core must not be fed
+        self._early: list[bytes] = []  # decrypted bytes that beat start_tls's return to us
+        self._told_tls_required = False
 
     # ---- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # (uvloop's transports quack like asyncio.Transport without subclassing it)
         self.transport = cast(asyncio.Transport, transport)
         self.peer = transport.get_extra_info("peername")
+        reason = self.server.security.refusal(self.peer, len(self.server.connections))
+        if reason is not None:
+            self._refused = self.closing = True
+            self.server.refused += 1
+            log.warning("NBD connection from %s refused: %s", _addr(self.peer), reason)
+            self.transport.abort()  # nothing to flush: not even the greeting went out
+            return
         self.server.connections.add(self)
         self.transport.write(self.core.greeting())
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self.server.handshake_timeout, self._handshake_expired)
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self._upgrading:
+            # Reading stopped at STARTTLS; what arrives now came through the new TLS layer
+            # (the handshake is done, our task has not resumed yet): hold it for the core.
+            self._early.append(data)
+            return
         self.core.receive_data(data)
         self._pump()
 
     def eof_received(self) -> bool:
+        if self._refused:
+            return False
+        if self._upgrading:
+            self._early.append(b"")
+            return False
         self.core.receive_data(b"")
         self._pump()
-        return True  # keep our side open until the replies in flight are written
+        # keep our side open until the replies in flight are written (TLS closes regardless)
+        return not self.core.tls_active
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         if self._timer is not None:
             self._timer.cancel()
         self.server.connections.discard(self)
-        if exc is not None:
-            log.info("NBD connection from %s lost: %s", self.peer, exc)
+        if exc is not None and not self._refused:
+            log.info("NBD connection from %s lost: %s", _addr(self.peer), exc)
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -125,7 +161,7 @@ class NbdConnection(asyncio.Protocol):
             try:
                 event = core.next_event()
             except NbdProtocolError as exc:
-                log.warning("NBD protocol error from %s, closing: %s", self.peer, exc)
+                log.warning("NBD protocol error from %s, closing: %s", _addr(self.peer), exc)
                 self._send(core.data_to_send())
                 self._abort()
                 return
@@ -141,11 +177,28 @@ class NbdConnection(asyncio.Protocol):
     def _handle(self, event: object) -> None:
         if isinstance(event, ExportChosen):
             self._chosen(event.export)
+        elif isinstance(event, StartTls):
+            self._start_tls()
+        elif isinstance(event, OptionAnswered):
+            if event.reply == Reply.ERR_TLS_REQD and not self._told_tls_required:
+                self._told_tls_required = True  # one line per connection, not per option
+                log.warning(
+                    "NBD client %s refused: TLS required, it sent option %d without STARTTLS",
+                    _addr(self.peer),
+                    event.option,
+                )
         elif isinstance(event, SessionAborted):
             self._send(self.core.data_to_send())
             self._close_when_idle()
         elif isinstance(event, ExportRefused):
-            log.info("NBD client %s asked for unknown export %r", self.peer, event.name)
+            if event.reason == TLS_REQUIRED:
+                log.warning(
+                    "NBD client %s refused: TLS required, it sent NBD_OPT_EXPORT_NAME without "
+                    "STARTTLS",
+                    _addr(self.peer),
+                )
+            else:
+                log.info("NBD client %s asked for unknown export %r", _addr(self.peer), event.name)
             self._abort()
         elif isinstance(event, Disconnect | ConnectionClosed):
             self._close_when_idle()
@@ -156,11 +209,70 @@ class NbdConnection(asyncio.Protocol):
             self._timer = None
         self.device = self.server.exports[export.name]
         self.export_name = export.name
-        log.info("NBD client %s uses export %r", self.peer, export.name)
+        log.info("NBD client %s uses export %r", _addr(self.peer), export.name)
+
+    # ---- TLS ---------------------------------------------------------------------------
+    def _start_tls(self) -> None:
+        """STARTTLS was acknowledged: flush the ACK, stop reading, upgrade in a task."""
+        transport = self.transport
+        assert transport is not None
+        self._send(self.core.data_to_send())
+        self._upgrading = True
+        if not self._reading_paused:
+            transport.pause_reading()  # nothing more may reach the core in plaintext
+        task = asyncio.get_running_loop().create_task(self._upgrade(transport))
+        self.tasks.add(task)
+
+    async def _upgrade(self, raw: asyncio.Transport) -> None:
+        server = self.server
+        context = server.ssl_context
+        assert context is not None
+        if self.closing:  # a protocol error (plaintext after STARTTLS) or stop() came first
+            self._upgrading = False
+            self.tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
+            return
+        try:
+            tls = await asyncio.get_running_loop().start_tls(
+                raw,
+                self,
+                context,
+                server_side=True,
+                ssl_handshake_timeout=server.handshake_timeout,
+            )
+        except Exception as exc:  # whatever the handshake raised, only this client goes
+            log.warning(
+                "NBD client %s refused: TLS handshake failed: %s", _addr(self.peer), _why(exc)
+            )
+            self.tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._refused = True  # said once above; connection_lost need not say it again
+            self.closing = True
+            raw.close()  # close, not abort: the TLS alert (why) still reaches the client
+            return
+        finally:
+            self._upgrading = False
+        self.tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
+        if tls is None or self.closing:  # stop() or the handshake timer got there first
+            if tls is not None:
+                tls.abort()
+            return
+        self.transport = cast(asyncio.Transport, tls)
+        self._reading_paused = False  # start_tls resumes reading on the new transport
+        self.core.tls_established()
+        for data in self._early:
+            self.core.receive_data(data)
+        self._early.clear()
+        cert = tls.get_extra_info("peercert")
+        log.info(
+            "NBD client %s: TLS up (%s%s)",
+            _addr(self.peer),
+            tls.get_extra_info("cipher", ("?",))[0],
+            f", client {_subject(cert)}" if cert else ", no client certificate",
+        )
+        self._pump()
 
     def _handshake_expired(self) -> None:
         if self.device is None and not self.closing:
-            log.warning("NBD client %s did not finish its handshake in time", self.peer)
+            log.warning("NBD client %s did not finish its handshake in time", _addr(self.peer))
             self._abort()
 
     # ---- requests ------------------------------------------------------------------------
@@ -234,6 +346,7 @@ class NbdServer:
         max_in_flight_bytes: int = 64 * 1024 * 1024,
         max_request: int = MAX_REQUEST,
         handshake_timeout: float = 30.0,
+        security: NbdSecurity | None = None,
     ) -> None:
         if default_export is not None and default_export not in exports:
             raise ValueError(f"default export {default_export!r} is not an export")
@@ -248,7 +361,11 @@ class NbdServer:
         self.max_in_flight_bytes = max_in_flight_bytes
         self.max_request = max_request
         self.handshake_timeout = handshake_timeout
+        self.security = security or NbdSecurity()
+        self.ssl_context: ssl.SSLContext | None = None
         self.connections: set[NbdConnection] = set()
+        self.refused = 0  # connections closed at once by the access policy (tests, metrics)
+        self.warning: str | None = None  # the exposure warning logged at start, if any
         self._server: asyncio.base_events.Server | None = None
 
     def add_export(self, name: str, device: BlockDevice, description: str = "") -> None:
@@ -271,6 +388,8 @@ class NbdServer:
         }
 
     async def start(self) -> None:
+        """Load the TLS certificates (a bad directory fails here, before binding), listen."""
+        self.ssl_context = self.security.server_context()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: NbdConnection(self),
@@ -280,8 +399,15 @@ class NbdServer:
             backlog=128,
         )
         log.info(
-            "NBD server listening on %s:%d (%s)", self.host, self.port, ", ".join(self.exports)
+            "NBD server listening on %s:%d (%s; %s)",
+            self.host,
+            self.port,
+            ", ".join(self.exports),
+            self.security.describe(),
         )
+        self.warning = self.security.exposure_warning(self.host)
+        if self.warning:
+            log.warning("%s", self.warning)
 
     @property
     def port(self) -> int:
@@ -312,3 +438,27 @@ class NbdServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def _addr(peer: object) -> str:
+    """host:port of a peername for log lines (the address is what an operator greps for)."""
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = str(peer[0])
+        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+    return str(peer)
+
+
+def _why(exc: BaseException) -> str:
+    """A handshake failure in a few words (the ssl module's reason, not its repr)."""
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or exc.strerror or str(exc)
+    return str(exc) or type(exc).__name__
+
+
+def _subject(cert: dict[str, object]) -> str:
+    """The CN of a verified peer certificate (getpeercert()'s nested tuples)."""
+    for rdn in cert.get("subject", ()):  # type: ignore[union-attr]
+        for key, value in rdn:
+            if key == "commonName":
+                return f"CN={value}"
+    return "certificate"

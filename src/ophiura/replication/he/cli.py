@@ -64,6 +64,34 @@ def _secret(path: Path | None) -> bytes:
 )
 @click.option("--iscsi", metavar="HOST:PORT", help="Serve volumes over iSCSI here.")
 @click.option("--nbd", metavar="HOST:PORT", help="Serve volumes over NBD here.")
+@click.option(
+    "--tls-certificates",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="NBD TLS: DIR with ca-cert.pem, server-cert.pem, server-key.pem.",
+)
+@click.option(
+    "--tls",
+    type=click.Choice(["off", "on", "require"]),
+    help="NBD TLS mode (default: require with --tls-certificates, else off).",
+)
+@click.option(
+    "--tls-verify-peer",
+    is_flag=True,
+    default=None,
+    help="NBD TLS: refuse clients without a certificate signed by DIR/ca-cert.pem.",
+)
+@click.option(
+    "--nbd-allow",
+    multiple=True,
+    metavar="CIDR",
+    help="Accept NBD connections only from these addresses (repeat; default: any).",
+)
+@click.option(
+    "--nbd-max-connections",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Close NBD connections beyond N at once (default: no cap).",
+)
 @click.option("--control", metavar="HOST:PORT", help=f"Control API (default {_DEFAULT_CONTROL}).")
 @click.option("--cache", metavar="SIZE", help="Read cache per volume (default 64M, 0 disables).")
 @click.option("--queue", metavar="SIZE", help="Write queue per volume (default 64M).")
@@ -116,6 +144,7 @@ def he(config_file: Path | None, **flags: Any) -> None:
         config = build_config(values)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
+    _check_nbd_certificates(config)
     try:
         host_element = HostElement(config, _secret(config.secret_file))
     except ValueError as exc:  # a metrics token file that cannot be read
@@ -126,6 +155,18 @@ def he(config_file: Path | None, **flags: Any) -> None:
         run_event_loop(host_element.run_until_signalled)
     except (OSError, ValueError, TakeoverError, ControlError) as exc:
         raise click.ClickException(str(exc) or type(exc).__name__) from exc
+
+
+def _check_nbd_certificates(config: Any) -> None:
+    """Load the NBD TLS certificates now: a wrong directory is one line, not a failed start."""
+    from ophiura.nbd.security import NbdListen
+    from ophiura.nbd.tls import TlsConfigError
+
+    if isinstance(config.nbd, NbdListen):
+        try:
+            config.nbd.security.server_context()
+        except TlsConfigError as exc:
+            raise click.ClickException(str(exc)) from None
 
 
 def _call(control: str, secret_file: Path | None, op: str, **args: Any) -> Any:

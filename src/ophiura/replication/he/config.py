@@ -7,6 +7,8 @@ TOML example (docs/replication.md has the full list):
     volume = ["db:1G", "logs:256M"]
     iscsi = "127.0.0.1:3260"
     nbd = "127.0.0.1:10809"
+    tls_certificates = "/etc/ophiura/pki"     # NBD over TLS (ca-cert.pem, server-*.pem)
+    nbd_allow = ["10.0.0.0/8"]                # NBD clients from these addresses only
     control = "127.0.0.1:7600"
     cache = "64M"
     queue = "64M"
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ophiura.metrics_http import MetricsListenError, check_listen
+from ophiura.nbd.security import NbdListen, NbdSecurity, NbdSecurityError
 from ophiura.replication.he.se_session import SeSpec
 from ophiura.sizes import parse_size
 
@@ -93,7 +96,7 @@ class HeConfig:
     quorum: int
     volumes: tuple[tuple[str, int], ...] = ()
     iscsi: tuple[str, int] | None = None
-    nbd: tuple[str, int] | None = None
+    nbd: tuple[str, int] | NbdListen | None = None  # NbdListen: with TLS / allow-list / cap
     control: tuple[str, int] = DEFAULT_CONTROL
     cache_bytes: int = 64 << 20
     queue_bytes: int = 64 << 20
@@ -152,7 +155,14 @@ _KEYS = {
     "evict_wait",
     "metrics",
     "metrics_token_file",
+    # NBD access (nbd/security.py): only with `nbd`
+    "tls_certificates",
+    "tls",
+    "tls_verify_peer",
+    "nbd_allow",
+    "nbd_max_connections",
 }
+_NBD_SECURITY_KEYS = ("tls_certificates", "tls", "tls_verify_peer", "nbd_allow")
 
 
 def build_config(values: dict[str, Any]) -> HeConfig:
@@ -191,7 +201,7 @@ def build_config(values: dict[str, Any]) -> HeConfig:
         quorum=_number(v, "quorum", int, 0),
         volumes=tuple(x if isinstance(x, tuple) else parse_volume(str(x)) for x in volumes),
         iscsi=addr("iscsi"),
-        nbd=addr("nbd"),
+        nbd=_nbd(v, addr("nbd")),
         control=addr("control") or DEFAULT_CONTROL,
         cache_bytes=size("cache", 64 << 20),
         queue_bytes=size("queue", 64 << 20),
@@ -204,6 +214,34 @@ def build_config(values: dict[str, Any]) -> HeConfig:
         metrics=addr("metrics"),
         metrics_token_file=Path(v["metrics_token_file"]) if v.get("metrics_token_file") else None,
     )
+
+
+def _nbd(v: dict[str, Any], address: tuple[str, int] | None) -> NbdListen | None:
+    """The NBD listener with its access policy (TLS, allow-list, cap), checked here; the
+    certificates themselves load when the server starts (and `ophiura he` checks them first)."""
+    given = [k for k in (*_NBD_SECURITY_KEYS, "nbd_max_connections") if v.get(k) is not None]
+    if address is None:
+        if given:
+            raise ConfigError(f"{', '.join(given)}: NBD options need nbd = HOST:PORT")
+        return None
+    for key in ("tls_certificates", "tls"):
+        if v.get(key) is not None and not isinstance(v[key], (str, Path)):
+            raise ConfigError(f"{key}: {v[key]!r} is not a string")
+    verify = v.get("tls_verify_peer")
+    if verify is not None and not isinstance(verify, bool):
+        raise ConfigError(f"tls_verify_peer: {verify!r} is not true or false")
+    cap = v.get("nbd_max_connections")
+    try:
+        security = NbdSecurity.from_options(
+            tls=v.get("tls"),
+            certificates=v.get("tls_certificates"),
+            verify_peer=bool(verify),
+            allow=_strings(v, "nbd_allow", str),
+            max_connections=None if cap is None else _number(v, "nbd_max_connections", int, 0),
+        )
+    except NbdSecurityError as exc:
+        raise ConfigError(str(exc)) from None
+    return NbdListen(*address, security)
 
 
 def _strings(v: dict[str, Any], key: str, parsed: type) -> list[Any]:
