@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from ophiura.block.device import BlockDevice
 from ophiura.iscsi.chap import Credentials
 from ophiura.iscsi.server import IscsiServer
-from ophiura.nbd.security import NbdListen
+from ophiura.nbd.security import NbdListen, is_loopback
 from ophiura.nbd.server import NbdServer
 from ophiura.scsi.api import DeviceServer
 
@@ -66,6 +66,7 @@ class Frontends:
             self.iscsi.add_target(
                 export.iqn, export.scsi, export.chap, initiators=export.initiators
             )
+            self._warn_iscsi()
         if self.nbd is not None:
             self.nbd.add_export(export.name, export.device)
 
@@ -96,6 +97,7 @@ class Frontends:
                 await iscsi.start()
                 started.append(iscsi)
                 self.iscsi = iscsi
+                self._warn_iscsi()
             if self.nbd_listen is not None and self.nbd is None:
                 listen = self.nbd_listen
                 nbd = NbdServer(
@@ -126,9 +128,30 @@ class Frontends:
             self.iscsi = None
 
     def warnings(self) -> list[str]:
-        """What the running servers warned about at start (an NBD listener beyond loopback
-        without authentication), for a status display."""
-        return [self.nbd.warning] if self.nbd is not None and self.nbd.warning else []
+        """What the running servers warn about (a listener beyond loopback that authenticates
+        nobody), for a status display."""
+        out = [self.nbd.warning] if self.nbd is not None and self.nbd.warning else []
+        iscsi = self._iscsi_exposure()
+        return [*out, iscsi] if iscsi else out
+
+    def _iscsi_exposure(self) -> str | None:
+        """A warning when the iSCSI portal is beyond loopback and some target there has neither
+        CHAP nor an initiator ACL: anyone who reaches the port can read and write it."""
+        if self.iscsi is None or self.iscsi_address is None or is_loopback(self.iscsi_address[0]):
+            return None
+        open_ = sorted(e.iqn for e in self.exports.values() if e.chap is None and not e.initiators)
+        if not open_:
+            return None
+        host, port = self.iscsi_address[0], self.iscsi.port
+        return (
+            f"iSCSI portal {host}:{port} serves {', '.join(open_)} without CHAP or an initiator "
+            "ACL: anyone who reaches it can read and write (set chap_file / initiator)"
+        )
+
+    def _warn_iscsi(self) -> None:
+        warning = self._iscsi_exposure()
+        if warning:
+            log.warning("%s", warning)
 
     def listening(self) -> dict[str, str | None]:
         """`host:port` each server listens on (the bound port when 0 was asked), None if off."""

@@ -124,3 +124,43 @@ async def test_unreachable_target_and_params() -> None:
         VolumeSpec.of(Resource("v", "volume", {"url": "iscsi://h/i/0", "node": "n2"})),
     )
     assert s1.key != s2.key and s1.isid != s2.isid and s1.key != 0
+
+
+async def test_secrets_stay_out_of_reasons_and_chap_file_logs_in(tmp_path: Path) -> None:
+    """A `user%secret@` URL is never quoted (failure reasons carry `***`), and `chap_file` is
+    how a CHAP-protected LUN is reached: the agent takes the reservation through it."""
+    agent = VolumeAgent()
+    dead = Resource(
+        "v", "volume", {"url": "iscsi://admin%TopSecret123@127.0.0.1:1/iqn.x:y/0", "node": "n1"}
+    )
+    out = await agent.monitor(dead, 2)
+    assert out.code == OcfCode.ERR_GENERIC and "TopSecret123" not in out.reason, out.reason
+    assert "admin%***@127.0.0.1" in out.reason
+    bad = Resource("v", "volume", {"url": "iscsi://admin%TopSecret123@/0", "node": "n1"})
+    out = await agent.validate(bad, 2)
+    assert out.code == OcfCode.ERR_CONFIGURED and "TopSecret123" not in out.reason
+    assert "TopSecret123" not in repr(VolumeSpec.of(dead))
+
+    why = ophiura_target_unavailable()
+    if why:
+        pytest.xfail(f"ophiura target not usable: {why}")
+    secret = "chap-secret-0123"
+    cred = tmp_path / "vol.chap"
+    cred.write_text(f'user = "cluster"\nsecret = "{secret}"\n')
+    cred.chmod(0o600)
+    backing = make_sparse(tmp_path / "lun.img", 16 << 20)
+    server = start_ophiura(
+        backing, "16M", tmp_path / "target.log", state_dir=tmp_path / "s", chap=("cluster", secret)
+    )
+    try:
+        without = _res(server, "n1")
+        assert (await agent.start(without, 10)).code == OcfCode.ERR_GENERIC  # CHAP required
+        res = _res(server, "n1", chap_file=str(cred))
+        assert (await agent.start(res, 10)).ok
+        assert (await agent.monitor(res, 10)).ok
+        assert (await agent.stop(res, 10)).ok
+        cred.chmod(0o644)
+        out = await agent.validate(res, 5)
+        assert out.code == OcfCode.ERR_CONFIGURED and "chmod 600" in out.reason, out.reason
+    finally:
+        server.stop()

@@ -38,6 +38,7 @@ SECRET = "0123456789abcdef0123456789abcdef"
 NOT_CLUSTER = {
     "docs/replication.md#1": "an HE configuration (tests/demo/test_examples.py loads he.toml)",
     "docs/replication.md#2": "the HE's NBD keys (tests/replication/test_he_nbd_tls.py loads it)",
+    "docs/replication.md#3": "the HE's iSCSI keys (tests/replication/test_he_iscsi_access.py)",
     "docs/web.md#1": "a fragment with elided token hashes ('…64 hex…')",
     "docs/web.md#2": "a fragment: the HTTPS keys (tests/web/test_https_live.py runs them)",
 }

@@ -12,7 +12,7 @@ import binascii
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 CHAP_MD5 = 5
 CHALLENGE_LEN = 16
@@ -28,9 +28,9 @@ class Credentials:
     """A target's CHAP settings: what the initiator must prove, and optionally what we prove."""
 
     user: str
-    secret: str
+    secret: str = field(repr=False)  # (a repr lands in logs and tracebacks)
     mutual_user: str | None = None
-    mutual_secret: str | None = None
+    mutual_secret: str | None = field(default=None, repr=False)
 
 
 def chap_response(identifier: int, secret: bytes | str, challenge: bytes) -> bytes:

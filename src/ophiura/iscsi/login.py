@@ -101,7 +101,10 @@ class TargetInfo:
     initiators: frozenset[str] | None = None  # the ACL: who may log in (None: anyone)
 
     def admits(self, initiator_name: str) -> bool:
-        return self.initiators is None or initiator_name in self.initiators
+        """iSCSI names compare case-insensitively (RFC 3722 folds them to lower case)."""
+        if self.initiators is None:
+            return True
+        return initiator_name.lower() in {n.lower() for n in self.initiators}
 
 
 @dataclass(frozen=True)

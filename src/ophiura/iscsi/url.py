@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import unquote
+
+_PASSWORD = re.compile(r"^(iscsi://[^/@]*?%)[^/@]*@")
+
+
+def redact(url: str) -> str:
+    """The URL with its password (`user%password@`) replaced by `***`: for logs and messages."""
+    return _PASSWORD.sub(r"\1***@", url)
 
 
 @dataclass(frozen=True)
@@ -19,7 +27,7 @@ class IscsiUrl:
 def parse_url(url: str) -> IscsiUrl:
     """`iscsi://[user[%password]@]host[:port]/target-iqn/lun` (libiscsi's syntax)."""
     if not url.startswith("iscsi://"):
-        raise ValueError(f"not an iscsi:// URL: {url}")
+        raise ValueError(f"not an iscsi:// URL: {redact(url)}")
     rest = url[len("iscsi://") :]
     user = password = None
     if "@" in rest.split("/", 1)[0]:
@@ -37,8 +45,8 @@ def parse_url(url: str) -> IscsiUrl:
         host, port = hostport, 3260
     target, _, lun = path.partition("/")
     if not host or not target:
-        raise ValueError(f"URL needs host and target: {url}")
+        raise ValueError(f"URL needs host and target: {redact(url)}")
     return IscsiUrl(host, port, target, int(lun) if lun else 0, user or None, password)
 
 
-__all__ = ["IscsiUrl", "parse_url"]
+__all__ = ["IscsiUrl", "parse_url", "redact"]

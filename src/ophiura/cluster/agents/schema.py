@@ -71,6 +71,7 @@ BUILTIN: dict[str, Metadata] = {
     "volume": _md(
         "volume",
         _req("url", "iscsi:// or nbd:// URL of the LUN"),
+        _opt("chap_file", "CHAP credentials file (chmod 600): user, secret, mutual_*"),
         _opt("node", "this node's name"),
         _opt("key", "reservation key"),
         _opt("initiator", "iSCSI initiator name"),

@@ -5,7 +5,10 @@ hold; a PR on the shared LUN is the classic one. Taking it over from a dead (or 
 PREEMPT AND ABORT of that node's key: its registration is gone, its queued commands aborted, and
 its next write meets RESERVATION CONFLICT, however long it was frozen.
 
-Params: `url` (required, `iscsi://[user%secret@]host[:port]/target-iqn/lun`), `node` (this
+Params: `url` (required, `iscsi://[user@]host[:port]/target-iqn/lun`; a `user%secret@` in it
+works but is discouraged, and is never shown: messages carry the URL with `***`), `chap_file`
+(CHAP and mutual CHAP credentials from a file only root can read, `ophiura.iscsi.chap_file`:
+the way to give the secret), `node` (this
 node's name, default the host name), `key` (this node's reservation key, hex, default derived
 from `node`), `initiator` (iSCSI name, default `iqn.2026-11.io.ophiura:cluster.<node>`),
 `type` (PR type, default `write-exclusive`; any `ophiura pr` type name), `aptpl` (registrations
@@ -37,12 +40,17 @@ import dataclasses
 import hashlib
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from ophiura.cluster.agents.base import OcfCode, Outcome, Resource
 from ophiura.cluster.agents.params import ParamError, Params, config_error, done
 from ophiura.iscsi import pr_client as pr
+from ophiura.iscsi.chap import Credentials
+from ophiura.iscsi.chap_file import ChapFileError, load_chap_file
 from ophiura.iscsi.initiator import IscsiError, IscsiInitiator, ScsiResult, parse_url
+from ophiura.iscsi.url import redact
 from ophiura.pr_tool import TYPE_NAMES, stable_isid
 from ophiura.scsi.api import Status
 
@@ -70,9 +78,10 @@ class VolumeError(Exception):
 
 @dataclass(frozen=True)
 class VolumeSpec:
-    url: str
+    url: str = field(repr=False)  # may hold a CHAP secret: shown only through `redact`
     node: str
     key: int
+    chap: Credentials | None = field(repr=False)
     initiator: str
     isid: int
     pr_type: int
@@ -92,6 +101,13 @@ class VolumeSpec:
             parse_url(url)
         except ValueError as exc:
             raise ParamError(resource.name, "url", str(exc)) from None
+        chap = None
+        chap_path = p.opt("chap_file")
+        if chap_path:
+            try:
+                chap = load_chap_file(Path(chap_path))
+            except ChapFileError as exc:
+                raise ParamError(resource.name, "chap_file", str(exc)) from None
         node = p.text("node", socket.gethostname())
         key_text = p.opt("key")
         if key_text:
@@ -111,6 +127,7 @@ class VolumeSpec:
             url=url,
             node=node,
             key=key,
+            chap=chap,
             initiator=initiator,
             isid=stable_isid(initiator),
             pr_type=TYPE_NAMES[type_name],
@@ -156,8 +173,13 @@ class _Session:
         self.uas: list[str] = []
 
     async def __aenter__(self) -> _Session:
+        auth: dict[str, Any] = {}
+        if (chap := self.spec.chap) is not None:
+            auth["chap"] = (chap.user, chap.secret)
+            if chap.mutual_user and chap.mutual_secret:
+                auth["mutual"] = (chap.mutual_user, chap.mutual_secret)
         self.ini, self.lun = await IscsiInitiator.from_url(
-            self.spec.url, self.spec.initiator, isid=self.spec.isid, timeout=self.timeout
+            self.spec.url, self.spec.initiator, isid=self.spec.isid, timeout=self.timeout, **auth
         )
         # The first commands of a nexus meet unit attentions (power on, preempted...): read them.
         for _ in range(8):
@@ -223,12 +245,12 @@ class VolumeAgent:
                 OcfCode.ERR_GENERIC,
                 time.monotonic() - t0,
                 timed_out=True,
-                reason=f"{spec.url}: no answer within {timeout:g}s",
+                reason=f"{redact(spec.url)}: no answer within {timeout:g}s",
             )
         except VolumeError as exc:
             return done(OcfCode.ERR_GENERIC, t0, str(exc))
         except (IscsiError, OSError) as exc:
-            return done(OcfCode.ERR_GENERIC, t0, f"{spec.url}: {exc}")
+            return done(OcfCode.ERR_GENERIC, t0, f"{redact(spec.url)}: {exc}")
 
     async def start(self, resource: Resource, timeout: float) -> Outcome:
         async def body(spec: VolumeSpec, s: _Session) -> tuple[OcfCode, str]:

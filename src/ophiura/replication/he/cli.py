@@ -92,6 +92,17 @@ def _secret(path: Path | None) -> bytes:
     metavar="N",
     help="Close NBD connections beyond N at once (default: no cap).",
 )
+@click.option(
+    "--chap-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="iSCSI CHAP: a TOML file (chmod 600) with user, secret [, mutual_user, mutual_secret].",
+)
+@click.option(
+    "--initiator",
+    multiple=True,
+    metavar="[VOLUME=]IQN",
+    help="iSCSI ACL: only these initiators may log in (to VOLUME, or to every volume; repeat).",
+)
 @click.option("--control", metavar="HOST:PORT", help=f"Control API (default {_DEFAULT_CONTROL}).")
 @click.option("--cache", metavar="SIZE", help="Read cache per volume (default 64M, 0 disables).")
 @click.option("--queue", metavar="SIZE", help="Write queue per volume (default 64M).")
@@ -225,6 +236,8 @@ def render_status(st: dict[str, Any]) -> None:
     console.print(head)
     if st.get("warning"):
         console.print(f"[bold red]WARNING: {st['warning']}[/]")
+    for warning in st.get("exposure", []):
+        console.print(f"WARNING: {warning}", style="bold yellow", markup=False, highlight=False)
     if st.get("takeover"):
         t = st["takeover"]
         first = "-" if t["first_io_s"] is None else f"{t['first_io_s']:.3f}s"

@@ -9,6 +9,8 @@ TOML example (docs/replication.md has the full list):
     nbd = "127.0.0.1:10809"
     tls_certificates = "/etc/ophiura/pki"     # NBD over TLS (ca-cert.pem, server-*.pem)
     nbd_allow = ["10.0.0.0/8"]                # NBD clients from these addresses only
+    chap_file = "/etc/ophiura/volumes.chap"   # iSCSI CHAP (iscsi/chap_file.py), chmod 600
+    initiator = ["iqn.2026-11.io.example:n1", "db=iqn.2026-11.io.example:n2"]  # iSCSI ACL
     control = "127.0.0.1:7600"
     cache = "64M"
     queue = "64M"
@@ -22,6 +24,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ophiura.iscsi.chap import Credentials
+from ophiura.iscsi.chap_file import ChapFileError, load_chap_file
 from ophiura.metrics_http import MetricsListenError, check_listen
 from ophiura.nbd.security import NbdListen, NbdSecurity, NbdSecurityError
 from ophiura.replication.he.se_session import SeSpec
@@ -108,6 +112,10 @@ class HeConfig:
     evict_wait: float = 0.5
     metrics: tuple[str, int] | None = None  # GET /metrics here (metrics_http.py); off if None
     metrics_token_file: Path | None = None  # required unless `metrics` is a loopback address
+    # iSCSI access: CHAP initiators must pass (and mutual CHAP we answer), from `chap_file`
+    chap: Credentials | None = field(default=None, repr=False)
+    # iSCSI ACL entries (volume or None for every volume, initiator IQN); none: anyone
+    initiators: tuple[tuple[str | None, str], ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -133,6 +141,12 @@ class HeConfig:
 
     def iqn(self, volume: str) -> str:
         return f"{self.iqn_prefix}{volume}"
+
+    def acl(self, volume: str) -> frozenset[str] | None:
+        """Initiators that may log in to `volume`'s target; None: any (no ACL given)."""
+        if not self.initiators:
+            return None
+        return frozenset(iqn for v, iqn in self.initiators if v is None or v == volume)
 
     def with_overrides(self, **changes: Any) -> HeConfig:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -161,6 +175,9 @@ _KEYS = {
     "tls_verify_peer",
     "nbd_allow",
     "nbd_max_connections",
+    # iSCSI access (iscsi/chap_file.py, the login ACL)
+    "chap_file",
+    "initiator",
 }
 _NBD_SECURITY_KEYS = ("tls_certificates", "tls", "tls_verify_peer", "nbd_allow")
 
@@ -175,7 +192,7 @@ def build_config(values: dict[str, Any]) -> HeConfig:
     volumes = _strings(v, "volume", tuple)
     if "quorum" not in v:
         raise ConfigError("--quorum is required")
-    for key in ("secret_file", "state_dir", "iqn_prefix", "metrics_token_file"):
+    for key in ("secret_file", "state_dir", "iqn_prefix", "metrics_token_file", "chap_file"):
         if v.get(key) is not None and not isinstance(v[key], (str, Path)):
             raise ConfigError(f"{key}: {v[key]!r} is not a string")
     if v.get("standby") is not None and not isinstance(v["standby"], bool):
@@ -213,7 +230,30 @@ def build_config(values: dict[str, Any]) -> HeConfig:
         evict_wait=_number(v, "evict_wait", float, 0.5),
         metrics=addr("metrics"),
         metrics_token_file=Path(v["metrics_token_file"]) if v.get("metrics_token_file") else None,
+        chap=_chap(v.get("chap_file")),
+        initiators=tuple(_initiator(str(x)) for x in _strings(v, "initiator", str)),
     )
+
+
+def _chap(path: str | Path | None) -> Credentials | None:
+    if path is None:
+        return None
+    try:
+        return load_chap_file(Path(path))
+    except ChapFileError as exc:
+        raise ConfigError(f"chap_file: {exc}") from None
+
+
+def _initiator(text: str) -> tuple[str | None, str]:
+    """`[VOLUME=]IQN`: an initiator allowed to log in to VOLUME's target (or to every one)."""
+    volume, sep, iqn = text.rpartition("=")
+    if sep and not volume:
+        raise ConfigError(f"initiator: {text!r} is not [VOLUME=]IQN")
+    if not re.fullmatch(
+        r"(iqn\.\d{4}-\d{2}\.[^\s]+|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]{16,32})", iqn
+    ):
+        raise ConfigError(f"initiator: {iqn!r} is not an iSCSI name (iqn.YYYY-MM.domain:...)")
+    return (check_volume_name(volume) if sep else None), iqn.lower()
 
 
 def _nbd(v: dict[str, Any], address: tuple[str, int] | None) -> NbdListen | None:

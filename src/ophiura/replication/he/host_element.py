@@ -260,7 +260,7 @@ class HostElement:
         mirror.start()
         vol = ExportedVolume(name, data, meta, mirror, scsi, iqn, state_dir)
         self.volumes[name] = vol
-        self.frontends.add(Export(name, iqn, scsi, data))
+        self.frontends.add(Export(name, iqn, scsi, data, cfg.chap, initiators=cfg.acl(name)))
         return vol
 
     async def _close_volume(self, vol: ExportedVolume) -> None:
@@ -358,7 +358,14 @@ class HostElement:
             "frontends": {
                 **self.frontends.listening(),
                 "control": f"{cfg.control[0]}:{self.control.port}",
+                "iscsi_chap": "off"
+                if cfg.chap is None
+                else "mutual"
+                if cfg.chap.mutual_user
+                else "on",
+                "iscsi_acl": sorted({f"{v or '*'}={iqn}" for v, iqn in cfg.initiators}),
             },
+            "exposure": self.frontends.warnings(),  # listeners beyond loopback open to anyone
             "state_dir": str(self._state_root),
             "takeover": takeover,
         }
