@@ -89,3 +89,15 @@ def test_cert_and_key_go_together(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="http_tls_cert and http_tls_key go together"):
         make_cluster(tmp_path, ["n1"], extra='http_tls_cert = "/x.crt"')
+
+
+def test_plain_http_beyond_loopback_is_an_exposure(tmp_path: Path) -> None:
+    """What the node logs at start and `cluster status` shows (`exposure`)."""
+    from ophiura.web.server import WebServer, server_tls
+
+    cert, key = _self_signed(tmp_path)
+    assert WebServer(None, "127.0.0.1", 8440).warning is None  # type: ignore[arg-type]
+    open_ = WebServer(None, "198.51.100.1", 8440).warning  # type: ignore[arg-type]
+    assert open_ is not None and "plain HTTP" in open_ and "http_tls_cert" in open_
+    tls = WebServer(None, "198.51.100.1", 8440, server_tls(cert, key))  # type: ignore[arg-type]
+    assert tls.warning is None

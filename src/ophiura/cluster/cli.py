@@ -142,6 +142,7 @@ def _render(st: dict[str, Any]) -> str:
         f"config: {conf.get('digest', '?')} ({conf.get('path', '?')})"
         + (f"  DIFFERS on {', '.join(differ)}" if differ else "  same on every node heard")
     )
+    lines += [f"WARNING ({st['node']}): {w}" for w in st.get("exposure", [])]
     lines.append("nodes:")
     for n, info in st["nodes"].items():
         links = " ".join(f"{k}={v}" for k, v in info.get("links", {}).items())

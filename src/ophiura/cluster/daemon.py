@@ -609,6 +609,8 @@ class NodeDaemon:
             "quorate": decider.quorate(view) if view else None,
             "admin": self.admin.to_wire(),
             "config": self._config_status(),
+            # this node's listeners beyond loopback that leave something open (plain HTTP)
+            "exposure": [w for w in [self.web.warning if self.web else None] if w],
             "nodes": nodes,
             "hierarchies": hiers,
             "heartbeat": {

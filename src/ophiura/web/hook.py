@@ -16,6 +16,9 @@ log = logging.getLogger(__name__)
 
 
 class Stoppable(Protocol):
+    @property
+    def warning(self) -> str | None: ...  # a listener beyond loopback left open, for status
+
     async def stop(self) -> None: ...
 
 

@@ -68,13 +68,18 @@ class WebServer:
             raise
         self._runner = runner
         log.info("REST API and dashboard on %s://%s:%d/", self.scheme, self.host, self.port)
-        if self.tls is None and not is_loopback(self.host):
-            log.warning(
-                "REST API on %s:%d is plain HTTP: API tokens and cluster state cross the network "
-                "in clear; set cluster.http_tls_cert and http_tls_key (docs/web.md)",
-                self.host,
-                self.port,
-            )
+        if self.warning:
+            log.warning("%s", self.warning)
+
+    @property
+    def warning(self) -> str | None:
+        """Plain HTTP beyond loopback: tokens cross the network in clear (`cluster status`)."""
+        if self.tls is not None or is_loopback(self.host):
+            return None
+        return (
+            f"REST API on {self.host}:{self.port} is plain HTTP: API tokens and cluster state "
+            "cross the network in clear; set cluster.http_tls_cert and http_tls_key (docs/web.md)"
+        )
 
     async def stop(self) -> None:
         if self._runner is not None:
