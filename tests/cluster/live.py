@@ -56,6 +56,7 @@ class LiveCluster:
         self.tmp = tmp
         self.path = tmp / "cluster.toml"
         self.path.write_text(toml)
+        self.path.chmod(0o600)  # it holds the cluster secret (config.load refuses o+r)
         self.cfg: ClusterConfig = load(self.path)
         self.paths: dict[str, Path] = {}  # a node's own file, if not the shared one
         self.procs: dict[str, subprocess.Popen[bytes]] = {}

@@ -286,6 +286,7 @@ class NsCluster:
             lines += ["[[links]]", f'name = "{ring}"', f"port = {HB_PORT}",
                       f"addresses = {{ {addrs} }}", ""]  # fmt: skip
         self.path.write_text("\n".join(lines) + "\n" + hierarchies)
+        self.path.chmod(0o600)  # it holds the cluster secret (config.load refuses o+r)
         self.cfg = load(self.path)
         self.daemons: dict[str, Proc] = {}
         self.targets: dict[int, Proc] = {}

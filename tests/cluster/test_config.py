@@ -125,12 +125,14 @@ def test_load_and_cli(tmp_path: Path) -> None:
 
     good = tmp_path / "ok.toml"
     good.write_text(TOML)
+    good.chmod(0o600)
     cfg = load(good)
     assert list(cfg.hierarchies) == ["web"] and cfg.links[1].addresses["n2"] == ("127.0.0.1", 7003)
     r = CliRunner().invoke(main, ["cluster", "validate", str(good)])
     assert r.exit_code == 0, r.output
     bad = tmp_path / "bad.toml"
     bad.write_text(TOML.replace('nodes = ["n1", "n2"]', 'nodes = ["n1", "n7"]'))
+    bad.chmod(0o600)
     r = CliRunner().invoke(main, ["cluster", "validate", str(bad)])
     assert r.exit_code == 1 and "unknown node 'n7'" in r.output
     r = CliRunner().invoke(main, ["cluster", "validate", str(tmp_path / "none.toml")])
@@ -164,3 +166,29 @@ name = "app"
 kind = "python:tests.cluster.fake_agent:FakeAgent"
 params = { dir = "/tmp" }
 """
+
+
+def test_an_inline_secret_in_a_file_others_can_read_is_refused(tmp_path: Path) -> None:
+    """Issue 10: whoever reads the secret can forge heartbeats and admin requests. The message
+    says how to fix it and never quotes the secret; a secret_file keeps the TOML shareable."""
+    from ophiura.cli import main
+
+    path = tmp_path / "cluster.toml"
+    path.write_text(TOML)
+    path.chmod(0o644)
+    with pytest.raises(ConfigError, match="readable by others") as info:
+        load(path)
+    assert "chmod o-rwx" in str(info.value) and "secret_file" in str(info.value)
+    assert "0123456789abcdef" not in str(info.value)
+    r = CliRunner().invoke(main, ["cluster", "validate", str(path)])
+    assert r.exit_code != 0 and "readable by others" in r.output and "Traceback" not in r.output
+    path.chmod(0o640)  # a group (say, ophiura's) may read it
+    assert load(path).name == "demo"
+    secret = tmp_path / "secret"
+    secret.write_text("0123456789abcdef0123456789abcdef\n")
+    secret.chmod(0o600)
+    shared = tmp_path / "shared.toml"
+    shared.write_text(TOML.replace('secret = "0123456789abcdef0123456789abcdef"',
+                                   f'secret_file = "{secret}"'))  # fmt: skip
+    shared.chmod(0o644)
+    assert load(shared).secret == b"0123456789abcdef0123456789abcdef"

@@ -60,6 +60,7 @@ def live(tmp_path: Path) -> Iterator[LiveCluster]:
     c = LiveCluster(tmp_path, cluster_toml(tmp_path, ["n1", "n2"], hierarchies(tmp_path)))
     c.paths["n2"] = tmp_path / "cluster-n2.toml"
     c.paths["n2"].write_text(c.path.read_text())
+    c.paths["n2"].chmod(0o600)
     c.start_all()
     try:
         yield c

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -505,10 +506,19 @@ def load(path: str | Path) -> ClusterConfig:
     try:
         text = path.read_text()
         data = tomllib.loads(text)
+        mode = path.stat().st_mode
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    cluster = data.get("cluster")
+    if isinstance(cluster, dict) and "secret" in cluster and mode & 0o007:
+        # Whoever reads the secret can forge heartbeats and admin requests (fence, stop, move).
+        raise ConfigError(
+            f"{path} holds cluster.secret and is readable by others (mode "
+            f"{stat.S_IMODE(mode):04o}): chmod o-rwx {path} (600 or 640), or move the secret "
+            "to a file of its own named by cluster.secret_file"
+        )
     return replace(parse(data, source=str(path), base=path.parent), text=text)

@@ -265,6 +265,7 @@ class Topology:
             f'cache = "8M"\nqueue = "16M"\n'
         )
         self.cluster_file.write_text(self.cluster_toml())
+        self.cluster_file.chmod(0o600)  # it holds the cluster secret (config.load refuses o+r)
 
     def cluster_toml(self) -> str:
         t = self.tmp
