@@ -136,6 +136,7 @@ class AttachSpec:
     link: str
     force: bool
     grace: float
+    direct_io: bool
     check_offset: int | None
 
     @classmethod
@@ -166,6 +167,7 @@ class AttachSpec:
             connections=conns or None,
             link=link,
             force=p.flag("force", False),
+            direct_io=p.flag("direct_io", True),
             grace=p.number("grace", 5.0),
             check_offset=offset if offset >= 0 else None,
         )
@@ -423,7 +425,8 @@ class AttachAgent:
         if loops:
             return loops[0]
         left = max(1.0, timeout - (time.monotonic() - t0))
-        res = await run_process(["losetup", "--find", "--show", ffile], left)
+        dio = "on" if spec.direct_io else "off"
+        res = await run_process(["losetup", "--find", "--show", f"--direct-io={dio}", ffile], left)
         device = res.output.strip()
         if res.returncode != 0 or not device.startswith("/dev/"):
             raise AttachError(f"losetup {ffile} failed: {(res.output or res.error).strip()}")

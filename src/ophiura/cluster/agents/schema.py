@@ -117,6 +117,7 @@ BUILTIN: dict[str, Metadata] = {
         _opt("connections", "NBD connections", "integer"),
         _opt("link", "symlink to the device, for the fs resource (/run/ophiura/attach/NAME)"),
         _opt("force", "stop takes the device from whatever holds it", "boolean"),
+        _opt("direct_io", "loop device without a page cache of its own (nbdfuse)", "boolean"),
         _opt("grace", "seconds between SIGTERM and SIGKILL of its users when forced", "number"),
         _opt("check_offset", "offset of a 4 KiB block kept for monitor depth 2", "integer"),
     ),
