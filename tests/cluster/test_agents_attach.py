@@ -227,3 +227,34 @@ async def test_kernel_methods(
     assert (await agent.monitor(res, 10)).ok
     assert (await agent.stop(res, 30)).ok
     assert not os.path.lexists(tmp_path / "dev" / "vol")
+
+
+async def test_a_new_daemon_adopts_the_attachment_and_a_stale_link_is_left_alone(
+    tmp_path: Path, target: tuple[Path, int, Proc], agent: AttachAgent
+) -> None:
+    _, port, _ = target
+    res = _res(tmp_path, port)
+    link = tmp_path / "dev" / "vol"
+    assert (await agent.start(res, 30)).ok
+    device = os.path.realpath(link)
+    # the node daemon restarts: a fresh agent finds what runs (pidfile, sysfs, link)
+    again = AttachAgent(ProcessAgent(tmp_path / "rsc"))
+    assert (await again.monitor(res, 10)).ok
+    out = await again.start(res, 30)
+    assert out.ok and os.path.realpath(link) == device, out
+    assert (await again.stop(res, 30)).ok
+    # a link naming somebody else's loop device (left from before a reboot): not ours, so
+    # monitor says not running and stop neither flushes nor detaches it
+    other = tmp_path / "other.img"
+    with open(other, "wb") as f:
+        f.truncate(1 << 20)
+    foreign = subprocess.run(["losetup", "--find", "--show", str(other)], capture_output=True,
+                             text=True, check=True).stdout.strip()  # fmt: skip
+    try:
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(foreign, link)
+        assert (await again.monitor(res, 10)).code == OcfCode.NOT_RUNNING
+        assert (await again.stop(res, 10)).ok
+        assert loops_backed_by(str(other)) == [foreign]
+    finally:
+        subprocess.run(["losetup", "-d", foreign], check=False)

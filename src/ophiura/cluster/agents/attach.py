@@ -18,8 +18,9 @@ filesystem uses).
 
 Methods (`auto`: the kernel NBD client where the kernel has it, else the fallback):
 - `nbd`: the kernel's NBD client (`/sys/module/nbd`; Debian package `nbd-client`):
-  `nbd-client ADDRESS PORT /dev/nbdN -name EXPORT -block-size 4096` (netlink where the kernel
-  and nbd-client have it); detach `nbd-client -d /dev/nbdN`; connected = `/sys/block/nbdN/pid`.
+  `nbd-client ADDRESS PORT /dev/nbdN -name EXPORT -block-size 4096 -timeout 30` (netlink where
+  the kernel and nbd-client have it; I/O fails after 30 s without the server instead of
+  hanging); detach `nbd-client -d /dev/nbdN`; connected = `/sys/block/nbdN/pid`.
 - `iscsi`: the kernel's iSCSI initiator (`/sys/module/iscsi_tcp`; package `open-iscsi`):
   `iscsiadm -m discovery -t sendtargets -p ADDRESS:PORT`, `iscsiadm -m node -T IQN -p
   ADDRESS:PORT --login`; the device is `/dev/disk/by-path/ip-ADDRESS:PORT-iscsi-IQN-lun-LUN`;
@@ -402,25 +403,22 @@ class AttachAgent:
     async def _start_nbdfuse(self, spec: AttachSpec, timeout: float) -> str:
         t0 = time.monotonic()
         work, fdir, ffile = self.workdir(spec), self.fuse_dir(spec), self.fuse_file(spec)
-        if self._helper_running(spec):
-            loops = loops_backed_by(ffile)
-            if loops and link_target(spec.link) == loops[0]:
-                return loops[0]
-        else:
+        ready = work / "ready.pid"
+        if not (self._helper_running(spec) and ready.exists()):
+            # a helper that died, or one a timed-out start left half-way: start afresh
             await self._clean_nbdfuse(spec, timeout)
-        fdir.mkdir(parents=True, exist_ok=True)
-        (work / "ready.pid").unlink(missing_ok=True)
-        if not self._helper_running(spec):
+            fdir.mkdir(parents=True, exist_ok=True)
+            ready.unlink(missing_ok=True)
             out = await self.processes.start(self.helper(spec), timeout)
             if not out.ok:
                 raise AttachError(f"nbdfuse did not start: {out.reason}")
-        while not (work / "ready.pid").exists():
-            if not self._helper_running(spec):
-                tail = (work / "nbdfuse.log").read_text(errors="replace").strip()[-300:]
-                raise AttachError(f"nbdfuse exited before serving {spec.uri}: {tail}")
-            if time.monotonic() - t0 > timeout:
-                raise AttachError(f"nbdfuse not serving {spec.uri} within {timeout:g}s")
-            await asyncio.sleep(POLL)
+            while not ready.exists():  # nbdfuse writes its -P file once it serves the file
+                if not self._helper_running(spec):
+                    tail = (work / "nbdfuse.log").read_text(errors="replace").strip()[-300:]
+                    raise AttachError(f"nbdfuse exited before serving {spec.uri}: {tail}")
+                if time.monotonic() - t0 > timeout:
+                    raise AttachError(f"nbdfuse not serving {spec.uri} within {timeout:g}s")
+                await asyncio.sleep(POLL)
         loops = loops_backed_by(ffile)
         if loops:
             return loops[0]
@@ -441,13 +439,9 @@ class AttachAgent:
             if res.returncode != 0:
                 raise AttachError(f"losetup --detach {loop}: {res.output.strip()}")
             notes.append(f"detached {loop}")
-        if self._helper_running(spec):
-            with contextlib.suppress(OSError):  # the last NBD FLUSH, then unmount: nbdfuse exits
-                fd = os.open(ffile, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+        if self._helper_running(spec):  # the last NBD FLUSH, then unmount: nbdfuse exits
+            with contextlib.suppress(OSError, TimeoutError):
+                await asyncio.wait_for(asyncio.to_thread(_fsync_path, ffile), timeout)
         if fs.mount_at(fdir) is not None:
             res = await run_process(["umount", fdir], timeout)
             if res.returncode != 0 and fs.mount_at(fdir) is not None:
@@ -462,6 +456,22 @@ class AttachAgent:
                 raise AttachError(f"nbdfuse would not stop: {out.reason}")
         return notes
 
+    def _ours(self, spec: AttachSpec) -> str | None:
+        """The device this resource attached on this node, never another one a stale link
+        may name: a loop device backed by our nbdfuse file, a connected /dev/nbdN the link
+        names, or the iSCSI LUN's by-path device."""
+        if spec.method in ("auto", "nbdfuse"):
+            loops = loops_backed_by(self.fuse_file(spec))
+            if loops:
+                return loops[0]
+        if spec.method in ("auto", "nbd"):
+            target = link_target(spec.link)
+            if target and target.startswith("/dev/nbd") and _nbd_connected(target):
+                return target
+        if spec.method == "iscsi" and os.path.exists(self.iscsi_path(spec)):
+            return os.path.realpath(self.iscsi_path(spec))
+        return None
+
     # -- kernel NBD and iSCSI -----------------------------------------------------------------
 
     async def _start_nbd(self, spec: AttachSpec, timeout: float) -> str:
@@ -470,7 +480,7 @@ class AttachAgent:
             return current
         device = spec.nbd_device or _free_nbd()
         argv = ["nbd-client", spec.address, str(spec.port), device, "-name", spec.export,
-                "-block-size", "4096"]  # fmt: skip
+                "-block-size", "4096", "-timeout", "30"]  # fmt: skip
         if spec.connections:
             argv += ["-connections", str(spec.connections)]
         res = await run_process(argv, timeout)
@@ -541,12 +551,7 @@ class AttachAgent:
             return config_error(exc, t0)
         force = force or spec.force
         notes: list[str] = []
-        device = link_target(spec.link)
-        if device is None and spec.method in ("auto", "nbdfuse"):
-            loops = loops_backed_by(self.fuse_file(spec))
-            device = loops[0] if loops else None
-        if spec.method == "iscsi" and device is None and os.path.exists(self.iscsi_path(spec)):
-            device = os.path.realpath(self.iscsi_path(spec))
+        device = self._ours(spec)
 
         def left() -> float:
             return max(1.0, timeout - (time.monotonic() - t0))
@@ -605,16 +610,20 @@ class AttachAgent:
         except ParamError as exc:
             return config_error(exc, t0)
         device = link_target(spec.link)
-        helper_pid = read_pidfile(self.processes.pidfile(self.helper(spec)))
+        rec = read_pidfile(self.processes.pidfile(self.helper(spec)))
+        helper = rec is not None and rec.alive()
+        loops = loops_backed_by(self.fuse_file(spec))
         if device is None:
-            if os.path.lexists(spec.link) or (helper_pid is not None and helper_pid.alive()):
-                return done(OcfCode.ERR_GENERIC, t0, f"{spec.link} is not a block device")
+            if helper or loops:
+                return done(OcfCode.ERR_GENERIC, t0, f"attached, but {spec.link} is gone")
             return done(OcfCode.NOT_RUNNING, t0)
-        if helper_pid is not None:  # nbdfuse: the helper lives and our loop serves its file
-            if not helper_pid.alive():
-                return done(OcfCode.ERR_GENERIC, t0, f"nbdfuse (pid {helper_pid.pid}) is gone")
-            if device not in loops_backed_by(self.fuse_file(spec)):
-                return done(OcfCode.ERR_GENERIC, t0, f"{device} no longer serves {spec.uri}")
+        if device.startswith("/dev/loop"):  # nbdfuse: the helper lives, our loop serves it
+            if device not in loops:
+                if helper:
+                    return done(OcfCode.ERR_GENERIC, t0, f"{device} no longer serves {spec.uri}")
+                return done(OcfCode.NOT_RUNNING, t0)  # a stale link (the node restarted)
+            if not helper:
+                return done(OcfCode.ERR_GENERIC, t0, "nbdfuse is gone")
         elif device.startswith("/dev/nbd") and not _nbd_connected(device):
             return done(OcfCode.ERR_GENERIC, t0, f"{device} is disconnected")
         ok, reason = await read_check(spec.link, timeout)
@@ -649,6 +658,14 @@ class AttachAgent:
         except AttachError as exc:
             return done(OcfCode.ERR_INSTALLED, t0, str(exc))
         return done(OcfCode.SUCCESS, t0)
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _nbd_connected(device: str) -> bool:
