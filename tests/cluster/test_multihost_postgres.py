@@ -254,16 +254,20 @@ def start_ses(lab: Lab, tmp: Path, secret: Path, env: dict[str, str]) -> None:
                  f"SE {s} listening")  # fmt: skip
 
 
-def outage_split(c: NsCluster, crash_wall: float, result: dict[str, Any]) -> list[str]:
+def outage_split(
+    c: NsCluster, crash_wall: float, crashed: float, result: dict[str, Any]
+) -> list[str]:
     """The client-observed outage, step by step (seconds after the crash when each step ended,
-    and how long it took), from n2's event log and the client's commits."""
+    and how long it took), from n2's event log and the client's commits. `crash_wall` is when
+    the crash began, `crashed` when n1's cables were down and its processes dead: a commit
+    sent after that can only have been answered by n2."""
     ev = [e for e in c.events("n2") if e["time"] >= crash_wall - 0.01]
     dead = next((e["time"] for e in ev if e.get("task") == "node-dead" and e.get("peer") == "n1"),
                 None)  # fmt: skip
     starts = {e["resource"]: e for e in ev if e.get("kind") == "resource" and e.get("task") ==
               "start" and e.get("rc") == 0}  # fmt: skip
-    before = [a for _, _, a in result["committed"] if a < crash_wall]
-    after = [a for _, _, a in result["committed"] if a > crash_wall]
+    before = [a for _, _, a in result["committed"] if a < crashed]
+    after = [a for _, sent, a in result["committed"] if sent > crashed]
     last, first = (max(before) if before else None), (min(after) if after else None)
     lines = []
 
@@ -316,6 +320,7 @@ def test_postgres_survives_the_crash_of_its_node(lab: Lab, tmp_path: Path, pgbas
         time.sleep(0.5)  # pgbench mid-run when the power goes (not a wait for a state)
         crash_wall = time.time()
         c.crash("n1")
+        crashed = time.time()
         c.wait_for("pg taken over by n2", lambda: c.serving("n3", "pg") == ["n2"], 90)
         n_after = count_rows(lab)
         c.wait_for("ledger rows committed on n2", lambda: count_rows(lab) >= n_after + 20, 30)
@@ -335,7 +340,7 @@ def test_postgres_survives_the_crash_of_its_node(lab: Lab, tmp_path: Path, pgbas
     missing = [r for r in committed if r not in rows]
     wrong = [r for r in committed if r in rows and rows[r] != digest(r)]
     assert not missing and not wrong, (missing[:10], wrong[:10])
-    assert any(a > crash_wall for _, _, a in result["committed"]), "nothing committed on n2"
+    assert any(sent > crashed for _, sent, _ in result["committed"]), "nothing committed on n2"
     assert set(rows) <= set(committed) | set(result["in_doubt"]), "rows nobody wrote"
 
     # pgbench's invariants: every transaction is whole or absent.
@@ -360,7 +365,13 @@ def test_postgres_survives_the_crash_of_its_node(lab: Lab, tmp_path: Path, pgbas
     )  # fmt: skip
     assert amcheck.returncode == 0 and not amcheck.stdout.strip(), amcheck.stdout + amcheck.stderr
 
-    split = outage_split(c, crash_wall, result)
+    # n2 replayed ext4's journal (n1 died with it mounted) and PostgreSQL its WAL.
+    fsck = [e for e in c.events("n2") if e.get("resource") == "data" and e.get("task") == "start"]
+    assert fsck and "recovering journal" in fsck[-1].get("output", ""), fsck
+    pg_log = (pgbase / "log" / "pg-n2.log").read_text(errors="replace")
+    assert "automatic recovery in progress" in pg_log, pg_log[-2000:]
+
+    split = outage_split(c, crash_wall, crashed, result)
     print(
         f"\npostgres failover: bootstrap {t_boot:.1f} s ({', '.join(f'{k} {v:.2f} s' for k, v in took.items())}); "  # noqa: E501
         f"{len(committed)} ledger rows committed ({len(result['in_doubt'])} in doubt), "
