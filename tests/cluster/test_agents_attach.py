@@ -24,6 +24,7 @@ from ophiura.cluster.agents.base import OcfCode, Resource
 from ophiura.cluster.agents.disk_watchdog import decode_counter
 from ophiura.cluster.agents.fs import FsAgent, mount_at
 from ophiura.cluster.agents.process import ProcessAgent
+from ophiura.testkit.netns import missing_tools
 from ophiura.testkit.ports import free_port
 from ophiura.testkit.procs import Proc, spawn
 
@@ -258,3 +259,39 @@ async def test_a_new_daemon_adopts_the_attachment_and_a_stale_link_is_left_alone
         assert loops_backed_by(str(other)) == [foreign]
     finally:
         subprocess.run(["losetup", "-d", foreign], check=False)
+
+
+async def test_stock_filesystem_agent_mounts_the_attached_device(
+    tmp_path: Path, target: tuple[Path, int, Proc], agent: AttachAgent
+) -> None:
+    """Debian's `ocf:heartbeat:Filesystem`, unchanged, as the alternative to `fs`: it mounts
+    the device `attach` published, and `attach` refuses to detach while it is mounted."""
+    from ophiura.cluster.agents.ocf import OcfAgent
+
+    ocf = OcfAgent(rsctmp=tmp_path / "ocf-rsctmp")
+    if not ocf.path("ocf:heartbeat:Filesystem").is_file():
+        pytest.skip("no ocf:heartbeat:Filesystem (apt-get install resource-agents)")
+    why = missing_tools(modprobe="kmod")  # Filesystem checks the fstype's module with it
+    if why:
+        pytest.skip(why)
+    _, port, _ = target
+    res = _res(tmp_path, port)
+    link, mnt = str(tmp_path / "dev" / "vol"), tmp_path / "mnt"
+    assert (await agent.start(res, 30)).ok
+    subprocess.run(["mkfs.ext4", "-q", link], check=True, timeout=60)
+    fsr = Resource("data", "ocf:heartbeat:Filesystem",
+                   {"device": link, "directory": str(mnt), "fstype": "ext4"})  # fmt: skip
+    try:
+        out = await ocf.start(fsr, 60)
+        assert out.ok, out
+        assert mount_at(str(mnt)) is not None
+        assert (await ocf.monitor(fsr, 30)).ok
+        refused = await agent.stop(res, 10)
+        assert refused.code == OcfCode.ERR_GENERIC and f"mounted on {mnt}" in refused.reason
+        out = await ocf.stop(fsr, 60)
+        assert out.ok, out
+        assert mount_at(str(mnt)) is None
+        assert (await agent.stop(res, 30)).ok
+    finally:
+        if mount_at(str(mnt)) is not None:
+            subprocess.run(["umount", str(mnt)], check=False)
