@@ -328,11 +328,25 @@ class Story:
         return json.loads((self.tmp / "ledger.json").read_text())
 
     def pgbench(self, seconds: int) -> Proc:
+        """`pgbench -c 4 -T seconds` against the floating IP. With TCP keepalives: a query
+        the crashed node had received (and ACKed) but not answered leaves the client with
+        nothing to send, and without keepalives it would wait for that answer forever."""
         log = self.tmp / f"pgbench-{len(self.benches) + 1}.log"
         self.benches.append(log)
-        argv = [f"{PG_BIN}/pgbench", "-h", VIP, "-U", "postgres", "-c", "4", "-j", "2", "-T",
-                str(seconds), "-n", "postgres"]  # fmt: skip
+        conninfo = (f"host={VIP} user=postgres dbname=postgres connect_timeout=2 "
+                    "keepalives_idle=1 keepalives_interval=1 keepalives_count=2")  # fmt: skip
+        argv = [f"{PG_BIN}/pgbench", "-c", "4", "-j", "2", "-T", str(seconds), "-n", conninfo]
         return self.lab.popen("client", argv, "pgbench", log, env=self.c.env("client"))
+
+    @staticmethod
+    def wait_bench(bench: Proc, timeout: float = 30.0) -> int:
+        """pgbench's exit status; it is stopped (and the test fails) if it outlives `timeout`."""
+        try:
+            return bench.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            bench.stop(timeout=5)
+            late = f"pgbench still running {timeout:g} s later\n{bench.tail()}"
+            raise AssertionError(late) from None
 
     def rows_grow(self, what: str, n: int = 20, timeout: float = 30) -> None:
         start = count_rows(self.lab)
@@ -472,7 +486,7 @@ def test_postgres_survives_the_crash_of_its_node(story: Story) -> None:
         story.rows_grow("ledger rows committed on n2")
     finally:
         result = story.finish_ledger()
-        bench.popen.wait(30)
+        story.wait_bench(bench)
     assert any(sent > crashed for _, sent, _ in result["committed"]), "nothing committed on n2"
     summary = story.check(result)
     story.recovered("n2")
@@ -497,12 +511,12 @@ def test_postgres_with_an_se_killed_and_a_switchover_back(story: Story) -> None:
         story.c.wait_for("pg taken over by n2", lambda: story.c.serving("n3", "pg") == ["n2"],
                          90)  # fmt: skip
         story.rows_grow("ledger rows on n2 with two SEs")
-        bench.popen.wait(30)
+        story.wait_bench(bench)
         bench = story.pgbench(4)
         story.start_se("a")
         story.c.wait_for("SE a back in sync on n2's HE",
                          lambda: set(story.se_states("n2").values()) == {"up"}, 60)  # fmt: skip
-        assert bench.popen.wait(30) == 0, bench.tail()
+        assert story.wait_bench(bench) == 0, bench.tail()
         story.boot("n1")
         switch_wall = time.time()
         out = story.c.cli("n3", "switchover", "pg", "--to", "n1")
@@ -512,7 +526,7 @@ def test_postgres_with_an_se_killed_and_a_switchover_back(story: Story) -> None:
         story.rows_grow("ledger rows on n1 again")
     finally:
         result = story.finish_ledger()
-        bench.popen.wait(30)
+        story.wait_bench(bench)
     summary = story.check(result)
     story.recovered("n2")
     after = sorted(a for _, _, a in result["committed"] if a > switch_wall)
@@ -547,7 +561,7 @@ def test_pgbench_under_random_se_kills_sees_no_error(story: Story) -> None:
             time.sleep(rng.uniform(1.0, 3.0))  # the gap before the next kill
     finally:
         result = story.finish_ledger()
-        bench.popen.wait(30)
+        story.wait_bench(bench)
     bench_log = story.benches[-1].read_text(errors="replace")
     assert bench.popen.returncode == 0, bench_log[-2000:]
     assert "number of failed transactions: 0 " in bench_log, bench_log[-2000:]
