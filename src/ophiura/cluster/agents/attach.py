@@ -11,10 +11,10 @@ Params: `address` (required: the NBD (or iSCSI) server, normally the HE on this 
 `port` (default 10809, 3260 for iSCSI), `export` (NBD export name: the HE's volume name),
 `method` (`auto` (default), `nbdfuse`, `nbd`, `iscsi`), `iqn` and `lun` (iSCSI target and LUN),
 `nbd_device` (kernel NBD: /dev/nbdN, default the first free one), `connections` (NBD
-connections, default the client's), `link`, `force` (stop takes the device away from whatever
-holds it), `grace` (seconds between SIGTERM and SIGKILL of those holders, default 5),
-`check_offset` (byte offset of a 4 KiB block reserved for the depth-2 monitor: never a block a
-filesystem uses).
+connections, default the client's), `link`, `direct_io` (nbdfuse: the loop device does direct
+I/O, default yes), `force` (stop takes the device away from whatever holds it), `grace`
+(seconds between SIGTERM and SIGKILL of those holders, default 5), `check_offset` (byte
+offset of a 4 KiB block reserved for the depth-2 monitor: never a block a filesystem uses).
 
 Methods (`auto`: the kernel NBD client where the kernel has it, else the fallback):
 - `nbd`: the kernel's NBD client (`/sys/module/nbd`; Debian package `nbd-client`):
@@ -25,20 +25,24 @@ Methods (`auto`: the kernel NBD client where the kernel has it, else the fallbac
   `iscsiadm -m discovery -t sendtargets -p ADDRESS:PORT`, `iscsiadm -m node -T IQN -p
   ADDRESS:PORT --login`; the device is `/dev/disk/by-path/ip-ADDRESS:PORT-iscsi-IQN-lun-LUN`;
   detach `iscsiadm -m node -T IQN -p ADDRESS:PORT --logout`.
-- `nbdfuse` (the fallback, for kernels without either; packages `nbdfuse` and `fuse3`-capable
-  kernel, loop devices): `nbdfuse DIR/volume nbd://ADDRESS:PORT/EXPORT` exposes the export as a
-  file on a FUSE mount (run by the shared `process` agent: pidfile, own process group), then
-  `losetup --find --show DIR/volume` makes that file a block device. Every flush the
-  filesystem sends becomes an fsync of the file, which nbdfuse sends as NBD FLUSH. Its cost is
-  measured in docs/cluster.md; nbdfuse's own manual warns that loop-mounting its file is slow
-  and can deadlock under memory pressure (the FUSE daemon needs memory to complete writeback).
+- `nbdfuse` (the fallback, for kernels without either; package `nbdfuse` (Debian 12:
+  `libnbd-bin`), `/dev/fuse`, loop devices): `nbdfuse DIR/volume nbd://ADDRESS:PORT/EXPORT`
+  exposes the export as a file on a FUSE mount (run by the shared `process` agent: pidfile,
+  own process group), then `losetup --find --show --direct-io=on DIR/volume` makes that file
+  a block device. Every flush the filesystem sends becomes an fsync of the file, which
+  nbdfuse sends as NBD FLUSH. nbdfuse's manual warns that loop-mounting its file is slow and
+  can deadlock: writeback through a page cache that the FUSE daemon needs memory to drain.
+  In direct-I/O mode (`direct_io`, default yes) the loop device keeps no pages of the file, so
+  there is nothing of it to write back; the cost is measured in docs/cluster.md.
 
 - start: already attached -> SUCCESS; else attach by the method, publish `link`, read a block.
-- stop: flush (BLKFLSBUF + fsync: the kernel's buffers, then NBD FLUSH through the whole stack),
-  refuse while the device is busy (mounted, held by dm/md, opened exclusively) unless `force`
-  or the executor's forced stop, naming what holds it (mount point, holders, processes); with
-  force the processes using those mounts get SIGTERM, then SIGKILL after `grace`, the mounts
-  are unmounted (never lazily), then the device is detached. Then `link` is removed.
+- stop: refuse while the device is busy (mounted, held by dm/md, opened exclusively, in any
+  mount namespace) unless `force` or the executor's forced stop, naming what holds it (mount
+  point, holders, processes); with force the processes using those mounts get SIGTERM, then
+  SIGKILL after `grace`, the mounts are unmounted (never lazily). Then flush (BLKFLSBUF +
+  fsync: the kernel's buffers, then NBD FLUSH through the whole stack), detach, remove `link`.
+  Only the device this resource attached is ever touched (`_ours`), never one a stale link
+  names.
 - monitor: NOT_RUNNING when nothing is attached (no link, no helper). Depth 0: the device
   answers a 4 KiB O_DIRECT read (in a child process: a hung device hangs the child, not us);
   depth >= 2: also a read/modify/write/read-back of the reserved block at `check_offset`
@@ -105,7 +109,9 @@ def pick_method(requested: str) -> tuple[str, str]:
         why = ""
     if requested == "nbdfuse":
         if not shutil.which("nbdfuse"):
-            raise AttachError("nbdfuse is not installed (apt-get install nbdfuse)")
+            raise AttachError(
+                "nbdfuse is not installed (apt-get install nbdfuse; Debian 12: libnbd-bin)"
+            )
         if not os.path.exists("/dev/fuse"):
             raise AttachError("no /dev/fuse on this node (modprobe fuse)")
         if not shutil.which("losetup"):
