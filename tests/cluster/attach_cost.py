@@ -5,8 +5,10 @@ libnbd, no kernel in the path).
     PYTHONPATH=src .venv/bin/python tests/cluster/attach_cost.py [--size 256M] [--runtime 5]
 
 Not a test (it takes a minute or two, and needs root): it prints the table docs/cluster.md
-quotes. The export is `ophiura target --nbd` on a prefilled file on 127.0.0.1 (or, with
-`--he`, nothing else: pass `--uri nbd://HOST:PORT/EXPORT` of a running HE), stopped by PID.
+quotes. The export is `ophiura target --nbd` on a prefilled file on 127.0.0.1, stopped by PID,
+or, with `--uri nbd://HOST:PORT/EXPORT`, an export already running (docs/cluster.md measures
+an HE over three SEs this way, prefilled with nbdcopy). Each of the three setups (fio's nbd
+engine, nbdfuse + loop buffered, nbdfuse + loop with direct I/O) runs every job in turn.
 """
 
 from __future__ import annotations
