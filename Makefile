@@ -15,6 +15,10 @@ DEBIAN_TOOLS += nftables keepalived
 DEBIAN_TOOLS += fence-agents iputils-ping
 # the dashboard rendered in headless Chromium (tests/web)
 DEBIAN_TOOLS += chromium
+# PostgreSQL 15 (Debian 12's `postgresql`) failed over on a replicated volume by the stock OCF
+# pgsql agent (resource-agents, above): tests/cluster/test_multihost_postgres.py; kmod
+# (modprobe) for the stock Filesystem agent on an attached volume (test_agents_attach.py)
+DEBIAN_TOOLS += postgresql kmod
 # nbdfuse (tests/nbd): its own package in newer Debian; in Debian 12 only a name that
 # libnbd-bin provides (dpkg -s would never see it installed), so list it only where it is real.
 DEBIAN_TOOLS += $(shell apt-cache show nbdfuse 2>/dev/null | grep -q '^Package: nbdfuse' && echo nbdfuse)

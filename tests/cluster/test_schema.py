@@ -21,6 +21,7 @@ MODULES = {
     "volume": "volume.py",
     "replicated-volume": "replicated_volume.py",
     "disk-watchdog": "disk_watchdog.py",
+    "attach": "attach.py",
 }
 
 

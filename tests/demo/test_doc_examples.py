@@ -62,6 +62,7 @@ def examples() -> Iterator[tuple[str, str]]:
         for i, text in enumerate(blocks, 1):
             yield f"{md.relative_to(REPO)}#{i}", text
     yield "examples/cluster.toml", (REPO / "examples" / "cluster.toml").read_text()
+    yield "examples/postgres.toml", (REPO / "examples" / "postgres.toml").read_text()
 
 
 def as_cluster(data: dict[str, Any]) -> dict[str, Any]:
@@ -161,6 +162,7 @@ def test_example_starts(
     installed = {
         "/etc/ophiura/secret": str(secret),
         "/etc/ophiura/he.toml": str(REPO / "examples" / "he.toml"),
+        "/etc/ophiura/he-postgres.toml": str(REPO / "examples" / "he-postgres.toml"),
     }
     res = Resource(res.name, res.kind, {k: installed.get(v, v) for k, v in res.params.items()})
     res = Resource(

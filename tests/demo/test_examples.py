@@ -19,15 +19,15 @@ EXAMPLES = REPO / "examples"
 OPT_BIN = "/opt/ophiura/venv/bin"
 
 
-def _with_secret(tmp_path: Path) -> Path:
+def _with_secret(tmp_path: Path, name: str = "cluster.toml") -> Path:
     """The example with its secret file path pointed at one that exists (0600): validate reads
     the secret, which on a real node is created at install time (examples/README.md)."""
     secret = tmp_path / "cluster.secret"
     secret.write_text("0123456789abcdef0123456789abcdef\n")
     secret.chmod(0o600)
-    text = (EXAMPLES / "cluster.toml").read_text()
+    text = (EXAMPLES / name).read_text()
     assert "/etc/ophiura/cluster.secret" in text
-    path = tmp_path / "cluster.toml"
+    path = tmp_path / name
     path.write_text(text.replace("/etc/ophiura/cluster.secret", str(secret)))
     return path
 
@@ -60,6 +60,40 @@ def test_cluster_example_validates(tmp_path: Path) -> None:
     assert len(cfg.links) == 2 and h.failback == "manual"
     # the HE config the volume resource names is this directory's he.toml
     assert h.resources["vol"].resource.params["config"] == "/etc/ophiura/he.toml"
+
+
+def test_postgres_example_validates(tmp_path: Path) -> None:
+    """`ophiura cluster validate examples/postgres.toml`: [replicated-volume -> attach -> fs ->
+    ip -> ocf:heartbeat:pgsql], the device `attach` publishes being what `fs` mounts."""
+    path = _with_secret(tmp_path, "postgres.toml")
+    res = subprocess.run(
+        [sys.executable, "-m", "ophiura.cli", "cluster", "validate", str(path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    out = res.stdout + res.stderr
+    if not Path("/usr/lib/ocf/resource.d/heartbeat/pgsql").exists():
+        problems = [line for line in out.splitlines() if line.startswith("error:")]
+        assert res.returncode != 0 and len(problems) == 1 and "pgsql" in problems[0], out
+    else:
+        assert res.returncode == 0 and "valid (3 nodes, 2 links, 1 hierarchies" in out, out
+    h = load(path).hierarchies["postgres"]
+    kinds = [(name, r.resource.kind, r.depends_on) for name, r in h.resources.items()]
+    assert kinds == [
+        ("vol", "replicated-volume", ()),
+        ("disk", "attach", ("vol",)),
+        ("data", "fs", ("disk",)),
+        ("ip", "ip", ("data",)),
+        ("db", "ocf:heartbeat:pgsql", ("ip",)),
+    ]
+    assert h.ownable == "vol" and h.shared_data
+    params = {name: r.resource.params for name, r in h.resources.items()}
+    assert params["data"]["device"] == params["disk"]["link"]
+    assert params["vol"]["config"] == "/etc/ophiura/he-postgres.toml"
+    he = build_config(load_toml(EXAMPLES / "he-postgres.toml"))
+    assert he.nbd is not None and f"{he.nbd[0]}:{he.nbd[1]}" == (
+        f"{params['disk']['address']}:{params['disk']['port']}"
+    )
+    assert [v[0] for v in he.volumes] == [params["disk"]["export"]]
 
 
 def test_he_example_loads() -> None:

@@ -3,9 +3,13 @@
 Params: `device` (required: block device or image file; an image is loop-mounted), `directory`
 (required: the mount point, created if missing), `fstype` (default: let mount/fsck probe),
 `options` (mount -o), `fsck` (`auto` (default): `fsck -p` before mounting; `no` skips it),
-`grace` (seconds between SIGTERM and SIGKILL of processes holding the mount on stop, default 5).
+`grace` (seconds between SIGTERM and SIGKILL of processes holding the mount on stop, default 5),
+`mkfs` (a filesystem type: make one when the device holds none, e.g. a fresh replicated volume
+attached by `attach`), `mkfs_options` (extra mkfs arguments, e.g. `-E nodiscard`).
 
-- start: device present (else ERR_INSTALLED: it is not visible on this node), `fsck -p` (preen:
+- start: device present (else ERR_INSTALLED: it is not visible on this node); with `mkfs`, when
+  `blkid -p` finds no filesystem (its exit status 2 — never on any other answer, so an I/O error
+  cannot get a volume reformatted) `mkfs.TYPE -q [mkfs_options] DEVICE`; `fsck -p` (preen:
   replays an ext3/4 journal and fixes what is safe; exit 0-3 is fine, 4 and up -> ERR_GENERIC,
   not mounted: a filesystem with errors left is not served), `mount`. Already mounted there ->
   SUCCESS; something else mounted there -> ERR_GENERIC.
@@ -24,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shlex
 import signal
 import stat
 import time
@@ -164,6 +169,10 @@ class FsSpec:
         self.options = p.opt("options")
         self.fsck = p.choice("fsck", ("auto", "yes", "no"), "auto")
         self.grace = p.number("grace", 5.0)
+        self.mkfs = p.opt("mkfs")
+        self.mkfs_options = p.text("mkfs_options", "")
+        if self.mkfs is not None and not self.mkfs.replace("_", "").isalnum():
+            raise ParamError(resource.name, "mkfs", f"is not a filesystem type: {self.mkfs!r}")
 
 
 class FsAgent:
@@ -189,13 +198,35 @@ class FsAgent:
                 f"{spec.directory} already has {current.source} ({current.fstype}) mounted",
             )
         os.makedirs(spec.directory, exist_ok=True)
-        output = ""
+        output = note = ""
+        if spec.mkfs:
+            res = await run_process(["blkid", "-p", "-o", "value", "-s", "TYPE", spec.device],
+                                    left())  # fmt: skip
+            if res.returncode == 2:  # "no identifiable filesystem": blank, make one
+                cmd = [f"mkfs.{spec.mkfs}", "-q", *shlex.split(spec.mkfs_options), spec.device]
+                made = await run_process(cmd, left())
+                output += made.output
+                if made.returncode != 0:
+                    return done(
+                        OcfCode.ERR_GENERIC,
+                        t0,
+                        f"{shlex.join(cmd)} failed: {(made.output or made.error).strip()[-200:]}",
+                        output,
+                    )
+                note = f"made {spec.mkfs} on the blank {spec.device} ({shlex.join(cmd)})"
+            elif res.returncode != 0:
+                return done(
+                    OcfCode.ERR_GENERIC,
+                    t0,
+                    f"blkid -p {spec.device} exited {res.returncode}: cannot tell whether it "
+                    f"holds a filesystem, not making one: {res.output.strip()[-200:]}",
+                )
         if spec.fsck != "no":
             cmd = ["fsck", "-p", "-T"]
             if spec.fstype:
                 cmd += ["-t", spec.fstype]
             res = await run_process([*cmd, spec.device], left())
-            output = res.output
+            output += res.output
             if res.timed_out:
                 return Outcome(
                     OcfCode.ERR_GENERIC, time.monotonic() - t0, output, True, "fsck timed out"
@@ -225,7 +256,7 @@ class FsAgent:
                 res.timed_out,
                 f"mount {spec.device} {spec.directory} failed: {res.output.strip()[-200:]}",
             )
-        return done(OcfCode.SUCCESS, t0, output=output)
+        return done(OcfCode.SUCCESS, t0, note, output)
 
     async def stop(self, resource: Resource, timeout: float) -> Outcome:
         t0 = time.monotonic()

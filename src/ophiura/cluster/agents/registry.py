@@ -12,6 +12,7 @@
 | `volume`           | iSCSI LUN + SCSI-3 PR (own-able)       | volume.py            |
 | `replicated-volume`| an ophiura HE holding the epoch        | replicated_volume.py |
 | `disk-watchdog`    | periodic read/modify/write of a block  | disk_watchdog.py     |
+| `attach`           | an HE's volume as a local block device | attach.py            |
 
 Agents are singletons per kind (one per process): `process` and `disk-watchdog` remember what
 they started (children to reap, watchdog threads), so asking twice must give the same agent.
@@ -35,6 +36,7 @@ BUILTIN_KINDS = (
     "volume",
     "replicated-volume",
     "disk-watchdog",
+    "attach",
 )
 
 
@@ -78,6 +80,11 @@ def _make_builtin(kind: str) -> Agent:
 
         # shares the `process` agent: it knows the HE's pid and reaps it
         return ReplicatedVolumeAgent(_get("process", lambda: _make_builtin("process")))  # type: ignore[arg-type]
+    elif kind == "attach":
+        from ophiura.cluster.agents.attach import AttachAgent
+
+        # shares the `process` agent: it runs nbdfuse (the fallback method) and reaps it
+        return AttachAgent(_get("process", lambda: _make_builtin("process")))  # type: ignore[arg-type]
     elif kind == "disk-watchdog":
         from ophiura.cluster.agents.disk_watchdog import DiskWatchdogAgent
 

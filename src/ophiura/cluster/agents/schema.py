@@ -57,6 +57,8 @@ BUILTIN: dict[str, Metadata] = {
         _opt("options", "mount options"),
         _opt("fsck", "check before mounting", choices=("auto", "yes", "no")),
         _opt("grace", "seconds between SIGTERM and SIGKILL of users on stop", "number"),
+        _opt("mkfs", "filesystem type to make when the device holds none"),
+        _opt("mkfs_options", "extra mkfs arguments"),
     ),
     "process": _md(
         "process",
@@ -103,6 +105,22 @@ BUILTIN: dict[str, Metadata] = {
         _opt("deadline", "seconds a write may take", "number"),
         _opt("direct", "O_DIRECT", choices=("auto", "yes", "no")),
         _opt("node", "this node's name"),
+    ),
+    "attach": _md(
+        "attach",
+        _req("address", "NBD (or iSCSI) server exporting the volume: the HE on this node"),
+        _opt("port", "its port (default 10809; 3260 for iscsi)", "integer"),
+        _opt("export", "NBD export name (the HE's volume name)"),
+        _opt("method", "how to attach", choices=("auto", "nbdfuse", "nbd", "iscsi")),
+        _opt("iqn", "iSCSI target name (iscsi method)"),
+        _opt("lun", "iSCSI LUN (iscsi method)", "integer"),
+        _opt("nbd_device", "kernel NBD device, e.g. /dev/nbd0 (nbd method)"),
+        _opt("connections", "NBD connections", "integer"),
+        _opt("link", "symlink to the device, for the fs resource (/run/ophiura/attach/NAME)"),
+        _opt("force", "stop takes the device from whatever holds it", "boolean"),
+        _opt("direct_io", "loop device without a page cache of its own (nbdfuse)", "boolean"),
+        _opt("grace", "seconds between SIGTERM and SIGKILL of its users when forced", "number"),
+        _opt("check_offset", "offset of a 4 KiB block kept for monitor depth 2", "integer"),
     ),
 }
 
