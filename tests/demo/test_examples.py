@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from ophiura.cluster.config import load
+from ophiura.nbd.security import NbdListen
 from ophiura.replication.he.config import build_config, load_toml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,7 +91,7 @@ def test_postgres_example_validates(tmp_path: Path) -> None:
     assert params["data"]["device"] == params["disk"]["link"]
     assert params["vol"]["config"] == "/etc/ophiura/he-postgres.toml"
     he = build_config(load_toml(EXAMPLES / "he-postgres.toml"))
-    assert he.nbd is not None and f"{he.nbd[0]}:{he.nbd[1]}" == (
+    assert isinstance(he.nbd, NbdListen) and f"{he.nbd.host}:{he.nbd.port}" == (
         f"{params['disk']['address']}:{params['disk']['port']}"
     )
     assert [v[0] for v in he.volumes] == [params["disk"]["export"]]
