@@ -73,13 +73,13 @@ test: venv tools
 	$(BIN)/python -m pytest tests
 
 # Jepsen-style fault injection against real SE/HE processes (docs/reliability.md): several
-# seeds (6), 5 minutes each, a fault every ~0.45 s (overlapping; 2,000+ storage faults in all); one
+# seeds (7), 5 minutes each, a fault every ~0.45 s (overlapping; 2,000+ storage faults in all); one
 # line per run, JSON in torture-results/. Exit 1 if anything was lost, stale or diverged.
 # Then the cluster mode (as root: the demo's three nodes in namespaces): 5 seeds of 200 s, about
 # 25 node faults each (crash, pause, heartbeat link cuts, partition, restart), checked from the
 # app's ledger; without root it says it is unavailable and is skipped.
 TORTURE_SEED ?= 1
-TORTURE_RUNS ?= 6
+TORTURE_RUNS ?= 7
 TORTURE_DURATION ?= 300
 TORTURE_CLUSTER_RUNS ?= 5
 TORTURE_CLUSTER_DURATION ?= 200
