@@ -118,7 +118,7 @@ class Topology:
     left_out: list[str] = field(default_factory=list)
     deadline: float = 0.7  # heartbeat deadline (the cluster default): a node dead after this
     test_hooks: bool = False  # the daemons' test-only admin requests (torture: step-clock)
-    app: str = "record"  # or "postgres" (namespaces only: loop devices, mounts)
+    service: str = "record"  # the app: or "postgres" (namespaces only: loop devices, mounts)
     bootstrap_took: dict[str, float] = field(default_factory=dict)
     crash_times: dict[str, tuple[float, float]] = field(default_factory=dict)  # wall: began, done
     stale_loops: list[str] = field(default_factory=list)
@@ -131,9 +131,9 @@ class Topology:
         self.he_file = self.tmp / "he.toml"
         self.logs = self.tmp / "logs"
         self.pg_base = self.tmp / "pg"  # user postgres reaches it: mount point, sockets, logs
-        if self.app not in APPS:
-            raise ValueError(f"unknown app {self.app!r} (one of {', '.join(APPS)})")
-        if self.app == "postgres" and not self.use_netns:
+        if self.service not in APPS:
+            raise ValueError(f"unknown app {self.service!r} (one of {', '.join(APPS)})")
+        if self.service == "postgres" and not self.use_netns:
             raise ValueError("the postgres app runs in network namespaces only (as root)")
         if self.use_netns:
             self.se_addrs = {s: (netns.se_addr(i), 7001) for i, s in enumerate(self.ses, 1)}
@@ -241,7 +241,7 @@ class Topology:
         for s in self.ses:
             self.wait_listening(f"se-{s}", self.se_addrs[s], self.se_procs[s])
         self.write_configs()
-        if self.app == "postgres":
+        if self.service == "postgres":
             self.make_database()
         for n in self.nodes:
             self.start_node(n)
@@ -293,7 +293,7 @@ class Topology:
 
     def write_configs(self) -> None:
         ses = ", ".join(f'"{s}={h}:{p}"' for s, (h, p) in self.se_addrs.items())
-        pg = self.app == "postgres"
+        pg = self.service == "postgres"
         size, cache, queue = (PG_VOLUME_SIZE, "16M", "32M") if pg else (VOLUME_SIZE, "8M", "16M")
         self.he_file.write_text(
             f"# the HE of every node: N={len(SES)}, Q={QUORUM}\nquorum = {QUORUM}\nse = [{ses}]\n"
@@ -325,7 +325,7 @@ class Topology:
             lines += ["[[links]]", f'name = "{ring}"', f"addresses = {{ {inner} }}", ""]
         node_list = ", ".join(f'"{n}"' for n in self.nodes)
         he_args = f"--state-dir {t}/he-state/{{node}}"
-        if self.app == "postgres":
+        if self.service == "postgres":
             from ophiura.demo import postgres
 
             return "\n".join(lines) + postgres.hierarchy(
@@ -419,7 +419,7 @@ class Topology:
     def crash_node(self, node: str) -> None:
         """Power loss: cables first (namespaces), then kill -9 of everything the node runs.
         The loop device it leaves bound (postgres) is noted for close()."""
-        if self.app == "postgres":
+        if self.service == "postgres":
             from ophiura.demo.postgres import loop_of
 
             if (dev := loop_of(self.pg_base, node)) is not None:
@@ -440,7 +440,7 @@ class Topology:
     def boot_node(self, node: str) -> Proc:
         """The crashed node comes back: what a reboot clears is gone (/run, the floating IP)."""
         shutil.rmtree(self.tmp / "rsc" / node, ignore_errors=True)
-        if self.app == "postgres":
+        if self.service == "postgres":
             from ophiura.demo.postgres import LINK
 
             (self.pg_base / "dev" / node / LINK).unlink(missing_ok=True)
@@ -512,7 +512,7 @@ class Topology:
             self.loops.clear()
         if self.lab is not None:
             self.lab.close()
-        if self.app == "postgres":
+        if self.service == "postgres":
             from ophiura.demo.postgres import release_loops
 
             # only an interrupted make_database leaves its mount in our mount namespace
