@@ -79,12 +79,18 @@ def run(opts: Options) -> int:
     if opts.app == "postgres":
         from ophiura.demo.postgres import unusable
 
+        # one plain line each (a console would wrap a long one)
         if opts.netns is False:
-            console.print("[red]--app postgres runs in network namespaces only (not --no-netns)[/]")
+            print(
+                "ophiura demo: --app postgres runs in network namespaces only (loop devices, "
+                "mounts: root), not with --no-netns",
+                file=sys.stderr,
+            )
             return 2
         why_not = unusable()
         if why_not:
-            console.print(f"[red]--app postgres needs root and PostgreSQL 15: {why_not}[/]")
+            print(f"ophiura demo: --app postgres needs root and PostgreSQL 15: {why_not}",
+                  file=sys.stderr)  # fmt: skip
             return 2
         use_netns = True
     if use_netns and why_not:
