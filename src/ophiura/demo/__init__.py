@@ -4,6 +4,8 @@ Modules: `topology` (SEs and nodes on 127.0.0.1, or in namespaces as root: the l
 `ophiura.testkit.netns`), `app` (the record application the cluster keeps available), `client`
 (writes records, keeps the ledger of acknowledged ones), `scenario` (the story), `poller` +
 `view` (the live view), `report` (JSON and human report), `target` (the older SCSI target tour).
+With `--app postgres`: `postgres` (PostgreSQL's hierarchy, bootstrap and checks, shared with the
+multi-host tests) and `pg_story` (the same story with PostgreSQL, a ledger client and pgbench).
 
 Cleanup is the first concern of `run`: whatever happens (an exception, Ctrl-C, SIGTERM, the
 terminal closing: SIGHUP), every
