@@ -148,21 +148,26 @@ def bootstrap(tmp: Path, base: Path, toml: str) -> dict[str, float]:
 
     async def boot() -> None:
         started: list[tuple[Any, str]] = []
+        failed: BaseException | None = None
         try:
             for agent, name in ((rv, "vol"), (att, "disk"), (fs, "data")):
                 out = await agent.start(res(name), 120)
                 if not out.ok:
-                    raise RuntimeError(f"bootstrap: {name} did not start: {out}")
+                    raise RuntimeError(f"bootstrap: {name} did not start: {out.reason}")
                 started.append((agent, name))
                 took[name] = out.elapsed
             t0 = time.monotonic()
             _initdb(base, data, sock)
             took["initdb"] = time.monotonic() - t0
+        except BaseException as exc:
+            failed = exc
+            raise
         finally:
+            # undo what started; after a failure, best effort (the first error is the news)
             for agent, name in reversed(started):
                 out = await agent.stop(res(name), 60)
-                if not out.ok:
-                    raise RuntimeError(f"bootstrap: {name} did not stop: {out}")
+                if not out.ok and failed is None:
+                    raise RuntimeError(f"bootstrap: {name} did not stop: {out.reason}")
 
     asyncio.run(boot())
     return took
@@ -365,3 +370,28 @@ def outage_lines(split: dict[str, Any]) -> list[str]:
         lines.append(f"client-observed outage: {split['outage_s']:.3f} s (last commit before -> "
                      "first commit after)")  # fmt: skip
     return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m ophiura.demo.postgres TMP BASE CLUSTER_TOML OUT`: `bootstrap` as a process of
+    its own (the demo runs it inside n1's namespace, so that an interrupt kills it, and its
+    mounts and the PostgreSQL it starts, like any other process of the run); the seconds each
+    part took go to OUT as JSON. Exit 1 with the reason on stderr if a part failed."""
+    import json
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 4:
+        print("usage: python -m ophiura.demo.postgres TMP BASE CLUSTER_TOML OUT", file=sys.stderr)
+        return 2
+    tmp, base, toml, out = (Path(a) for a in args)
+    try:
+        took = bootstrap(tmp, base, toml.read_text())
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        print(f"making the database failed: {exc}", file=sys.stderr)
+        return 1
+    out.write_text(json.dumps(took))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

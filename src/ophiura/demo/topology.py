@@ -248,20 +248,25 @@ class Topology:
 
     def make_database(self) -> None:
         """initdb and friends, once, through the first node's agents (`postgres.bootstrap`),
-        in its network namespace; the mounts it makes are ours and undone before it returns."""
-        from ophiura.demo import postgres
+        as a process of the run inside its namespace: an interrupt kills it with the rest, and
+        its mounts go with its mount namespace."""
+        import json
 
         self.tmp.chmod(0o711)  # user postgres passes through to pg/ (the files stay 0600)
         self.pg_base.mkdir(mode=0o755)
         self.pg_base.chmod(0o755)
-        assert self.lab is not None
+        out = self.tmp / "bootstrap.json"
+        argv = [sys.executable, "-m", "ophiura.demo.postgres", str(self.tmp), str(self.pg_base),
+                str(self.cluster_file), str(out)]  # fmt: skip
+        node = self.nodes[0]
+        sp = self.spawn("bootstrap", argv, node)
         try:
-            self.bootstrap_took = self.lab.call(
-                self.nodes[0], postgres.bootstrap, self.tmp, self.pg_base,
-                self.cluster_file.read_text(), timeout=180,
-            )  # fmt: skip
-        except (RuntimeError, OSError, TimeoutError) as exc:
-            raise TopologyError(f"making the database failed: {exc}") from None
+            rc = sp.popen.wait(180)
+        except subprocess.TimeoutExpired:
+            raise TopologyError(f"making the database took over 180 s\n{sp.tail()}") from None
+        if rc != 0:
+            raise TopologyError(f"making the database failed (exit {rc})\n{sp.tail()}")
+        self.bootstrap_took = json.loads(out.read_text())
 
     def start_se(self, name: str, wait: bool = True) -> Proc:
         host, port = self.se_addrs[name]
@@ -515,7 +520,4 @@ class Topology:
         if self.service == "postgres":
             from ophiura.demo.postgres import release_loops
 
-            # only an interrupted make_database leaves its mount in our mount namespace
-            if os.path.ismount(self.pg_base / "mnt"):
-                subprocess.run(["umount", "-l", str(self.pg_base / "mnt")], check=False)
             release_loops(self.pg_base, self.stale_loops)
