@@ -20,8 +20,10 @@ from typing import Any
 import pytest
 
 from ophiura.demo import postgres
+from ophiura.demo.topology import marked_pids
+from ophiura.testkit.waiting import wait_for
 
-from .test_demo_story import REPO, ProcessWatch, _assert_clean, _demo
+from .test_demo_story import REPO, ProcessWatch, _assert_clean, _demo, _read_until
 
 
 def _loops_backed_under(tmp: str) -> list[str]:
@@ -101,6 +103,50 @@ def test_postgres_story_loses_no_commit_and_keeps_pgbench_consistent(tmp_path: P
     sw = ev["switchover"]
     assert sw["from"] == "n2" and sw["to"] == "n1", sw
     assert "OK: nothing committed was lost, pgbench's invariants hold" in text
+
+
+def _running(run_id: str, what: str) -> bool:
+    """A process of the run whose command line holds `what` is running."""
+    for pid in marked_pids(run_id):
+        try:
+            if what in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize(("when", "what"), [("== 1/6", "initdb"), ("== 2/6", "pgbench")])
+def test_postgres_interrupted_leaves_nothing_behind(when: str, what: str) -> None:
+    """Ctrl-C while initdb runs (the database is made by a process of the run, in n1's
+    namespace, with its own mounts), and while pgbench runs against PostgreSQL: no process,
+    namespace, temp dir or loop device of the run is left."""
+    why = postgres.unusable()
+    if why:
+        print(f"SKIP: {why}")
+        pytest.skip(why)
+    proc = _demo("--app", "postgres")
+    watch = ProcessWatch(proc.pid)
+    try:
+        lines = _read_until(proc, watch, when)
+        assert watch.run_id is not None
+        run_id = watch.run_id
+        wait_for(lambda: _running(run_id, what), 60, f"{what} running")
+        os.killpg(proc.pid, signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    text = "".join(lines) + rest
+    print(text)
+    assert proc.returncode == 130, text
+    assert watch.run_id is not None and f"interrupted; run {watch.run_id} cleaned up" in rest
+    _assert_clean(watch.run_id, text, watch)
+    tmp = text.split("temp dir ", 1)[1].split()[0]
+    assert _loops_backed_under(tmp) == [], "loop devices of the demo left bound"
+    assert not any(tmp in line for line in Path("/proc/self/mountinfo").read_text().splitlines())
 
 
 def test_postgres_refuses_loopback_in_one_line() -> None:
