@@ -433,6 +433,14 @@ def pr_command(
     "--linger", is_flag=True, help="After the report, keep the cluster up (dashboard) until Ctrl-C."
 )
 @click.option(
+    "--app",
+    type=click.Choice(["record", "postgres"]),
+    default="record",
+    show_default=True,
+    help="The service failed over: the demo's record app, or PostgreSQL 15 with pgbench "
+    "(root, network namespaces, PostgreSQL 15 installed).",
+)
+@click.option(
     "--target",
     is_flag=True,
     help="Instead: the SCSI target tour (iSCSI LUN, persistent reservations).",
@@ -445,11 +453,13 @@ def demo(
     no_dashboard: bool,
     pace: float,
     linger: bool,
+    app: str,
     target: bool,
 ) -> None:
     """The whole system on this machine: 3 SEs, 3 cluster nodes, a record app, a client that
     writes records; an SE and the active node are killed, the node comes back, a switchover;
-    then every acknowledged record is checked. Exit 1 if any was lost."""
+    then every acknowledged record is checked. Exit 1 if any was lost. With --app postgres:
+    PostgreSQL 15 on the replicated volume, a ledger client and pgbench instead."""
     if target:
         from ophiura.demo import target as target_tour
 
@@ -466,6 +476,7 @@ def demo(
                 dashboard=not no_dashboard,
                 pace=pace,
                 linger=linger,
+                app=app,
             )
         )
     )

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
 import random
 import secrets
 import shutil
@@ -34,36 +33,22 @@ from typing import Any
 
 import pytest
 
-from ophiura.testkit.netns import Lab, missing_tools, se_addr, unavailable
-from ophiura.testkit.pgwire import LEDGER_DDL, PgConn, digest
+from ophiura.demo import postgres
+from ophiura.demo.postgres import PG_BIN, ask, outage_lines, outage_steps
+from ophiura.testkit.netns import Lab, se_addr
 from ophiura.testkit.procs import Proc
 
 from .netns import REPO, VIP, NsCluster
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-PGSQL_AGENT = Path("/usr/lib/ocf/resource.d/heartbeat/pgsql")
 SE_PORT = 7001
 NBD = "127.0.0.1:10809"
 CONTROL = "127.0.0.1:7600"
 SIZE = "192M"
 
 
-def _unusable() -> str | None:
-    why = unavailable() or missing_tools(nbdfuse="nbdfuse", losetup="mount", arping="arping")
-    if why:
-        return why
-    if not (PG_BIN / "initdb").exists():
-        return f"PostgreSQL 15 is not installed ({PG_BIN}: apt-get install postgresql)"
-    if not PGSQL_AGENT.exists():
-        return f"no stock pgsql agent ({PGSQL_AGENT}: apt-get install resource-agents)"
-    if not os.path.exists("/dev/fuse") or shutil.which("runuser") is None:
-        return "no /dev/fuse or no runuser"
-    return None
-
-
 @pytest.fixture
 def lab(pgbase: Path) -> Iterator[Lab]:
-    why = _unusable()
+    why = postgres.unusable()
     if why:
         print(f"SKIP: {why}")
         pytest.skip(why)
@@ -80,21 +65,9 @@ def pgbase() -> Iterator[Path]:
     try:
         yield base
     finally:
-        # The loop devices crashed nodes left bound (a real crash takes the kernel with it):
-        # ours only, found through the nodes' links and what `Story.crash` noted (/sys shows
-        # their backing file only relative to the dead node's mount namespace).
+        # the loop devices crashed nodes left bound, and those `Story.crash` noted
         noted = base / "stale-loops"
-        devices = {os.path.realpath(link) for link in (base / "dev").glob("*/pg")}
-        if noted.exists():
-            devices |= set(noted.read_text().split())
-        for dev in sorted(devices):
-            name = os.path.basename(dev)
-            try:
-                backing = Path(f"/sys/block/{name}/loop/backing_file").read_text().strip()
-            except OSError:
-                continue
-            if name.startswith("loop") and backing.endswith("/volume"):
-                subprocess.run(["losetup", "-d", dev], check=False)
+        postgres.release_loops(base, noted.read_text().split() if noted.exists() else [])
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -109,135 +82,23 @@ def he_toml(tmp: Path) -> Path:
 
 
 def hierarchy(tmp: Path, base: Path, secret: Path) -> str:
-    he_args = f"--state-dir {tmp}/he-state/{{node}}"
-    sock = f"{base}/sock/{{node}}"
-    return f"""
-[[hierarchies]]
-name = "pg"
-nodes = ["n1", "n2", "n3"]
-ownable = "vol"
-shared_data = true
-
-[[hierarchies.resources]]
-name = "vol"
-kind = "replicated-volume"
-params = {{ config = "{he_toml(tmp)}", control = "{CONTROL}", volume = "pg", secret_file = "{secret}", args = "{he_args}", log = "{tmp}/he-{{node}}.log", grace = "3" }}
-monitor_interval = 1.0
-start_timeout = 60.0
-
-[[hierarchies.resources]]
-name = "disk"
-kind = "attach"
-params = {{ address = "127.0.0.1", port = "10809", export = "pg", link = "{base}/dev/{{node}}/pg" }}
-depends_on = ["vol"]
-monitor_interval = 1.0
-
-[[hierarchies.resources]]
-name = "data"
-kind = "fs"
-params = {{ device = "{base}/dev/{{node}}/pg", directory = "{base}/mnt", fstype = "ext4", mkfs = "ext4" }}
-depends_on = ["disk"]
-monitor_interval = 1.0
-start_timeout = 60.0
-
-[[hierarchies.resources]]
-name = "vip"
-kind = "ip"
-params = {{ ip = "{VIP}", cidr_netmask = "25", nic = "ethA", arp_count = "2" }}
-depends_on = ["data"]
-monitor_interval = 1.0
-
-[[hierarchies.resources]]
-name = "db"
-kind = "ocf:heartbeat:pgsql"
-params = {{ pgctl = "{PG_BIN}/pg_ctl", psql = "{PG_BIN}/psql", pgdata = "{base}/mnt/data", pgdb = "postgres", socketdir = "{sock}", start_opt = "-c unix_socket_directories={sock}", logfile = "{base}/log/pg-{{node}}.log", stop_escalate = "5" }}
-depends_on = ["vip"]
-monitor_interval = 2.0
-start_timeout = 60.0
-stop_timeout = 30.0
-"""  # noqa: E501
-
-
-def _run(argv: list[str], timeout: float = 120.0) -> str:
-    res = subprocess.run(
-        argv, capture_output=True, text=True, timeout=timeout, check=False, cwd="/"
+    return postgres.hierarchy(
+        "pg",
+        ("n1", "n2", "n3"),
+        volume="pg",
+        he_config=he_toml(tmp),
+        control=CONTROL,
+        nbd_port=int(NBD.split(":")[1]),
+        secret=secret,
+        he_args=f"--state-dir {tmp}/he-state/{{node}}",
+        he_log=f"{tmp}/he-{{node}}.log",
+        base=base,
     )
-    if res.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)} exited {res.returncode}:\n{res.stdout}{res.stderr}")
-    return res.stdout
-
-
-def bootstrap(tmp: Path, base: Path, secret: Path, toml: str) -> dict[str, float]:
-    """In n1's network namespace (run by `lab.call`): the HE, attach, fs (mkfs), initdb -k,
-    pgbench -i and the ledger table, then everything stopped again. The agents are the ones
-    the cluster uses; the mounts are in this process's mount namespace, and gone at the end."""
-    import tomllib
-
-    from ophiura.cluster.agents.attach import AttachAgent
-    from ophiura.cluster.agents.base import Resource
-    from ophiura.cluster.agents.fs import FsAgent
-    from ophiura.cluster.agents.process import ProcessAgent
-    from ophiura.cluster.agents.replicated_volume import ReplicatedVolumeAgent
-
-    spec = {r["name"]: r for r in tomllib.loads(toml)["hierarchies"][0]["resources"]}
-
-    def res(name: str) -> Resource:
-        params = {k: v.replace("{node}", "boot") for k, v in spec[name]["params"].items()}
-        return Resource(name, spec[name]["kind"], params)
-
-    procs = ProcessAgent(tmp / "boot-rsc")
-    rv, att, fs = ReplicatedVolumeAgent(procs), AttachAgent(procs), FsAgent()
-    data, sock = base / "mnt" / "data", base / "sock" / "boot"
-    took: dict[str, float] = {}
-
-    async def boot() -> None:
-        for agent, name in ((rv, "vol"), (att, "disk"), (fs, "data")):
-            out = await agent.start(res(name), 120)
-            assert out.ok, (name, out)
-            took[name] = out.elapsed
-        t0 = time.monotonic()
-        sock.mkdir(parents=True)
-        (base / "log").mkdir(exist_ok=True)
-        for d in (sock, base / "log"):
-            shutil.chown(d, "postgres", "postgres")
-        _run(["install", "-d", "-o", "postgres", "-g", "postgres", "-m", "0700", str(data)])
-        pg = ["runuser", "-u", "postgres", "--"]
-        _run([*pg, f"{PG_BIN}/initdb", "-k", "-A", "trust", "-U", "postgres", "-D", str(data)])
-        with open(data / "postgresql.conf", "a") as f:
-            f.write(
-                "listen_addresses = '*'\nfsync = on\nsynchronous_commit = on\n"
-                "full_page_writes = on\nmax_connections = 30\nshared_buffers = 32MB\n"
-            )
-        with open(data / "pg_hba.conf", "a") as f:
-            f.write("host all all 198.51.100.0/24 trust\n")
-        opts = f"-c listen_addresses='' -c unix_socket_directories={sock}"
-        _run([*pg, f"{PG_BIN}/pg_ctl", "-D", str(data), "-o", opts, "-w", "start",
-              "-l", str(base / "log" / "pg-boot.log")])  # fmt: skip
-        try:
-            _run([*pg, f"{PG_BIN}/pgbench", "-i", "-s", "1", "-q", "-h", str(sock), "postgres"])
-            _run([*pg, f"{PG_BIN}/psql", "-X", "-h", str(sock), "-d", "postgres", "-c", LEDGER_DDL])
-        finally:
-            _run([*pg, f"{PG_BIN}/pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop"])
-        took["initdb"] = time.monotonic() - t0
-        for agent, name in ((fs, "data"), (att, "disk"), (rv, "vol")):
-            out = await agent.stop(res(name), 60)
-            assert out.ok, (name, out)
-
-    asyncio.run(boot())
-    return took
 
 
 def sql(lab: Lab, query: str, timeout: float = 5.0) -> list[list[str | None]]:
     """`query` against the floating IP, from the client's namespace."""
-
-    def ask() -> list[list[str | None]]:
-        conn = PgConn(VIP, 5432, "postgres", "postgres", timeout)
-        try:
-            return conn.query(query)
-        finally:
-            conn.close()
-
-    return lab.call("client", ask, timeout=timeout + 5)
+    return lab.call("client", ask, VIP, query, timeout, timeout=timeout + 5)
 
 
 def count_rows(lab: Lab) -> int:
@@ -269,7 +130,7 @@ class Story:
             self.start_se(s, wait=False)
         for s in "abc":
             self.wait_se(s)
-        took = self.lab.call("n1", bootstrap, self.tmp, self.base, self.secret, self.toml,
+        took = self.lab.call("n1", postgres.bootstrap, self.tmp, self.base, self.toml,
                              timeout=180)  # fmt: skip
         t_boot = time.monotonic() - t0
         self.c.start_all()
@@ -312,9 +173,7 @@ class Story:
     # -- clients ------------------------------------------------------------------------------
 
     def start_ledger(self) -> None:
-        argv = [sys.executable, "-m", "ophiura.testkit.pgwire", "ledger", "--host", VIP,
-                "--out", str(self.tmp / "ledger.json"), "--until", str(self.tmp / "ledger.stop"),
-                "--duration", "300", "--timeout", "3"]  # fmt: skip
+        argv = postgres.ledger_argv(self.tmp / "ledger.json", self.tmp / "ledger.stop")
         self.ledger = self.lab.popen("client", argv, "ledger client", self.tmp / "ledger.log",
                                      env=self.c.env("client"))  # fmt: skip
 
@@ -328,14 +187,10 @@ class Story:
         return json.loads((self.tmp / "ledger.json").read_text())
 
     def pgbench(self, seconds: int) -> Proc:
-        """`pgbench -c 4 -T seconds` against the floating IP. With TCP keepalives: a query
-        the crashed node had received (and ACKed) but not answered leaves the client with
-        nothing to send, and without keepalives it would wait for that answer forever."""
+        """`pgbench -c 4 -T seconds` against the floating IP (`postgres.pgbench_argv`)."""
         log = self.tmp / f"pgbench-{len(self.benches) + 1}.log"
         self.benches.append(log)
-        conninfo = (f"host={VIP} user=postgres dbname=postgres connect_timeout=2 "
-                    "keepalives_idle=1 keepalives_interval=1 keepalives_count=2")  # fmt: skip
-        argv = [f"{PG_BIN}/pgbench", "-c", "4", "-j", "2", "-T", str(seconds), "-n", conninfo]
+        argv = postgres.pgbench_argv(seconds)
         return self.lab.popen("client", argv, "pgbench", log, env=self.c.env("client"))
 
     @staticmethod
@@ -360,8 +215,8 @@ class Story:
         crash_wall = time.time()
         self.c.crash(node)
         crashed = time.time()
-        dev = os.path.realpath(self.base / "dev" / node / "pg")
-        if dev.startswith("/dev/loop"):
+        dev = postgres.loop_of(self.base, node)
+        if dev is not None:
             with open(self.base / "stale-loops", "a") as f:
                 f.write(dev + "\n")
         return crash_wall, crashed
@@ -380,25 +235,14 @@ class Story:
     def check(self, result: dict[str, Any]) -> str:
         """Every committed ledger row is there with its digest, pgbench's invariants hold,
         pg_amcheck finds nothing; a summary line."""
-        rows = {int(i): d for i, d in sql(self.lab, "SELECT id, digest FROM ledger")}  # type: ignore[arg-type]
-        committed = [int(r) for r, _, _ in result["committed"]]
-        missing = [r for r in committed if r not in rows]
-        wrong = [r for r in committed if r in rows and rows[r] != digest(r)]
-        assert not missing and not wrong, (missing[:10], wrong[:10])
-        assert set(rows) <= set(committed) | set(result["in_doubt"]), "rows nobody wrote"
-        inv = sql(
-            self.lab,
-            """SELECT
-            (SELECT coalesce(sum(abalance), 0) FROM pgbench_accounts),
-            (SELECT coalesce(sum(tbalance), 0) FROM pgbench_tellers),
-            (SELECT coalesce(sum(bbalance), 0) FROM pgbench_branches),
-            (SELECT coalesce(sum(delta), 0) FROM pgbench_history),
-            (SELECT count(*) FROM pgbench_history)""",
-        )[0]
-        accounts, tellers, branches, history, n_history = inv
+        ledger = postgres.verify_ledger(lambda q: sql(self.lab, q), result)
+        assert ledger["lost"] == 0, (ledger["missing"], ledger["wrong_digest"])
+        assert not ledger["unexpected"], ("rows nobody wrote", ledger["unexpected"])
+        inv = postgres.pgbench_invariants(lambda q: sql(self.lab, q))
         logs = "\n".join(p.read_text(errors="replace")[-1500:] for p in self.benches)
-        assert accounts == tellers == branches == history, (inv, logs)
-        assert int(n_history or 0) > 0, logs
+        assert inv["hold"], (inv, logs)
+        assert inv["history_rows"] > 0, logs
+        committed, n_history = result["committed"], inv["history_rows"]
         amcheck = subprocess.run(
             ["ip", "netns", "exec", self.lab.ns("client"), f"{PG_BIN}/pg_amcheck", "-h", VIP,
              "-U", "postgres", "--all", "--install-missing", "--heapallindexed"],
@@ -431,39 +275,9 @@ def _connects(host: str, port: int) -> bool:
 def outage_split(
     c: NsCluster, crash_wall: float, crashed: float, result: dict[str, Any], node: str = "n2"
 ) -> list[str]:
-    """The client-observed outage, step by step (seconds after the crash when each step ended,
-    and how long it took), from `node`'s event log and the client's commits. `crash_wall` is
-    when the crash began, `crashed` when the old owner's cables were down and its processes
-    dead: a commit sent after that can only have been answered by the new owner."""
-    ev = [e for e in c.events(node) if e["time"] >= crash_wall - 0.01]
-    dead = next((e["time"] for e in ev if e.get("task") == "node-dead"), None)
-    starts: dict[str, dict[str, Any]] = {}
-    for e in ev:
-        if e.get("kind") == "resource" and e.get("task") == "start" and e.get("rc") == 0:
-            starts.setdefault(e["resource"], e)
-    before = [a for _, _, a in result["committed"] if a < crashed]
-    after = [a for _, sent, a in result["committed"] if sent > crashed]
-    last, first = (max(before) if before else None), (min(after) if after else None)
-    lines = []
-
-    def line(what: str, end: float, took: float) -> None:
-        lines.append(f"{what:<34} +{end - crash_wall:6.3f} s  ({took:.3f} s)")
-
-    if dead is not None:
-        line("detection (old owner dead)", dead, dead - crash_wall)
-    names = {"vol": "epoch (HE up, epoch raised)", "disk": "attach (nbdfuse + loop)",
-             "data": "fsck + mount (journal replay)", "vip": "floating IP + ARP"}  # fmt: skip
-    for r, what in names.items():
-        if r in starts:
-            line(what, starts[r]["time"], starts[r]["elapsed"])
-    if first is not None and "vip" in starts:
-        line("db recovery -> first answer", first, first - starts["vip"]["time"])
-    if "db" in starts:
-        line("(pgsql agent reports started)", starts["db"]["time"], starts["db"]["elapsed"])
-    if last is not None and first is not None:
-        lines.append(f"client-observed outage: {first - last:.3f} s (last commit before -> "
-                     "first commit after)")  # fmt: skip
-    return lines
+    """The client-observed outage, step by step (`postgres.outage_steps`), from `node`'s event
+    log and the client's commits."""
+    return outage_lines(outage_steps(c.events(node), crash_wall, crashed, result))
 
 
 @pytest.fixture

@@ -184,7 +184,9 @@ def render(report: dict[str, Any], console: Console | None = None) -> None:
         )
     con.print(t)
     r = report.get("records")
-    if r:
+    if r and report.get("app") == "postgres":
+        _render_postgres(con, r)
+    elif r:
         style = "green" if r["lost"] == 0 else "bold red"
         con.print(
             f"records: {r['acknowledged']} acknowledged, {r['verified']} read back, "
@@ -203,7 +205,46 @@ def render(report: dict[str, Any], console: Console | None = None) -> None:
         con.print(f"[bold red]story stopped:[/] {report['error']}")
     if report.get("logs"):
         con.print(f"logs: {report['logs']}")
-    con.print("[bold green]OK: nothing acknowledged was lost[/]" if ok else "[bold red]FAILED[/]")
+    if report.get("app") == "postgres":
+        good = "OK: nothing committed was lost, pgbench's invariants hold"
+    else:
+        good = "OK: nothing acknowledged was lost"
+    con.print(f"[bold green]{good}[/]" if ok else "[bold red]FAILED[/]")
+
+
+def _render_postgres(con: Console, r: dict[str, Any]) -> None:
+    """The PostgreSQL checks: the ledger, pgbench's runs and invariants, the outage split."""
+    from ophiura.demo.postgres import outage_lines
+
+    led, inv = r["ledger"], r["invariants"]
+    style = "green" if r["lost"] == 0 else "bold red"
+    con.print(
+        f"ledger: {led['committed']} rows committed (an id counted only after its COMMIT "
+        f"answered), {led['present']} present with their digest, [{style}]{led['lost']} "
+        f"lost[/]; {led['in_doubt']} in doubt (no answer; {led['in_doubt_present']} of them "
+        f"stored), {led['failed_attempts']} failed attempts"
+    )
+    for what, ids in (("missing", led["missing"]), ("wrong digest", led["wrong_digest"]),
+                      ("rows nobody wrote", led["unexpected"])):  # fmt: skip
+        if ids:
+            con.print(f"[bold red]{what}:[/] {', '.join(map(str, ids))}")
+    for b in r["pgbench"]:
+        how = "aborted (connections lost)" if b.get("aborted") else f"exit {b.get('returncode')}"
+        con.print(
+            f"pgbench -c 4 -T {b['seconds']:g} (run {b['run']}): {b.get('processed')} "
+            f"transactions, {b.get('failed')} failed, {b.get('tps')} tps, {how}"
+        )
+    style = "green" if inv["hold"] else "bold red"
+    con.print(
+        f"pgbench invariants: sum(accounts.abalance) {inv['sum_accounts_abalance']}, "
+        f"sum(tellers.tbalance) {inv['sum_tellers_tbalance']}, sum(branches.bbalance) "
+        f"{inv['sum_branches_bbalance']}, sum(history.delta) {inv['sum_history_delta']} "
+        f"({inv['history_rows']} rows): [{style}]{'hold' if inv['hold'] else 'BROKEN'}[/]"
+    )
+    if r.get("outage_split"):
+        con.print("the node crash as the client saw it (seconds after the crash began):")
+        for line in outage_lines(r["outage_split"]):
+            con.print(f"  {line}")
 
 
 def _did(e: dict[str, Any]) -> str:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ophiura.demo.client import RecordClient, outage, typical_gap, verify
+from ophiura.demo.client import Ledger, RecordClient, outage, typical_gap, verify
 from ophiura.demo.poller import Poller
 from ophiura.demo.topology import HIERARCHY, VOLUME, Topology
 from ophiura.demo.view import PlainNarrator
@@ -57,6 +57,15 @@ class Story:
     client_stopped: float = 0.0
 
     # ------------------------------------------------------------------ helpers
+
+    @property
+    def ledger(self) -> Ledger | None:
+        """What the client saw (acknowledgements, failures), for the outages and availability."""
+        return self.client.ledger if self.client is not None else None
+
+    def has_results(self) -> bool:
+        """Whether the client got far enough for `finish` to have something to check."""
+        return self.client is not None and bool(self.client.ledger.acked)
 
     def wait(self, what: str, pred: Callable[[], Any], timeout: float) -> Any:
         """`pred`'s first true value; errors count as "not yet" (a node mid-restart)."""

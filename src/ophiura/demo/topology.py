@@ -10,6 +10,10 @@ Namespaces (root): each node, SE and the client is a host of its own (`netns.Lab
 answers on the floating IP 198.51.100.100 that the `ip` resource moves with a gratuitous ARP,
 and a crash also pulls the node's cables first, as a power loss does.
 
+With `app="postgres"` (root, namespaces only) the hierarchy is examples/postgres.toml's,
+[replicated-volume -> attach -> fs -> ip -> ocf:heartbeat:pgsql] (`ophiura.demo.postgres`),
+and the database is made once through n1 after the SEs start and before the nodes do.
+
 Every process gets OPHIURA_DEMO_RUN=<run id> in its environment and leads its own process
 group; `close()` kills what we started by PID (and anything carrying the marker that outlived
 its parent), deletes our namespaces and the temp dir.
@@ -43,6 +47,8 @@ SES = ("a", "b", "c")
 QUORUM = 2  # N=3, Q=2: a majority, so no acknowledged write is lost with one SE
 VOLUME = "demo"
 VOLUME_SIZE = "32M"
+PG_VOLUME_SIZE = "192M"  # initdb, pgbench -s 1 and the WAL of a few minutes, with room
+APPS = ("record", "postgres")
 HIERARCHY = "demo"
 MARKER = "OPHIURA_DEMO_RUN"
 NS_PREFIX = "ophd-"  # the demo's namespaces: ophd-<run id>-<host>
@@ -112,6 +118,10 @@ class Topology:
     left_out: list[str] = field(default_factory=list)
     deadline: float = 0.7  # heartbeat deadline (the cluster default): a node dead after this
     test_hooks: bool = False  # the daemons' test-only admin requests (torture: step-clock)
+    service: str = "record"  # the app: or "postgres" (namespaces only: loop devices, mounts)
+    bootstrap_took: dict[str, float] = field(default_factory=dict)
+    crash_times: dict[str, tuple[float, float]] = field(default_factory=dict)  # wall: began, done
+    stale_loops: list[str] = field(default_factory=list)
 
     # ------------------------------------------------------------------ addresses and files
 
@@ -120,6 +130,11 @@ class Topology:
         self.cluster_file = self.tmp / "cluster.toml"
         self.he_file = self.tmp / "he.toml"
         self.logs = self.tmp / "logs"
+        self.pg_base = self.tmp / "pg"  # user postgres reaches it: mount point, sockets, logs
+        if self.service not in APPS:
+            raise ValueError(f"unknown app {self.service!r} (one of {', '.join(APPS)})")
+        if self.service == "postgres" and not self.use_netns:
+            raise ValueError("the postgres app runs in network namespaces only (as root)")
         if self.use_netns:
             self.se_addrs = {s: (netns.se_addr(i), 7001) for i, s in enumerate(self.ses, 1)}
             self.control = ("127.0.0.1", 7600)
@@ -226,8 +241,32 @@ class Topology:
         for s in self.ses:
             self.wait_listening(f"se-{s}", self.se_addrs[s], self.se_procs[s])
         self.write_configs()
+        if self.service == "postgres":
+            self.make_database()
         for n in self.nodes:
             self.start_node(n)
+
+    def make_database(self) -> None:
+        """initdb and friends, once, through the first node's agents (`postgres.bootstrap`),
+        as a process of the run inside its namespace: an interrupt kills it with the rest, and
+        its mounts go with its mount namespace."""
+        import json
+
+        self.tmp.chmod(0o711)  # user postgres passes through to pg/ (the files stay 0600)
+        self.pg_base.mkdir(mode=0o755)
+        self.pg_base.chmod(0o755)
+        out = self.tmp / "bootstrap.json"
+        argv = [sys.executable, "-m", "ophiura.demo.postgres", str(self.tmp), str(self.pg_base),
+                str(self.cluster_file), str(out)]  # fmt: skip
+        node = self.nodes[0]
+        sp = self.spawn("bootstrap", argv, node)
+        try:
+            rc = sp.popen.wait(180)
+        except subprocess.TimeoutExpired:
+            raise TopologyError(f"making the database took over 180 s\n{sp.tail()}") from None
+        if rc != 0:
+            raise TopologyError(f"making the database failed (exit {rc})\n{sp.tail()}")
+        self.bootstrap_took = json.loads(out.read_text())
 
     def start_se(self, name: str, wait: bool = True) -> Proc:
         host, port = self.se_addrs[name]
@@ -259,10 +298,12 @@ class Topology:
 
     def write_configs(self) -> None:
         ses = ", ".join(f'"{s}={h}:{p}"' for s, (h, p) in self.se_addrs.items())
+        pg = self.service == "postgres"
+        size, cache, queue = (PG_VOLUME_SIZE, "16M", "32M") if pg else (VOLUME_SIZE, "8M", "16M")
         self.he_file.write_text(
             f"# the HE of every node: N={len(SES)}, Q={QUORUM}\nquorum = {QUORUM}\nse = [{ses}]\n"
-            f'volume = ["{VOLUME}:{VOLUME_SIZE}"]\nnbd = "{self.nbd[0]}:{self.nbd[1]}"\n'
-            f'cache = "8M"\nqueue = "16M"\n'
+            f'volume = ["{VOLUME}:{size}"]\nnbd = "{self.nbd[0]}:{self.nbd[1]}"\n'
+            f'cache = "{cache}"\nqueue = "{queue}"\n'
         )
         self.cluster_file.write_text(self.cluster_toml())
         self.cluster_file.chmod(0o600)  # it holds the cluster secret (config.load refuses o+r)
@@ -289,6 +330,22 @@ class Topology:
             lines += ["[[links]]", f'name = "{ring}"', f"addresses = {{ {inner} }}", ""]
         node_list = ", ".join(f'"{n}"' for n in self.nodes)
         he_args = f"--state-dir {t}/he-state/{{node}}"
+        if self.service == "postgres":
+            from ophiura.demo import postgres
+
+            return "\n".join(lines) + postgres.hierarchy(
+                HIERARCHY,
+                self.nodes,
+                volume=VOLUME,
+                he_config=self.he_file,
+                control=f"{self.control[0]}:{self.control[1]}",
+                nbd_port=self.nbd[1],
+                secret=self.secret_file,
+                he_args=he_args,
+                he_log=f"{self.logs}/he-{{node}}.log",
+                base=self.pg_base,
+                failback="manual",
+            )
         app_cmd = shlex.join(
             [
                 sys.executable,
@@ -365,7 +422,14 @@ class Topology:
     # ------------------------------------------------------------------ faults
 
     def crash_node(self, node: str) -> None:
-        """Power loss: cables first (namespaces), then kill -9 of everything the node runs."""
+        """Power loss: cables first (namespaces), then kill -9 of everything the node runs.
+        The loop device it leaves bound (postgres) is noted for close()."""
+        if self.service == "postgres":
+            from ophiura.demo.postgres import loop_of
+
+            if (dev := loop_of(self.pg_base, node)) is not None:
+                self.stale_loops.append(dev)
+        began = time.time()
         if self.lab is not None:
             self.lab.ports(node, up=False)
             self.lab.kill_host(node)
@@ -376,10 +440,15 @@ class Topology:
                 time.sleep(0.02)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.daemons[node].popen.wait(5)
+        self.crash_times[node] = (began, time.time())
 
     def boot_node(self, node: str) -> Proc:
         """The crashed node comes back: what a reboot clears is gone (/run, the floating IP)."""
         shutil.rmtree(self.tmp / "rsc" / node, ignore_errors=True)
+        if self.service == "postgres":
+            from ophiura.demo.postgres import LINK
+
+            (self.pg_base / "dev" / node / LINK).unlink(missing_ok=True)
         if self.lab is not None:
             self.lab.forget_addresses(node)
             self.lab.ports(node, up=True)
@@ -448,3 +517,7 @@ class Topology:
             self.loops.clear()
         if self.lab is not None:
             self.lab.close()
+        if self.service == "postgres":
+            from ophiura.demo.postgres import release_loops
+
+            release_loops(self.pg_base, self.stale_loops)

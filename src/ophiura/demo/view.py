@@ -142,6 +142,11 @@ class LiveView(PlainNarrator):
 
     def _client(self) -> Text:
         c = self.client
+        if c is None and self.topo.service == "postgres":
+            return Text(
+                "clients: the ledger client and pgbench, in the client namespace, against "
+                "PostgreSQL on the floating IP (their results in the report)"
+            )
         if c is None:
             return Text("client: not started")
         acks = c.ledger.acked
