@@ -484,7 +484,7 @@ def bench_he_cpu(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
             wall = time.monotonic() - t0
             he_cpu = proc_cpu_s(he.pid) - he0
             se_cpu = {name: proc_cpu_s(pid) - se0[name] for name, pid in se_pids.items()}
-            ios = m.total_ios or args.cpu_ios
+            ios = m.ops or args.cpu_ios
             row: dict[str, Any] = {
                 "ios": ios,
                 "iops": round(m.iops, 1),
