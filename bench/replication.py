@@ -366,6 +366,190 @@ def fill_volume(cluster: Cluster, args: argparse.Namespace) -> None:
     cluster.stop_he()
 
 
+# ------------------------------------------------------------------------------- HE CPU
+
+
+CPU_LOADS = (("write", "randwrite"), ("read", "randread"))
+CPU_BS = 4 * KIB
+CPU_DEPTH = 16
+
+
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process (/proc/PID/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _pyspy() -> str | None:
+    found = Path(sys.executable).with_name("py-spy")
+    return str(found) if found.exists() else shutil.which("py-spy")
+
+
+def start_profile(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling the HE (raw collapsed stacks, with native-less idle frames dropped);
+    None when py-spy is not installed (`pip install py-spy`)."""
+    exe = _pyspy()
+    if exe is None:
+        return None
+    cmd = [exe, "record", "--pid", str(pid), "--format", "raw", "--output", str(out)]
+    cmd += ["--rate", "250", "--nonblocking"]
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+
+
+def stop_profile(prof: subprocess.Popen[bytes], out: Path, top: int = 15) -> dict[str, Any]:
+    """Stop py-spy (SIGINT: it writes its file) and summarise: the functions with the most
+    samples on top of the stack (self) and anywhere in it (total), as shares of all samples."""
+    prof.send_signal(signal.SIGINT)
+    try:
+        prof.wait(30)
+    except subprocess.TimeoutExpired:
+        prof.kill()
+        prof.wait()
+    if not out.exists():
+        return {"error": f"py-spy wrote no {out.name}"}
+    self_n: dict[str, int] = {}
+    total_n: dict[str, int] = {}
+    samples = 0
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = [_frame(f) for f in stack.split(";")]
+        samples += n
+        self_n[frames[-1]] = self_n.get(frames[-1], 0) + n
+        for f in set(frames):
+            total_n[f] = total_n.get(f, 0) + n
+
+    def ranked(d: dict[str, int]) -> list[list[Any]]:
+        best = sorted(d.items(), key=lambda kv: -kv[1])[:top]
+        return [[f, round(n / max(samples, 1), 4)] for f, n in best]
+
+    return {"file": str(out), "samples": samples, "self": ranked(self_n),
+            "total": ranked(total_n)}  # fmt: skip
+
+
+def _frame(raw: str) -> str:
+    """`func (/long/path/to/pkg/mod.py:123)` -> `func (pkg/mod.py)`: one entry per function."""
+    name, _, loc = raw.partition(" (")
+    path = loc.rstrip(")").rsplit(":", 1)[0]
+    for cut in ("/src/", "/site-packages/", "/lib/"):
+        if cut in path:
+            path = path.split(cut, 1)[1]
+            break
+    return f"{name} ({path})" if path else name
+
+
+def bench_he_cpu(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
+    """HE CPU per operation: the HE process's user+sys CPU time over a fixed count of 4 KiB
+    QD16 random writes, then reads (HE cache off, so every read goes to an SE), N=3 Q=2 with
+    all SEs on this machine, through fio's nbd engine (one connection). The SEs' CPU per
+    operation is reported too. `--profile` samples the HE with py-spy meanwhile."""
+    cfg = Config("cpu", 2, 0.0, 0.0, suffix=" (all SEs on this machine)")
+    out: dict[str, Any] = {
+        "config": cfg.title,
+        "ios": args.cpu_ios,
+        "bs": CPU_BS,
+        "iodepth": CPU_DEPTH,
+        "loadavg_before": _loadavg(),
+        "loads": {},
+    }
+    he = cluster.start_he(cfg, cache="0")
+    say(f"== HE CPU per op: {cfg.title}, 4 KiB QD{CPU_DEPTH}, {args.cpu_ios} ops each")
+    try:
+        for key, rw in CPU_LOADS:
+            before_reads = _reads_by_se(cluster)
+            spy = args.workdir / f"pyspy-he-{key}.txt"
+            prof = start_profile(he.pid, spy) if args.profile else None
+            se_pids = {name: p.pid for name, p in cluster.ses.items()}
+            se0 = {name: proc_cpu_s(pid) for name, pid in se_pids.items()}
+            he0, t0, load0 = proc_cpu_s(he.pid), time.monotonic(), _loadavg()
+            m = fio_nbd(
+                f"cpu-{key}",
+                cluster.uri(),
+                rw=rw,
+                jobs=1,
+                seconds=600,
+                span=args.size,
+                bs=CPU_BS,
+                depth=CPU_DEPTH,
+                output=args.workdir / f"fio-cpu-{key}.json",
+                extra=["--time_based=0", "--ramp_time=0", f"--number_ios={args.cpu_ios}"],
+            )
+            wall = time.monotonic() - t0
+            he_cpu = proc_cpu_s(he.pid) - he0
+            se_cpu = {name: proc_cpu_s(pid) - se0[name] for name, pid in se_pids.items()}
+            ios = m.ops or args.cpu_ios
+            row: dict[str, Any] = {
+                "ios": ios,
+                "iops": round(m.iops, 1),
+                "lat_mean_ms": round(m.latency_ms, 3),
+                "wall_s": round(wall, 2),
+                "he_cpu_s": round(he_cpu, 3),
+                "he_ms_per_op": round(he_cpu / ios * 1e3, 4),
+                "he_cpu_util": round(he_cpu / wall, 3) if wall else None,
+                "se_ms_per_op": {n: round(c / ios * 1e3, 4) for n, c in se_cpu.items()},
+                "loadavg": load0,
+            }
+            after_reads = _reads_by_se(cluster)
+            if after_reads is not None and before_reads is not None:
+                row["reads_by_se"] = {n: v - before_reads.get(n, 0) for n, v in after_reads.items()}
+            if prof is not None:
+                row["profile"] = stop_profile(prof, spy)
+            elif args.profile:
+                row["profile"] = {"error": "py-spy not installed (pip install py-spy)"}
+            out["loads"][key] = row
+            say(
+                f"   {key}: {row['he_ms_per_op']:.3f} ms HE CPU per op "
+                f"({row['he_cpu_util']:.0%} of a core), {m.iops:,.0f} IOPS, load {load0}"
+            )
+    except WorkloadError as exc:
+        out["error"] = str(exc)
+        say(f"   ERROR {exc}")
+    finally:
+        cluster.stop_he()
+    return out
+
+
+def _reads_by_se(cluster: Cluster) -> dict[str, int] | None:
+    """Reads each SE served (HE status, `reads`), None when this HE does not report them."""
+    with contextlib.suppress(Exception):
+        vol = next(v for v in cluster.status()["volumes"] if v["name"] == VOLUME)
+        if all("reads" in s for s in vol["ses"]):
+            return {s["name"]: int(s["reads"]) for s in vol["ses"]}
+    return None
+
+
+def markdown_cpu(cpu: dict[str, Any]) -> str:
+    if "loads" not in cpu or not cpu["loads"]:
+        return f"HE CPU per op: {cpu.get('error') or cpu.get('skipped', 'not run')}"
+    head = "| load | HE CPU ms/op | HE CPU, share of a core | SEs' CPU ms/op | IOPS | reads by SE "
+    lines = [
+        f"HE CPU per op, {cpu['config']}, 4 KiB QD{cpu['iodepth']}, {cpu['ios']} ops, HE cache off",
+        "",
+        head + "| load avg |",
+        "|---|---:|---:|---|---:|---|---|",
+    ]
+    for key, r in cpu["loads"].items():
+        ses = ", ".join(f"{n} {v:.3f}" for n, v in r["se_ms_per_op"].items())
+        by_se = ", ".join(f"{n} {v}" for n, v in (r.get("reads_by_se") or {}).items()) or "-"
+        lines.append(
+            f"| {key} | {r['he_ms_per_op']:.3f} | {r['he_cpu_util']:.0%} | {ses} | "
+            f"{r['iops']:,.0f} | {by_se if key == 'read' else '-'} | {r['loadavg']} |"
+        )
+    for key, r in cpu["loads"].items():
+        prof = r.get("profile")
+        if prof and "self" in prof:
+            lines.append(f"\nHE profile, {key} ({prof['samples']} samples), top by self time:")
+            lines += [f"  {share:6.1%}  {f}" for f, share in prof["self"][:10]]
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------- PostMark
 
 
@@ -1109,6 +1293,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-micro", dest="micro", action="store_false")
     p.add_argument("--no-postmark", dest="postmark", action="store_false")
     p.add_argument("--no-recovery", dest="recovery", action="store_false")
+    p.add_argument(
+        "--no-cpu",
+        dest="cpu",
+        action="store_false",
+        help="skip the HE CPU-per-operation figure (4 KiB QD16 writes and reads, N=3 Q=2)",
+    )
+    p.add_argument(
+        "--cpu-ios", type=int, default=None, help="ops per load for the CPU figure (default 50000)"
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the HE with py-spy during the CPU figure (pyspy-he-*.txt in the workdir)",
+    )
     p.add_argument("--pm-files", type=int, default=None)
     p.add_argument("--pm-transactions", type=int, default=None, help="direct (default 10000)")
     p.add_argument(
@@ -1155,6 +1353,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.pm_fs_mib = min(256, a.size // MIB)
     a.pm_timeout = 600.0
     a.outage = a.outage or (6.0 if q else 20.0)
+    a.cpu_ios = a.cpu_ios or (20000 if q else 50000)
     a.full_timeout = 300.0
     return a
 
@@ -1185,6 +1384,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[ConfigRun] = []
     pm: dict[str, Any] = {"skipped": "--no-postmark"}
     rec: dict[str, Any] = {"skipped": "--no-recovery"}
+    cpu: dict[str, Any] = {"skipped": "--no-cpu"}
     try:
         cluster.start_ses()
         if args.micro:
@@ -1195,6 +1395,10 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(micro_replicated(cluster, cfg, args))
             with direct_target(args.workdir, backing, args.size) as uri:
                 directs.append(micro_direct(uri, args, "last", backing))
+        if args.cpu:
+            if not args.micro:
+                fill_volume(cluster, args)
+            cpu = bench_he_cpu(cluster, args)
         if args.postmark:
             pm = bench_postmark(cluster, backing, args)
         if args.recovery:
@@ -1235,6 +1439,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "postmark": pm,
         "recovery": rec,
+        "he_cpu": cpu,
         "targets": tg,
     }
     if args.plots:
@@ -1249,6 +1454,8 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(markdown_recovery(rec))
         print()
+        print(markdown_cpu(cpu))
+        print()
         print(markdown_targets(tg))
         sp = report["direct_spread"]
         if sp:
@@ -1262,7 +1469,7 @@ def main(argv: list[str] | None = None) -> int:
             for n in r.notes:
                 print(f"{r.config.key}: {n}")
         print(f"results: {args.workdir / 'replication-results.json'}")
-    errors = any(r.errors for r in runs + directs) or "error" in rec
+    errors = any(r.errors for r in runs + directs) or "error" in rec or "error" in cpu
     if args.check and (errors or any(t["ok"] is False for t in tg)):
         return 1
     return 0

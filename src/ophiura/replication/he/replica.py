@@ -50,6 +50,8 @@ class Replica:
         # waiter) (see `HostElementVolume._send`); finished ones are dropped from the left
         self.inflight: deque[tuple[int, asyncio.Future[Any], int, int, Any]] = deque()
         self.deferred = 0  # sends queued with call_soon, not on the wire yet
+        self.reading = 0  # reads sent to this SE and not answered yet (read_route.best)
+        self.reads = 0  # reads this SE served (status: how the load was divided)
 
     @property
     def name(self) -> str:

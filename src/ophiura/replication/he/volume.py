@@ -10,8 +10,9 @@ The write path, which is the point of the whole design:
    fail with `ReadOnlyError` as soon as Q acks became impossible, or `Fenced` when an SE
    reports a newer epoch (another HE took over).
 
-Reads: the cache, else the closest SE (smoothed RTT) that is up and has acknowledged the newest
-acknowledged write touching the range (`BlockSeqMap`). Recovering SEs never serve reads.
+Reads: the cache, else an SE that is up and has acknowledged the newest acknowledged write
+touching the range (`BlockSeqMap`), divided over every such SE by outstanding reads weighted by
+the smoothed RTT (`read_route`). Recovering SEs never serve reads.
 
 Replica life (see `se_session.TRANSITIONS`) is the `ReplicaSet` the volume holds as
 `replicas` (replica_set.py): on every (re)connection it asks the SE for its applied sequence
@@ -36,6 +37,7 @@ from typing import Any
 
 from ophiura.block.device import BlockDeviceError, Extent, MediumError
 from ophiura.causes import describe
+from ophiura.replication.he import read_route
 from ophiura.replication.he.he_metrics import IoStats
 from ophiura.replication.he.plant import Plant
 from ophiura.replication.he.quorum import Fenced, QuorumLost, QuorumWaiter
@@ -44,7 +46,6 @@ from ophiura.replication.he.replica import Replica
 from ophiura.replication.he.replica_set import ReplicaSet
 from ophiura.replication.he.se_session import (
     COUNTING,
-    READABLE,
     SENDING,
     ReplicaEvent,
     ReplicaState,
@@ -371,31 +372,32 @@ class HostElementVolume:
 
     # ---- reads ---------------------------------------------------------------------------
     def read_candidates(self, required: int) -> list[Replica]:
-        """Up SEs holding every acknowledged write <= required, closest first."""
-        ok = [
-            r
-            for r in self.replicas.values()
-            if r.state in READABLE and r.client is not None and r.tracker.contiguous >= required
-        ]
-        return sorted(ok, key=lambda r: (r.session.rtt, r.name))
+        """Up SEs holding every acknowledged write <= required, best first (`read_route`)."""
+        return sorted(read_route.eligible(self.replicas.values(), required), key=read_route.cost)
 
     async def _read_from_se(self, offset: int, length: int) -> tuple[int, bytes]:
         """(the SE's applied seq when it read, data) from an SE holding every acknowledged
-        write to the range; one whose answer says otherwise is not asked again."""
+        write to the range (`read_route`: reads are divided over every such SE); one whose
+        answer says otherwise is not asked again."""
         required = self.seqmap.required(offset, length)
         deadline = time.monotonic() + self.config.read_wait
         failures: list[str] = []
         behind: set[str] = set()
         for _ in range(4 * len(self.replicas) + 4):
-            candidates = [r for r in self.read_candidates(required) if r.name not in behind]
-            if not candidates:
+            r = read_route.best(
+                c
+                for c in read_route.eligible(self.replicas.values(), required)
+                if c.name not in behind
+            )
+            if r is None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 await self._signal.wait(min(left, 0.05))
                 continue
-            r = candidates[0]
             inc, client = r.incarnation, r.client
+            assert client is not None  # eligible: attached
+            r.reading += 1
             try:
                 self.reads += 1
                 applied, data = await client.read_with_seq(
@@ -409,6 +411,8 @@ class HostElementVolume:
                 failures.append(f"{r.name}: {why}")
                 self.replicas.replica_lost(r, inc, why)
                 continue
+            finally:
+                r.reading -= 1
             if len(data) != length:
                 why = f"short read {len(data)} of {length} bytes"
                 failures.append(f"{r.name}: {why}")
@@ -418,6 +422,7 @@ class HostElementVolume:
                 failures.append(f"{r.name}: applied seq {applied} < {required}")
                 behind.add(r.name)
                 continue
+            r.reads += 1
             return applied, bytes(data)
         raise NoReadableReplica(
             f"{self.name}: no up SE holds seq {required} for {offset}+{length}"
@@ -749,6 +754,7 @@ class HostElementVolume:
                     "failures": dict(r.failures),
                     "history": list(r.history),
                     "rtt_ms": None if r.session.rtt == float("inf") else r.session.rtt * 1e3,
+                    "reads": r.reads,
                     "last_error": r.last_error,
                 }
             )

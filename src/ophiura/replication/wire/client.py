@@ -235,17 +235,20 @@ class SeClient:
             self._write_now(buffers)
 
     def _write_now(self, buffers: list[Any]) -> None:
-        """The first frame of an event-loop turn goes out at once (no added latency at queue
-        depth 1); frames queued after it in the same turn go out together, in one
-        `writelines` (one send syscall) when the turn ends. Each frame keeps its own MAC."""
+        """Every frame of an event-loop turn goes out together, in one `writelines` (one send
+        syscall) when the turn ends (`call_soon`). Each frame keeps its own MAC. Sending the
+        first frame of a turn at once cost a syscall more per turn whenever more followed: at
+        4 KiB QD16 (N=3 Q=2, co-located) the HE spent 0.132 ms of CPU per write and 0.058-0.063
+        per read that way, 0.116-0.117 and 0.053-0.057 corked, and the SEs 0.10 -> 0.085 ms per
+        write; 8 KiB QD1 latency did not move beyond the noise (one loop turn of a few us,
+        docs/benchmarks.md)."""
         corked = self._corked
         if corked is not None:
             corked.extend(buffers)
             return
         transport = self._transport
         if transport is not None and not transport.is_closing():
-            transport.writelines(buffers)
-            self._corked = []
+            self._corked = list(buffers)
             self._loop.call_soon(self._uncork)
 
     def _uncork(self) -> None:
