@@ -7,12 +7,14 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from ophiura.cluster.agents.base import OcfCode, Resource
 from ophiura.cluster.agents.ip import IpAgent, drain_background
 from ophiura.testkit.netns import add_address, missing_tools, namespace, veth
+from ophiura.testkit.waiting import wait_for_async
 
 
 @pytest.fixture
@@ -115,6 +117,51 @@ async def test_ip_arp_announcement_is_sent(pair: tuple[str, str]) -> None:
     ).stdout
     assert mac in neigh, f"peer still has {neigh!r}, our MAC is {mac}"
     assert (await agent.stop(res, 5)).ok
+
+
+async def test_a_lost_gratuitous_arp_is_repaired_by_the_next(pair: tuple[str, str]) -> None:
+    """By default start announces several times, a second apart: if the first ARP is lost (the
+    new owner's link flapping at takeover), the peer still moves to our MAC (issue 9's cluster
+    torture saw a 24 s outage when the one ARP went nowhere)."""
+    a, b = pair
+    agent = IpAgent()
+    res = Resource("vip", "ip", {"ip": "198.51.100.61", "cidr_netmask": "24", "nic": "a0",
+                                 "netns": a})  # fmt: skip
+    stale = ["ip", "-n", b, "neigh", "replace", "198.51.100.61", "lladdr", "02:00:00:00:00:99",
+             "dev", "b0", "nud", "stale"]  # fmt: skip
+    subprocess.run(stale, check=True)
+    mac = (
+        subprocess.run(
+            ["ip", "-n", a, "-o", "link", "show", "a0"], capture_output=True, text=True, check=True
+        )
+        .stdout.split("link/ether ")[1]
+        .split()[0]
+    )
+
+    def peer_sees() -> str:
+        return subprocess.run(["ip", "-n", b, "neigh", "show", "198.51.100.61", "dev", "b0"],
+                              capture_output=True, text=True, check=True).stdout  # fmt: skip
+
+    assert (await agent.start(res, 5)).ok
+    await wait_for_async(lambda: mac in peer_sees(), 5, "the first gratuitous ARP")
+    subprocess.run(stale, check=True)  # as if that first ARP had been lost
+    await wait_for_async(lambda: mac in peer_sees(), 5, "a later gratuitous ARP")
+
+    def arpings() -> list[str]:
+        pids = subprocess.run(["ip", "netns", "pids", a], capture_output=True, text=True).stdout
+        found = []
+        for pid in pids.split():
+            try:
+                if "arping" in Path(f"/proc/{pid}/cmdline").read_text():
+                    found.append(pid)
+            except OSError:  # it ended meanwhile
+                pass
+        return found
+
+    assert arpings(), "start's arping ended early: the test proves nothing"
+    assert (await agent.stop(res, 5)).ok  # the address is not ours: no more announcing it
+    await wait_for_async(lambda: not arpings(), 1.0, "stop to end the announcements")
+    await drain_background()
 
 
 async def test_ip_errors() -> None:
