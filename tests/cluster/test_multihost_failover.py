@@ -105,7 +105,8 @@ def test_crashing_service_restarts_locally_then_fails_over_and_counts_expire(
         )
         counts = c.hier("n1")["fail_counts"]["n1"]
         assert counts == {"http": n}, counts
-        assert c.serving("n3") == ["n1"]
+        # n3 learns of the restart by heartbeat: one interval after n1 says running
+        c.wait_for("n3 sees web on n1 again", lambda: c.serving("n3") == ["n1"], 5)
     pid = c.service_pid("n1")
     assert pid is not None
     os.kill(pid, signal.SIGKILL)

@@ -1,7 +1,8 @@
 """`ophiura torture` end to end: real `ophiura se` / `ophiura he` processes, one seeded run.
 
 Issue 9, "Must show" 2: at least 200 faults of at least 10 kinds, overlapping, with the HE read
-cache on, and nothing lost, stale or diverged, in under 6 minutes (about 3.5 here).
+cache on, and nothing lost, stale or diverged, in under 6 minutes (about 4 on a quiet machine:
+210 s of faults, then healing, the full read and the checks).
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+# The run is one module fixture: the project's 300 s per-test limit would cut it short.
+pytestmark = pytest.mark.timeout(420)
 
 SEED = 12  # its schedule holds every kind; ~230 of its faults land in 210 s (201 in 180 s)
 
@@ -45,7 +49,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, str, dict[str, A
         "--cache",
         "--heal-timeout",
         "90",
-        timeout=480,
+        timeout=400,
     )
 
 
